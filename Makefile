@@ -1,0 +1,45 @@
+# mss-relay — the two commands: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test check lint typecheck pytest pki bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+var/pki/server.pem: | $(STAMP)
+	$(BIN)/mss-relay dev-pki var/pki --hostname localhost
+
+pki: var/pki/server.pem
+
+## Set everything up and run the daemon in the foreground on the demo config.
+demo: $(STAMP) var/pki/server.pem
+	mkdir -p var/demo
+	$(BIN)/mss-relay check-config config/demo.toml
+	$(BIN)/mss-relay serve --config config/demo.toml --log-format console
+
+## Set up and run ruff, mypy and pytest (store tests on SQLite and PostgreSQL).
+test: $(STAMP) check
+
+check: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	@echo "see bench/README.md"
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""mss-relay: MSSanté secure health mail daemon."""

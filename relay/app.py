@@ -1,0 +1,251 @@
+"""Composition root and lifecycle: one function that starts everything and stops it.
+
+start: load config → open and migrate the store → create boxes → start listeners →
+READY=1 to systemd. SIGHUP: reload the config (a bad file keeps the old one). SIGTERM /
+SIGINT: stop accepting, let in-flight work finish within a grace period, flush the
+store, record the stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import importlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from relay.audit.events import (
+    ConfigChanged,
+    ConfigReloaded,
+    ConfigReloadRefused,
+    DaemonStarted,
+    DaemonStopped,
+    KeyCreated,
+)
+from relay.config import ConfigError, check_files, diff, load
+from relay.config.model import Config, ListenerConfig, ListenerKind
+from relay.identity.auth import Authenticator
+from relay.store.store import Store
+
+log = structlog.get_logger("relay.app")
+
+VERSION = "0.1.0"
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+class Listener(Protocol):
+    """A network service started by the daemon (SMTP submission, inbound, IMAP)."""
+
+    @property
+    def description(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop accepting, let sessions finish for up to `grace_seconds`, then close."""
+        ...
+
+
+ListenerFactory = Callable[["Runtime", ListenerConfig], Listener]
+
+
+@dataclass
+class Runtime:
+    """What the running components share. `config` is replaced on reload; components
+    read it at each use so a reload takes effect at once."""
+
+    config: Config
+    store: Store
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    reload_hooks: list[Callable[[Config, Config], None]] = field(default_factory=list)
+    authenticator: Authenticator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.authenticator = Authenticator(lambda: self.config, today=self.today)
+
+    def today(self) -> dt.date:
+        return self.clock().astimezone().date()
+
+
+def listener_factories() -> dict[ListenerKind, ListenerFactory]:
+    """The listener implementations, by kind. Imported lazily so each protocol module
+    stays independent of the others."""
+    factories: dict[ListenerKind, ListenerFactory] = {}
+    with contextlib.suppress(ImportError):
+        from relay.smtp.server import make_listener as smtp_listener
+
+        factories[ListenerKind.SUBMISSION] = smtp_listener
+        factories[ListenerKind.INBOUND] = smtp_listener
+    with contextlib.suppress(ImportError):
+        imap = importlib.import_module("relay.imap.server")
+        factories[ListenerKind.IMAP] = imap.make_listener
+    return factories
+
+
+def sd_notify(message: str) -> bool:
+    """Send a notification to systemd (sd_notify(3)) if NOTIFY_SOCKET is set."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # abstract namespace
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+    return True
+
+
+async def reload_config(runtime: Runtime, path: Path) -> bool:
+    """Load `path`; on success swap it in and audit every difference."""
+    try:
+        new = load(path)
+        problems = check_files(new)
+        if problems:
+            raise ConfigError(tuple(problems))
+    except ConfigError as exc:
+        texts = tuple(str(p) for p in exc.problems)
+        log.error("config.reload_refused", file=str(path), problems=list(texts))
+        await runtime.store.record(ConfigReloadRefused(config_file=str(path), problems=texts))
+        return False
+    old = runtime.config
+    changes = diff(old, new)
+    await runtime.store.ensure_mailboxes(m.address for m in new.mailboxes)
+    await runtime.store.record(
+        *(ConfigChanged(box=c.box, person=c.person, kind=c.kind, detail=c.detail) for c in changes),
+        ConfigReloaded(config_file=str(path), changes=len(changes)),
+    )
+    runtime.config = new
+    for hook in runtime.reload_hooks:
+        hook(old, new)
+    log.info("config.reloaded", file=str(path), changes=len(changes))
+    return True
+
+
+class Daemon:
+    """The running daemon: `start()` brings everything up, `stop()` takes it down.
+
+    `serve()` drives it from signals; tests start it in-process on ephemeral ports.
+    """
+
+    def __init__(self, config_path: Path, config: Config) -> None:
+        self.config_path = config_path
+        self.initial_config = config
+        self.runtime: Runtime | None = None
+        self.listeners: list[Listener] = []
+        self.startup_ms = 0.0
+
+    async def start(self) -> Runtime:
+        started = time.monotonic()
+        config = self.initial_config
+        config.server.data_dir.mkdir(parents=True, exist_ok=True)
+        store = await Store.open(config.storage)
+        runtime = Runtime(config=config, store=store)
+        self.runtime = runtime
+        try:
+            await store.ensure_mailboxes(m.address for m in config.mailboxes)
+            if store.created_key:
+                await store.record(KeyCreated(key_file=str(config.storage.key_file)))
+            factories = listener_factories()
+            for lc in config.listeners:
+                factory = factories.get(lc.kind)
+                if factory is None:
+                    log.warning("listener.not_available", kind=lc.kind.value, port=lc.port)
+                    continue
+                listener = factory(runtime, lc)
+                await listener.start()
+                self.listeners.append(listener)
+            await store.record(DaemonStarted(version=VERSION, config_file=str(self.config_path)))
+        except BaseException:
+            await self.stop("start failed")
+            raise
+        self.startup_ms = (time.monotonic() - started) * 1000
+        return runtime
+
+    async def reload(self) -> bool:
+        assert self.runtime is not None
+        return await reload_config(self.runtime, self.config_path)
+
+    async def stop(
+        self, reason: str = "stopped", grace_seconds: float = SHUTDOWN_GRACE_SECONDS
+    ) -> None:
+        listeners, self.listeners = self.listeners, []
+        await asyncio.gather(
+            *(lst.stop(grace_seconds) for lst in reversed(listeners)), return_exceptions=True
+        )
+        runtime, self.runtime = self.runtime, None
+        if runtime is None:
+            return
+        with contextlib.suppress(Exception):
+            await runtime.store.record(DaemonStopped(reason=reason))
+        await runtime.store.close()
+
+
+def load_for_serving(config_path: Path) -> Config:
+    """Load the config and check that its files exist (serving needs them)."""
+    config = load(config_path)
+    problems = check_files(config)
+    if problems:
+        raise ConfigError(tuple(problems))
+    return config
+
+
+async def serve(config_path: Path) -> int:
+    """Run the daemon until SIGTERM/SIGINT. Returns the process exit status."""
+    try:
+        config = load_for_serving(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    daemon = Daemon(config_path, config)
+    runtime = await daemon.start()
+    for listener in daemon.listeners:
+        print(f"mss-relay: listening: {listener.description}", flush=True)
+    stop = asyncio.Event()
+    reload_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
+    log.info(
+        "daemon.ready", listeners=len(daemon.listeners), startup_ms=round(daemon.startup_ms, 1)
+    )
+    print(f"mss-relay: ready in {daemon.startup_ms:.0f} ms (config {config_path})", flush=True)
+    sd_notify("READY=1\nSTATUS=serving")
+    reason = "signal"
+    try:
+        while not stop.is_set():
+            waiters = {
+                asyncio.create_task(stop.wait()),
+                asyncio.create_task(reload_requested.wait()),
+            }
+            _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            if reload_requested.is_set() and not stop.is_set():
+                reload_requested.clear()
+                sd_notify("RELOADING=1")
+                await reload_config(runtime, config_path)
+                sd_notify("READY=1")
+    except BaseException:
+        reason = "error"
+        log.exception("daemon.failed")
+        raise
+    finally:
+        sd_notify("STOPPING=1")
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        log.info("daemon.stopping")
+        await daemon.stop(reason)
+        log.info("daemon.stopped")
+    return 0

@@ -1,0 +1,249 @@
+"""`mss-relay` command line: serve, check-config, demo, dev-pki, passwd, audit, ...
+
+Exit status: 0 success, 1 a check failed (audit verify), 2 bad input (config, usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import getpass
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from relay.logsetup import setup_logging
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def _load_config_or_exit(path: Path):  # type: ignore[no-untyped-def]
+    from relay.config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+
+
+# --- commands -----------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from relay.app import serve
+
+    setup_logging(args.log_format)
+    return asyncio.run(serve(Path(args.config)))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from relay.config import check_files, summary
+
+    config = _load_config_or_exit(Path(args.file))
+    for problem in check_files(config):
+        print(f"warning: {problem}")
+    print(summary(config))
+    return EXIT_OK
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    from relay.identity.passwords import hash_password
+
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Again: "):
+            print("passwords differ", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    else:
+        first = sys.stdin.readline().rstrip("\r\n")
+    if len(first) < 8:
+        print("password too short: at least 8 characters", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(hash_password(first))
+    return EXIT_OK
+
+
+def cmd_dev_pki(args: argparse.Namespace) -> int:
+    from relay.tls.pki import generate_dev_pki
+
+    directory = Path(args.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    pki = generate_dev_pki(directory, args.hostname)
+    print(f"test PKI written to {directory} (hostname {args.hostname}); NOT for production")
+    for name, fingerprint in sorted(pki.fingerprints.items()):
+        print(f"  {name:24} sha256 {fingerprint}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    config_path = Path(args.config)
+    pki_dir = Path(args.pki_dir)
+    if not (pki_dir / "server.pem").exists():
+        cmd_dev_pki(argparse.Namespace(dir=str(pki_dir), hostname="localhost"))
+    setup_logging(args.log_format)
+    from relay.app import serve
+
+    return asyncio.run(serve(config_path))
+
+
+async def _with_store(
+    config_path: Path, action: Callable[..., Awaitable[int]], *extra: object
+) -> int:
+    from relay.store.store import Store
+
+    config = _load_config_or_exit(config_path)
+    store = await Store.open(config.storage)
+    try:
+        return await action(store, *extra)
+    finally:
+        await store.close()
+
+
+def _filter(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from relay.store.store import AuditFilter
+
+    def when(value: str | None) -> dt.datetime | None:
+        if value is None:
+            return None
+        parsed = dt.datetime.fromisoformat(value)
+        return parsed if parsed.tzinfo else parsed.astimezone()  # local time by default
+
+    return AuditFilter(
+        box=args.box,
+        person=args.person,
+        action=args.action,
+        since=when(args.since),
+        until=when(args.until),
+        limit=args.limit,
+    )
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from relay.audit.chain import verify
+    from relay.store.store import Store
+
+    async def run(store: Store) -> int:
+        seq, head = await store.audit_head()
+        result = verify(await store.audit_rows(), head_seq=seq, head_hash=head)
+        print(result)
+        return EXIT_OK if result.ok else EXIT_CHECK_FAILED
+
+    return asyncio.run(_with_store(Path(args.config), run))
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    from relay.audit.export import render_row, row_to_json
+    from relay.store.store import Store
+
+    async def run(store: Store) -> int:
+        for row in await store.audit_rows(_filter(args)):
+            print(row_to_json(row) if args.json else render_row(row))
+        return EXIT_OK
+
+    return asyncio.run(_with_store(Path(args.config), run))
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from relay.audit.events import AuditExported
+    from relay.audit.export import ExportError, encrypt_to, json_lines
+    from relay.store.store import Store
+
+    async def run(store: Store) -> int:
+        rows = await store.audit_rows(_filter(args))
+        data = json_lines(rows)
+        recipient = None
+        if args.encrypt_to:
+            try:
+                data, recipient = encrypt_to(Path(args.encrypt_to), data)
+            except ExportError as exc:
+                print(exc, file=sys.stderr)
+                return EXIT_BAD_INPUT
+        if args.output == "-":
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        else:
+            await asyncio.to_thread(Path(args.output).write_bytes, data)
+        filters = " ".join(
+            f"{k}={v}"
+            for k, v in vars(args).items()
+            if k in {"box", "person", "action", "since", "until"} and v is not None
+        )
+        await store.record(AuditExported(rows=len(rows), encrypted_to=recipient, filters=filters))
+        print(f"{len(rows)} audit rows exported", file=sys.stderr)
+        return EXIT_OK
+
+    return asyncio.run(_with_store(Path(args.config), run))
+
+
+# --- parser -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mss-relay", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", "-c", default="/etc/mss-relay/relay.toml")
+
+    s = sub.add_parser("serve", help="run the daemon")
+    with_config(s)
+    s.add_argument("--log-format", choices=("json", "console"), default="json")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("check-config", help="validate a config file and summarise it")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("passwd", help="read a password, print its hash for the config")
+    s.set_defaults(func=cmd_passwd)
+
+    s = sub.add_parser("dev-pki", help="write a TEST PKI (IGC-Santé TEST names)")
+    s.add_argument("dir")
+    s.add_argument("--hostname", default="localhost")
+    s.set_defaults(func=cmd_dev_pki)
+
+    s = sub.add_parser("demo", help="make the test PKI if needed and serve the demo config")
+    s.add_argument("--config", default="config/demo.toml")
+    s.add_argument("--pki-dir", default="var/pki")
+    s.add_argument("--log-format", choices=("json", "console"), default="console")
+    s.set_defaults(func=cmd_demo)
+
+    audit = sub.add_parser("audit", help="verify, read and export the audit trail")
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+    s = asub.add_parser("verify", help="check the hash chain; report the first broken row")
+    with_config(s)
+    s.set_defaults(func=cmd_audit_verify)
+    for name, func, help_text in (
+        ("show", cmd_audit_show, "print events"),
+        ("export", cmd_audit_export, "write events as JSON lines, optionally encrypted"),
+    ):
+        s = asub.add_parser(name, help=help_text)
+        with_config(s)
+        s.add_argument("--box")
+        s.add_argument("--person")
+        s.add_argument("--action", help="exact action, or a prefix ending in '.'")
+        s.add_argument("--since", help="ISO date/time (local time if no offset)")
+        s.add_argument("--until", help="ISO date/time (local time if no offset)")
+        s.add_argument("--limit", type=int)
+        if name == "show":
+            s.add_argument("--json", action="store_true")
+        else:
+            s.add_argument("--encrypt-to", metavar="PUBLIC_KEY_FILE")
+            s.add_argument("--output", "-o", default="-")
+        s.set_defaults(func=func)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""The configuration as frozen values.
+
+One TOML file is parsed once (`relay.config.load`) into these dataclasses. Every path
+is already resolved against the config file's folder; every limit carries its unit in
+its name. Components receive the part they need, never the whole file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ListenerKind(enum.StrEnum):
+    SUBMISSION = "submission"
+    INBOUND = "inbound"
+    IMAP = "imap"
+
+
+class TlsMode(enum.StrEnum):
+    STARTTLS = "starttls"
+    IMPLICIT = "implicit"
+    # Plain text is only accepted on a loopback address (benchmarks, local tests);
+    # the loader refuses it anywhere else.
+    NONE = "none"
+
+
+class BoxType(enum.StrEnum):
+    """MSSanté mailbox types (MSSANTE.md)."""
+
+    PER = "PER"
+    ORG = "ORG"
+    APP = "APP"
+    CAB = "CAB"
+
+
+class SeenMode(enum.StrEnum):
+    SHARED = "shared"
+    PER_PERSON = "per-person"
+
+
+class Right(enum.StrEnum):
+    """Rights a co-holder may hold on a box; mapped to RFC 4314 letters by IMAP."""
+
+    READ = "read"
+    FLAG = "flag"
+    DELETE = "delete"
+    SEND = "send"
+    MANAGE = "manage"
+
+
+ALL_RIGHTS: frozenset[Right] = frozenset(Right)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    hostname: str
+    data_dir: Path
+    # Domains for which this server holds boxes. Defaults to the domains of the
+    # configured mailboxes.
+    local_domains: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    url: str  # SQLAlchemy async URL: sqlite+aiosqlite:///... or postgresql+asyncpg://...
+    key_file: Path  # AES-256-GCM key for message bodies, created 0600 on first start
+    # PostgreSQL only: the schema to use (several installations or test runs in one
+    # database). None: the server's default search_path.
+    schema: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    certificate: Path | None
+    key: Path | None
+    trust_anchors: tuple[Path, ...]  # PEM files: roots and intermediates of IGC-Santé
+    crl_files: tuple[Path, ...]
+    minimum_version: str  # "1.2" or "1.3"
+    crl_grace_seconds: int  # how long past nextUpdate a CRL is still honoured
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    kind: ListenerKind
+    host: str
+    port: int
+    tls: TlsMode
+    require_client_certificate: bool  # inbound: always True; submission/imap: optional
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    id: str
+    display_name: str
+    rpps: str | None  # 11 digits
+    profession: str | None
+    login: str
+    password_hash: str | None  # argon2id PHC string
+    certificate_fingerprints: frozenset[str]  # lower-case hex SHA-256 of the DER cert
+
+
+@dataclass(frozen=True, slots=True)
+class Coholder:
+    person: str  # Person.id
+    rights: frozenset[Right]
+    valid_from: dt.date | None
+    valid_until: dt.date | None  # inclusive
+
+    def active_on(self, day: dt.date) -> bool:
+        if self.valid_from is not None and day < self.valid_from:
+            return False
+        return not (self.valid_until is not None and day > self.valid_until)
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    address: str  # lower-cased
+    type: BoxType
+    owner: str | None  # Person.id of the owner (all rights); None for structure-owned boxes
+    structure_id: str | None  # FINESS (9 digits) or SIRET (14 digits)
+    responsible: str | None  # Person.id; required with an RPPS for ORG and CAB
+    liste_rouge: bool
+    seen: SeenMode
+    pharmacy: bool  # patient may write first (MSSANTE.md, patient messaging)
+    coholders: tuple[Coholder, ...]
+
+    def rights_of(self, person_id: str, day: dt.date) -> frozenset[Right]:
+        """Rights `person_id` holds on this box on `day` (empty if none)."""
+        if self.owner == person_id:
+            return ALL_RIGHTS
+        rights: set[Right] = set()
+        for c in self.coholders:
+            if c.person == person_id and c.active_on(day):
+                rights |= c.rights
+        return frozenset(rights)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    domain: str  # exact ("cpts-b.mssante.fr") or wildcard ("*.mssante.fr")
+    host: str
+    port: int
+    peer_dn: str | None  # expected subject DN of the peer certificate (RFC 4514 string)
+    mx: bool  # resolve MX records for the recipient domain instead of `host`
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    # 25 MB: what Mon espace santé accepts (MSSANTE.md); also our SMTP SIZE.
+    max_message_bytes: int = 25 * 1024 * 1024
+    max_recipients: int = 100  # RFC 5321 §4.5.3.1.8 minimum buffer is 100
+    max_line_bytes: int = 1000  # RFC 5321 §4.5.3.1.6 text line incl. CRLF = 1000
+    smtp_command_timeout_seconds: int = 300  # RFC 5321 §4.5.3.2.7 server timeout 5 min
+    imap_idle_timeout_seconds: int = 1800  # RFC 3501 §5.4: at least 30 minutes
+    imap_max_literal_bytes: int = 25 * 1024 * 1024
+    auth_failures_before_lockout: int = 5
+    auth_lockout_seconds: int = 300
+    max_bad_commands: int = 10
+    # outbound queue (Postfix style defaults)
+    retry_first_seconds: int = 300
+    retry_max_interval_seconds: int = 3600
+    retry_give_up_seconds: int = 5 * 24 * 3600
+    delay_warning_seconds: int = 4 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path  # the file this was loaded from
+    server: ServerConfig
+    storage: StorageConfig
+    tls: TlsConfig
+    listeners: tuple[ListenerConfig, ...]
+    people: tuple[Person, ...]
+    mailboxes: tuple[Mailbox, ...]
+    routes: tuple[Route, ...]
+    limits: Limits = field(default_factory=Limits)
+
+    def person(self, person_id: str) -> Person | None:
+        for p in self.people:
+            if p.id == person_id:
+                return p
+        return None
+
+    def person_by_login(self, login: str) -> Person | None:
+        for p in self.people:
+            if p.login == login:
+                return p
+        return None
+
+    def mailbox(self, address: str) -> Mailbox | None:
+        address = address.lower()
+        for m in self.mailboxes:
+            if m.address == address:
+                return m
+        return None

@@ -1,0 +1,69 @@
+"""A message's header block as raw lines (pure).
+
+The submission server adds or replaces a few fields (Sender, Message-ID, Date, From)
+and must leave every other header byte for byte (the X-MSS-* headers travel unchanged,
+MSSANTE.md). So fields are kept as their original bytes, folded lines included.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from dataclasses import dataclass, field
+
+
+@dataclass
+class HeaderBlock:
+    fields: list[bytes] = field(default_factory=list)  # each field with its CRLF(s)
+    body: bytes = b""  # from the blank line on (the blank line included)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> HeaderBlock:
+        end = raw.find(b"\r\n\r\n")
+        if raw.startswith(b"\r\n"):
+            return cls([], raw)
+        if end < 0:
+            head, body = raw, b""
+            if head and not head.endswith(b"\r\n"):
+                head += b"\r\n"
+        else:
+            head, body = raw[: end + 2], raw[end + 2 :]
+        fields: list[bytes] = []
+        for line in head.split(b"\r\n")[:-1]:
+            if line[:1] in (b" ", b"\t") and fields:
+                fields[-1] += line + b"\r\n"  # RFC 5322 §2.2.3 folding
+            else:
+                fields.append(line + b"\r\n")
+        return cls(fields, body if body else b"\r\n")
+
+    @staticmethod
+    def _name(f: bytes) -> bytes:
+        return f.split(b":", 1)[0].strip().lower()
+
+    def values(self, name: str) -> list[str]:
+        key = name.lower().encode()
+        out: list[str] = []
+        for f in self.fields:
+            if self._name(f) == key:
+                value = f.split(b":", 1)[1] if b":" in f else b""
+                text = value.decode("utf-8", "surrogateescape")
+                out.append(" ".join(text.split()))
+        return out
+
+    def has(self, name: str) -> bool:
+        return bool(self.values(name))
+
+    def addresses(self, name: str) -> list[str]:
+        """Lower-cased addr-specs of every address in every `name` field."""
+        pairs = email.utils.getaddresses(self.values(name))
+        return [addr.lower() for _, addr in pairs if addr]
+
+    def add(self, name: str, value: str) -> None:
+        self.fields.append(f"{name}: {value}\r\n".encode())
+
+    def replace(self, name: str, value: str) -> None:
+        key = name.lower().encode()
+        self.fields = [f for f in self.fields if self._name(f) != key]
+        self.add(name, value)
+
+    def render(self) -> bytes:
+        return b"".join(self.fields)

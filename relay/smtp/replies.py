@@ -1,0 +1,80 @@
+"""SMTP replies: the one place where reply codes are chosen.
+
+aiosmtpd's built-in replies lack RFC 3463 enhanced status codes, which we advertise
+(ENHANCEDSTATUSCODES, RFC 2034: every reply but the greeting and EHLO/HELO). `enhance`
+adds them to any 4xx/5xx reply that has none, from the table below.
+"""
+
+from __future__ import annotations
+
+import re
+
+_ENHANCED = re.compile(r"^\d{3}[ -]\d\.\d{1,3}\.\d{1,3}(?: |$)")
+
+# Default enhanced code per basic code (RFC 3463 §3, RFC 5321 §4.2.3).
+DEFAULT_ENHANCED: dict[str, str] = {
+    "221": "2.0.0",
+    "421": "4.4.2",
+    "450": "4.2.0",
+    "451": "4.3.0",
+    "452": "4.5.3",
+    "454": "4.7.0",
+    "455": "4.5.4",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "534": "5.7.9",
+    "535": "5.7.8",
+    "538": "5.7.11",
+    "550": "5.7.1",
+    "551": "5.1.6",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.0.0",
+    "555": "5.5.4",
+}
+
+# aiosmtpd texts rewritten to say what is wrong in our words.
+REWORDED: dict[str, str] = {
+    "552 Error: message size exceeds fixed maximum message size": (
+        "552 5.3.4 Message size exceeds the fixed maximum message size"
+    ),
+    "552 Error: Too much mail data": "552 5.3.4 Message size exceeds the fixed maximum",
+    "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
+    "500 Command line too long": "500 5.5.2 Line too long (RFC 5321 §4.5.3.1.4)",
+    "554 Command refused due to lack of security": "554 5.7.0 TLS handshake not accepted",
+}
+
+OK_QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
+NEED_AUTH = "530 5.7.0 Authentication required"
+LOCAL_ERROR = "451 4.3.0 Local error in processing (reference {ref})"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients (at most {limit} per message)"
+BARE_LINE_ENDING = (
+    "550 5.6.0 Message refused: bare LF or CR in the data (RFC 5321 §2.3.8); nothing stored"
+)
+LINE_TOO_LONG = "500 5.5.2 Line too long: at most {limit} octets with CRLF (RFC 5321 §4.5.3.1.6)"
+TOO_BIG = "552 5.3.4 Message too big: at most {limit} octets"
+RELAY_DENIED = "550 5.7.1 Relaying denied: {address} is not a mailbox of this server"
+UNKNOWN_BOX = "550 5.1.1 {address}: no such mailbox here"
+NO_CERTIFICATE = "530 5.7.0 A client certificate is required on this port"
+
+
+def enhance(reply: str) -> str:
+    """Give a 4xx/5xx reply an enhanced status code if it has none."""
+    reply = REWORDED.get(reply, reply)
+    code = reply[:3]
+    if code[:1] not in {"4", "5"} and code != "221":
+        return reply
+    if _ENHANCED.match(reply):
+        return reply
+    enhanced = DEFAULT_ENHANCED.get(code)
+    if enhanced is None or len(reply) < 3:
+        return reply
+    sep = reply[3:4] or " "
+    rest = reply[4:]
+    if rest.startswith("Error: "):
+        rest = rest[len("Error: ") :]
+    return f"{code}{sep}{enhanced} {rest}".rstrip()

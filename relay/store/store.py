@@ -1,0 +1,741 @@
+"""The store: every durable change goes through one group-committing writer.
+
+A caller hands the writer a *unit*: an async function that runs inside a transaction
+and may add audit events. The writer takes every unit waiting at that moment, runs each
+in its own savepoint, appends the audit rows of those that succeeded to the hash chain,
+and commits once. Only when that commit returns (SQLite WAL with synchronous=FULL:
+fsync of the log; PostgreSQL: WAL flush) are the callers' futures resolved: SMTP
+answers 250 after that and not before. Units that finish at the same moment share one
+fsync (group commit), so throughput is not bounded by one fsync per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import structlog
+from sqlalchemy import and_, delete, event, insert, select, text, update
+from sqlalchemy.engine import Connection as SyncConnection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from relay.audit.chain import AuditRow, canonical_json, row_hash
+from relay.audit.events import AuditEvent
+from relay.config.model import StorageConfig
+from relay.errors import StoreError
+from relay.store import schema as t
+from relay.store.crypto import BlobCipher, load_or_create_key
+
+T = TypeVar("T")
+
+log = structlog.get_logger("relay.store")
+audit_log = structlog.get_logger("relay.audit")
+
+# Folders every box has (RFC 6154 special-use attributes).
+DEFAULT_FOLDERS: tuple[tuple[str, str | None], ...] = (
+    ("INBOX", None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+)
+
+MAX_BATCH_UNITS = 256
+RETRIES_ON_CONFLICT = 5
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class TxContext:
+    """What a unit may do besides SQL: add audit events, mark folders changed."""
+
+    __slots__ = ("events", "touched")
+
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+        self.touched: set[int] = set()
+
+    def audit(self, *events: AuditEvent) -> None:
+        self.events.extend(events)
+
+    def touch(self, folder_id: int) -> None:
+        self.touched.add(folder_id)
+
+
+Unit = Callable[[AsyncConnection, TxContext], Awaitable[T]]
+
+
+@dataclass(slots=True)
+class _Pending(Generic[T]):
+    unit: Unit[T]
+    future: asyncio.Future[T]
+    ctx: TxContext = field(default_factory=TxContext)
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    """A message to commit: the raw bytes as stored, where it goes, and its audit event.
+
+    `audit` is completed with the queue id by the store (`queue_id` field).
+    """
+
+    raw: bytes
+    meta: dict[str, Any]
+    sender: str
+    local_recipients: tuple[str, ...]
+    remote_recipients: tuple[str, ...]
+    message_id: str | None
+    audit: Callable[[str], AuditEvent]  # queue id -> event
+    folder: str = "INBOX"
+    flags: str = ""
+    person: str | None = None
+    box: str | None = None
+    internal_date: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    box: str
+    folder_id: int
+    uid: int
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptResult:
+    queue_id: str
+    blob_id: str
+    deliveries: tuple[Delivery, ...]
+    queued: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as a reader sees it (raw bytes decrypted)."""
+
+    folder_id: int
+    uid: int
+    modseq: int
+    flags: str
+    size: int
+    message_id: str | None
+    internal_date: dt.datetime
+    raw: bytes
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TrustEntry:
+    """One domain of the MSSanté trust space, as stored."""
+
+    domain: str  # IDNA ASCII, lower case
+    name: str  # as published
+    certificate_dn: str | None
+    description: str | None
+    updated: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    box: str | None = None
+    person: str | None = None
+    action: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    limit: int | None = None
+
+
+def _is_conflict(exc: DBAPIError) -> bool:
+    """PostgreSQL deadlock (40P01) or serialization failure (40001): safe to retry."""
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code in {"40P01", "40001"}
+
+
+class Store:
+    """Messages, folders, queue and audit trail on SQLite or PostgreSQL."""
+
+    def __init__(
+        self,
+        read_engine: AsyncEngine,
+        write_engine: AsyncEngine,
+        cipher: BlobCipher,
+        *,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self._read = read_engine
+        self._write = write_engine
+        self.cipher = cipher
+        self.clock = clock
+        self.dialect = write_engine.dialect.name
+        self._queue: asyncio.Queue[_Pending[Any] | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._folder_ids: dict[tuple[str, str], int] = {}
+        self._listeners: list[Callable[[frozenset[int]], None]] = []
+        self.commits = 0  # number of group commits (for benchmarks and tests)
+        self.created_key = False
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        storage: StorageConfig,
+        *,
+        migrate: bool = True,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> Store:
+        key, created = load_or_create_key(storage.key_file)
+        read_engine, write_engine = _make_engines(storage)
+        store = cls(read_engine, write_engine, BlobCipher(key), clock=clock)
+        store.created_key = created
+        if migrate:
+            from relay.store.migrate import upgrade
+
+            await upgrade(write_engine, schema=storage.schema)
+        store.start()
+        return store
+
+    def start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+
+    async def close(self) -> None:
+        """Finish every unit already handed in, then close the engines."""
+        if self._writer is not None:
+            await self._queue.put(None)
+            await self._writer
+            self._writer = None
+        await self._read.dispose()
+        if self._write is not self._read:
+            await self._write.dispose()
+
+    def on_commit(self, listener: Callable[[frozenset[int]], None]) -> None:
+        """Call `listener` with the ids of the folders each commit changed."""
+        self._listeners.append(listener)
+
+    # --- the writer ---------------------------------------------------------------
+
+    async def transact(self, unit: Unit[T]) -> T:
+        """Run `unit` in the next group commit; return its result once durable."""
+        if self._writer is None:
+            raise StoreError("store is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(unit, future))
+        return await future
+
+    async def record(self, *events: AuditEvent) -> None:
+        """Append audit events on their own (durable when this returns)."""
+
+        async def unit(conn: AsyncConnection, ctx: TxContext) -> None:
+            ctx.audit(*events)
+
+        await self.transact(unit)
+
+    async def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch: list[_Pending[Any]] = [first]
+            while len(batch) < MAX_BATCH_UNITS and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            await self._commit_batch(batch)
+
+    async def _commit_batch(self, batch: list[_Pending[Any]]) -> None:
+        for attempt in range(RETRIES_ON_CONFLICT):
+            outcomes: list[tuple[bool, Any]] = []
+            written: list[tuple[AuditRow, AuditEvent]] = []
+            try:
+                async with self._write.connect() as conn, conn.begin():
+                    head_seq, head_hash = await self._lock_head(conn)
+                    for item in batch:
+                        item.ctx = TxContext()
+                        try:
+                            async with conn.begin_nested():
+                                result = await item.unit(conn, item.ctx)
+                        except Exception as exc:
+                            if isinstance(exc, DBAPIError) and _is_conflict(exc):
+                                raise
+                            outcomes.append((False, exc))
+                            continue
+                        outcomes.append((True, result))
+                        for ev in item.ctx.events:
+                            head_seq += 1
+                            row = self._audit_row(head_seq, head_hash, ev)
+                            head_hash = row.hash
+                            written.append((row, ev))
+                    if written:
+                        await conn.execute(
+                            insert(t.audit),
+                            [
+                                {
+                                    "seq": r.seq,
+                                    "ts": r.ts,
+                                    "action": r.action,
+                                    "person": r.person,
+                                    "box": r.box,
+                                    "peer": r.peer,
+                                    "data": r.data,
+                                    "prev_hash": r.prev_hash,
+                                    "hash": r.hash,
+                                }
+                                for r, _ in written
+                            ],
+                        )
+                        await conn.execute(
+                            update(t.audit_head)
+                            .where(t.audit_head.c.id == 1)
+                            .values(seq=head_seq, hash=head_hash)
+                        )
+                break
+            except DBAPIError as exc:
+                if _is_conflict(exc) and attempt + 1 < RETRIES_ON_CONFLICT:
+                    log.warning("store.conflict_retry", attempt=attempt + 1)
+                    await asyncio.sleep(0.01 * (attempt + 1))
+                    continue
+                self._fail(batch, exc)
+                return
+            except Exception as exc:
+                self._fail(batch, exc)
+                return
+        self.commits += 1
+        touched: set[int] = set()
+        for item, (ok, value) in zip(batch, outcomes, strict=True):
+            if ok:
+                touched |= item.ctx.touched
+            if not item.future.done():
+                if ok:
+                    item.future.set_result(value)
+                else:
+                    item.future.set_exception(value)
+        for row, ev in written:
+            audit_log.info(
+                "audit",
+                seq=row.seq,
+                ts=row.ts,
+                hash=row.hash,
+                **{k: v for k, v in ev.to_record().items() if v is not None},
+            )
+        if touched:
+            frozen = frozenset(touched)
+            for listener in self._listeners:
+                try:
+                    listener(frozen)
+                except Exception:
+                    log.exception("store.listener_failed")
+
+    def _fail(self, batch: list[_Pending[Any]], exc: BaseException) -> None:
+        log.error("store.commit_failed", units=len(batch), error=repr(exc))
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(StoreError("the transaction could not be committed"))
+
+    async def _lock_head(self, conn: AsyncConnection) -> tuple[int, str]:
+        stmt = select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
+        if self.dialect == "postgresql":
+            stmt = stmt.with_for_update()
+        row = (await conn.execute(stmt)).one_or_none()
+        if row is None:
+            raise StoreError("audit head missing: database not migrated")
+        return int(row.seq), str(row.hash)
+
+    def _audit_row(self, seq: int, prev_hash: str, ev: AuditEvent) -> AuditRow:
+        rec = ev.to_record()
+        ts = self.clock().astimezone(dt.UTC).isoformat(timespec="microseconds")
+        data = canonical_json(
+            {"request": rec["request"], "answer": rec["answer"], "details": rec["details"]}
+        )
+        digest = row_hash(
+            prev_hash,
+            seq=seq,
+            ts=ts,
+            action=ev.ACTION,
+            person=ev.person,
+            box=ev.box,
+            peer=ev.peer,
+            data=data,
+        )
+        return AuditRow(seq, ts, ev.ACTION, ev.person, ev.box, ev.peer, data, prev_hash, digest)
+
+    # --- mailboxes and folders ----------------------------------------------------
+
+    async def ensure_mailboxes(self, addresses: Iterable[str]) -> None:
+        """Create the rows (and default folders) of boxes the config names.
+
+        Boxes that leave the config keep their rows: a config edit never deletes mail.
+        """
+        wanted = sorted({a.lower() for a in addresses})
+
+        async def unit(conn: AsyncConnection, ctx: TxContext) -> None:
+            now = self.clock()
+            existing = {
+                r.address: r.id
+                for r in await conn.execute(select(t.mailboxes.c.address, t.mailboxes.c.id))
+            }
+            for address in wanted:
+                box_id = existing.get(address)
+                if box_id is None:
+                    res = await conn.execute(
+                        insert(t.mailboxes).values(address=address, created_at=now)
+                    )
+                    box_id = res.inserted_primary_key[0] if res.inserted_primary_key else None
+                    assert box_id is not None
+                names = {
+                    r.name
+                    for r in await conn.execute(
+                        select(t.folders.c.name).where(t.folders.c.mailbox_id == box_id)
+                    )
+                }
+                for name, special in DEFAULT_FOLDERS:
+                    if name not in names:
+                        await self._create_folder(conn, box_id, name, special)
+
+        await self.transact(unit)
+
+    async def _create_folder(
+        self, conn: AsyncConnection, box_id: int, name: str, special: str | None
+    ) -> int:
+        # UIDVALIDITY: RFC 3501 §2.3.1.1 — must change if UIDs are reused; a
+        # creation-time stamp plus randomness never repeats for a name in practice.
+        uidvalidity = int(self.clock().timestamp()) % 2**31 or 1
+        res = await conn.execute(
+            insert(t.folders).values(
+                mailbox_id=box_id,
+                name=name,
+                uidvalidity=uidvalidity,
+                uidnext=1,
+                highestmodseq=1,
+                special_use=special,
+            )
+        )
+        folder_id = res.inserted_primary_key[0] if res.inserted_primary_key else None
+        assert folder_id is not None
+        return int(folder_id)
+
+    async def folder_id(self, conn: AsyncConnection, box: str, folder: str) -> int:
+        key = (box.lower(), folder)
+        cached = self._folder_ids.get(key)
+        if cached is not None:
+            return cached
+        row = (
+            await conn.execute(
+                select(t.folders.c.id)
+                .select_from(t.folders.join(t.mailboxes))
+                .where(and_(t.mailboxes.c.address == key[0], t.folders.c.name == folder))
+            )
+        ).one_or_none()
+        if row is None:
+            raise StoreError(f"no folder {folder!r} in box {box!r}")
+        self._folder_ids[key] = int(row.id)
+        return int(row.id)
+
+    def forget_folder(self, box: str, folder: str) -> None:
+        self._folder_ids.pop((box.lower(), folder), None)
+
+    @staticmethod
+    async def allocate_uid(conn: AsyncConnection, folder_id: int) -> tuple[int, int]:
+        """Next UID and MODSEQ of a folder; the UPDATE locks the folder row until commit."""
+        row = (
+            await conn.execute(
+                update(t.folders)
+                .where(t.folders.c.id == folder_id)
+                .values(
+                    uidnext=t.folders.c.uidnext + 1,
+                    highestmodseq=t.folders.c.highestmodseq + 1,
+                )
+                .returning(t.folders.c.uidnext, t.folders.c.highestmodseq)
+            )
+        ).one()
+        return int(row.uidnext) - 1, int(row.highestmodseq)
+
+    # --- acceptance ---------------------------------------------------------------
+
+    async def accept(self, a: Acceptance) -> AcceptResult:
+        """Blob, metadata, local deliveries, queue rows and audit event in ONE commit."""
+        queue_id = secrets.token_hex(8)
+        blob_id = secrets.token_hex(16)
+        sealed = self.cipher.seal(blob_id, a.raw)
+        sealed_meta = self.seal_meta(blob_id, a.meta)
+        size = len(a.raw)
+
+        async def unit(conn: AsyncConnection, ctx: TxContext) -> AcceptResult:
+            now = self.clock()
+            await conn.execute(
+                insert(t.blobs).values(
+                    id=blob_id, size=size, data=sealed, meta=sealed_meta, created_at=now
+                )
+            )
+            deliveries: list[Delivery] = []
+            rows: list[dict[str, Any]] = []
+            for box in a.local_recipients:
+                folder_id = await self.folder_id(conn, box, a.folder)
+                uid, modseq = await self.allocate_uid(conn, folder_id)
+                rows.append(
+                    {
+                        "folder_id": folder_id,
+                        "uid": uid,
+                        "modseq": modseq,
+                        "blob_id": blob_id,
+                        "internal_date": a.internal_date or now,
+                        "size": size,
+                        "flags": a.flags,
+                        "message_id": a.message_id,
+                    }
+                )
+                deliveries.append(Delivery(box, folder_id, uid))
+                ctx.touch(folder_id)
+            if rows:
+                await conn.execute(insert(t.messages), rows)
+            if a.remote_recipients:
+                await conn.execute(
+                    insert(t.queue),
+                    [
+                        {
+                            "queue_id": queue_id,
+                            "blob_id": blob_id,
+                            "sender": a.sender,
+                            "recipient": rcpt,
+                            "status": "queued",
+                            "attempts": 0,
+                            "created_at": now,
+                            "next_attempt_at": now,
+                            "message_id": a.message_id,
+                            "person": a.person,
+                            "box": a.box,
+                            "delay_warned": False,
+                        }
+                        for rcpt in a.remote_recipients
+                    ],
+                )
+            ctx.audit(a.audit(queue_id))
+            return AcceptResult(queue_id, blob_id, tuple(deliveries), len(a.remote_recipients))
+
+        return await self.transact(unit)
+
+    # --- reading ------------------------------------------------------------------
+
+    def seal_meta(self, blob_id: str, meta: dict[str, Any]) -> bytes:
+        return self.cipher.seal(blob_id + ":meta", json.dumps(meta, separators=(",", ":")).encode())
+
+    def open_meta(self, blob_id: str, sealed: bytes) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.cipher.open(blob_id + ":meta", sealed))
+        return value
+
+    async def read_blob(self, blob_id: str) -> bytes:
+        async with self._read.connect() as conn:
+            row = (
+                await conn.execute(select(t.blobs.c.data).where(t.blobs.c.id == blob_id))
+            ).one_or_none()
+        if row is None:
+            raise StoreError(f"no blob {blob_id}")
+        return self.cipher.open(blob_id, bytes(row.data))
+
+    async def messages(self, box: str, folder: str = "INBOX") -> list[StoredMessage]:
+        """Every message of a folder in UID order, decrypted (tests, export, small boxes)."""
+        async with self._read.connect() as conn:
+            folder_id = await self.folder_id(conn, box, folder)
+            rows = (
+                await conn.execute(
+                    select(t.messages, t.blobs.c.data, t.blobs.c.meta)
+                    .join(t.blobs, t.blobs.c.id == t.messages.c.blob_id)
+                    .where(t.messages.c.folder_id == folder_id)
+                    .order_by(t.messages.c.uid)
+                )
+            ).all()
+        return [
+            StoredMessage(
+                folder_id=r.folder_id,
+                uid=r.uid,
+                modseq=r.modseq,
+                flags=r.flags,
+                size=r.size,
+                message_id=r.message_id,
+                internal_date=_aware(r.internal_date),
+                raw=self.cipher.open(r.blob_id, bytes(r.data)),
+                meta=self.open_meta(r.blob_id, bytes(r.meta)),
+            )
+            for r in rows
+        ]
+
+    async def queue_rows(self) -> list[dict[str, Any]]:
+        async with self._read.connect() as conn:
+            rows = (await conn.execute(select(t.queue).order_by(t.queue.c.id))).mappings().all()
+        return [dict(r) for r in rows]
+
+    async def audit_head(self) -> tuple[int, str]:
+        async with self._read.connect() as conn:
+            row = (await conn.execute(select(t.audit_head.c.seq, t.audit_head.c.hash))).one()
+        return int(row.seq), str(row.hash)
+
+    async def audit_rows(self, flt: AuditFilter | None = None) -> list[AuditRow]:
+        """Audit rows in sequence order, optionally filtered."""
+        flt = flt or AuditFilter()
+        stmt = select(t.audit).order_by(t.audit.c.seq)
+        if flt.box is not None:
+            stmt = stmt.where(t.audit.c.box == flt.box.lower())
+        if flt.person is not None:
+            stmt = stmt.where(t.audit.c.person == flt.person)
+        if flt.action is not None:
+            if flt.action.endswith("."):
+                stmt = stmt.where(t.audit.c.action.startswith(flt.action))
+            else:
+                stmt = stmt.where(t.audit.c.action == flt.action)
+        if flt.since is not None:
+            stmt = stmt.where(t.audit.c.ts >= _iso(flt.since))
+        if flt.until is not None:
+            stmt = stmt.where(t.audit.c.ts < _iso(flt.until))
+        if flt.limit is not None:
+            stmt = stmt.limit(flt.limit)
+        async with self._read.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [
+            AuditRow(r.seq, r.ts, r.action, r.person, r.box, r.peer, r.data, r.prev_hash, r.hash)
+            for r in rows
+        ]
+
+    # --- trust space (ANS whitelist) --------------------------------------------
+
+    async def trust_space_lookup(self, domain: str) -> TrustEntry | None:
+        async with self._read.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(t.trust_space).where(t.trust_space.c.domain == domain.lower())
+                )
+            ).one_or_none()
+        if row is None:
+            return None
+        return TrustEntry(row.domain, row.name, row.certificate_dn, row.description, row.updated)
+
+    async def trust_space_dns(self) -> list[str]:
+        async with self._read.connect() as conn:
+            rows = (await conn.execute(select(t.trust_space.c.certificate_dn))).all()
+        return [r.certificate_dn for r in rows if r.certificate_dn]
+
+    async def trust_space_entries(self) -> list[TrustEntry]:
+        async with self._read.connect() as conn:
+            rows = (
+                await conn.execute(select(t.trust_space).order_by(t.trust_space.c.domain))
+            ).all()
+        return [
+            TrustEntry(r.domain, r.name, r.certificate_dn, r.description, r.updated) for r in rows
+        ]
+
+    async def trust_space_replace(self, entries: Sequence[TrustEntry], event: AuditEvent) -> None:
+        """Replace the whole whitelist with `entries` (one transaction, audited)."""
+
+        async def unit(conn: AsyncConnection, ctx: TxContext) -> None:
+            now = self.clock()
+            await conn.execute(delete(t.trust_space))
+            if entries:
+                await conn.execute(
+                    insert(t.trust_space),
+                    [
+                        {
+                            "domain": e.domain,
+                            "name": e.name,
+                            "certificate_dn": e.certificate_dn,
+                            "description": e.description,
+                            "updated": e.updated,
+                            "imported_at": now,
+                        }
+                        for e in entries
+                    ],
+                )
+            ctx.audit(event)
+
+        await self.transact(unit)
+
+    async def execute_admin(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        """Raw SQL for tests that tamper with the database on purpose."""
+        async with self._write.connect() as conn, conn.begin():
+            await conn.execute(text(sql), params or {})
+
+    async def sql_scalar(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        async with self._read.connect() as conn:
+            return (await conn.execute(text(sql), params or {})).scalar()
+
+
+def _iso(value: dt.datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError("timezone-aware datetime required")
+    return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    # SQLite gives naive datetimes back; we only ever store UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def _make_engines(storage: StorageConfig) -> tuple[AsyncEngine, AsyncEngine]:
+    url = storage.url
+    if url.startswith("sqlite"):
+        # Readers and the one writer use separate engines: the writer takes the write
+        # lock at BEGIN (IMMEDIATE) so a batch never fails half-way on SQLITE_BUSY.
+        read = create_async_engine(url)
+        write = create_async_engine(url, pool_size=1, max_overflow=0)
+        _sqlite_setup(read, begin="BEGIN")
+        _sqlite_setup(write, begin="BEGIN IMMEDIATE")
+        return read, write
+    connect_args: dict[str, Any] = {}
+    if storage.schema:
+        connect_args["server_settings"] = {"search_path": storage.schema}
+    engine = create_async_engine(url, connect_args=connect_args, pool_size=10, max_overflow=10)
+    return engine, engine
+
+
+def _sqlite_setup(engine: AsyncEngine, *, begin: str) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, emit BEGIN, so SAVEPOINT works (SQLAlchemy
+        # docs, "Serializable isolation / Savepoints / Transactional DDL" for pysqlite).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit, so a committed message survives a
+        # power cut. NORMAL would only survive a process crash. Never NORMAL here.
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: SyncConnection) -> None:
+        conn.exec_driver_sql(begin)
+
+
+async def check_durability_settings(store: Store) -> dict[str, Any]:
+    """The settings the durability promise rests on, as the database reports them."""
+    if store.dialect == "sqlite":
+        return {
+            "journal_mode": await store.sql_scalar("PRAGMA journal_mode"),
+            "synchronous": await store.sql_scalar("PRAGMA synchronous"),
+        }
+    return {
+        "fsync": await store.sql_scalar("SHOW fsync"),
+        "synchronous_commit": await store.sql_scalar("SHOW synchronous_commit"),
+    }
+
+
+__all__: Sequence[str] = (
+    "DEFAULT_FOLDERS",
+    "AcceptResult",
+    "Acceptance",
+    "AuditFilter",
+    "Delivery",
+    "Store",
+    "StoredMessage",
+    "TrustEntry",
+    "TxContext",
+    "check_durability_settings",
+)

@@ -1,0 +1,227 @@
+"""The MSSanté trust space: the ANS operator whitelist `listeblanchemssante.xml`.
+
+Pure: bytes in, `TrustSpace` out. The file lists, per operator domain (`Domaine`),
+its name (`Nom`, possibly non-ASCII), the subject DN of the operator's certificate
+(`DNCertificatOperateur`) and contacts (MSSANTE.md). An operator relays only to and
+from listed domains and checks the peer's certificate subject against the listed DN.
+
+Hostile input: the file comes over the network. Any DOCTYPE is refused (no internal
+entities, hence no "billion laughs" expansion; no external entities, hence no file
+or URL reads). This is done twice: a byte scan before parsing, and expat handlers
+that abort on a DOCTYPE or entity declaration whatever the encoding. defusedxml
+does the same with the same expat hooks, but its last release is 0.7.1 (March 2021),
+so a dependency buys nothing here. The size is bounded too.
+
+Not done here: verifying the XML signature of the signed list.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import xml.etree.ElementTree as ET
+import zoneinfo
+from dataclasses import dataclass, field
+from pyexpat import XML_PARAM_ENTITY_PARSING_NEVER as _PARAM_ENTITY_NEVER
+from pyexpat import ExpatError, ParserCreate
+from typing import NoReturn
+
+from relay.tls.peer import dn_equal
+
+NAMESPACE = "https://listeblanche.mssante.fr/schema"
+# The national list holds a few thousand domains (well under 2 MiB); this leaves
+# room for growth while bounding memory.
+MAX_WHITELIST_BYTES = 32 * 1024 * 1024
+
+# Dates without an offset are read as French legal time [?]: the ANS is in Paris.
+_PARIS = zoneinfo.ZoneInfo("Europe/Paris")
+_FRENCH_FORMATS = ("%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y")
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class TrustSpaceError(ValueError):
+    """The whitelist cannot be used; the message says why (for the operator's log)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedDomain:
+    """One `Domaine` of the whitelist."""
+
+    name: str  # `Nom` as written in the file (may be non-ASCII)
+    ascii_name: str  # IDNA (punycode) form, lower case, no trailing dot
+    description: str | None
+    operator_dn: str | None  # `DNCertificatOperateur`: the peer's certificate subject
+    responsible_contact: str | None
+    support_contact: str | None
+    updated: dt.datetime | None  # `DateMAJ`, aware
+
+    def matches_certificate(self, subject_dn: str) -> bool:
+        """Whether a peer certificate subject is the one listed for this domain
+        (`relay.tls.peer.dn_equal`). A domain without a listed DN matches nothing."""
+        return self.operator_dn is not None and dn_equal(self.operator_dn, subject_dn)
+
+
+@dataclass(frozen=True, slots=True)
+class TrustSpace:
+    """The parsed whitelist."""
+
+    generated: dt.datetime | None  # `DateDeGeneration`, aware
+    domains: tuple[TrustedDomain, ...]
+    _index: dict[str, TrustedDomain] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {d.ascii_name: d for d in self.domains})
+
+    def lookup(self, domain: str) -> TrustedDomain | None:
+        """The listed entry for `domain` (Unicode or punycode, any case), exact match
+        only: a listed domain does not vouch for its subdomains."""
+        try:
+            key = ascii_domain(domain)
+        except TrustSpaceError:
+            return None
+        return self._index.get(key)
+
+
+def ascii_domain(name: str) -> str:
+    """IDNA ASCII form of a domain name, lower case, without trailing dot.
+
+    Uses Python's built-in IDNA 2003 codec (RFC 3490): the `idna` package (IDNA
+    2008) is not a dependency. The two differ only on rare characters (ß, ς,
+    joiners) that French operator domains do not use [?].
+    """
+    text = name.strip().rstrip(".")
+    if not text:
+        raise TrustSpaceError("empty domain name")
+    try:
+        ascii_form = text.encode("idna").decode("ascii").lower()
+    except UnicodeError as exc:
+        raise TrustSpaceError(f"domain name {name!r} is not a valid IDNA name: {exc}") from None
+    labels = ascii_form.split(".")
+    if len(ascii_form) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise TrustSpaceError(f"domain name {name!r} is not a valid host name")
+    return ascii_form
+
+
+class _Refused(Exception):
+    pass
+
+
+def _refuse(what: str) -> NoReturn:
+    raise _Refused(what)
+
+
+_FORBIDDEN_MARKUP = tuple(
+    marker.encode(encoding)
+    for marker in ("<!DOCTYPE", "<!ENTITY")
+    for encoding in ("utf-8", "utf-16-le", "utf-16-be")
+)
+
+
+def _parse_xml(data: bytes) -> ET.Element:
+    """ElementTree from expat, with DOCTYPE and entities refused."""
+    for marker in _FORBIDDEN_MARKUP:
+        if marker in data:
+            raise TrustSpaceError("whitelist refused: it contains a DOCTYPE or ENTITY declaration")
+    builder = ET.TreeBuilder()
+    parser = ParserCreate(namespace_separator="}")
+    parser.SetParamEntityParsing(_PARAM_ENTITY_NEVER)
+
+    def qname(name: str) -> str:
+        # expat gives "uri}local" for namespaced names; ElementTree wants "{uri}local"
+        return "{" + name if "}" in name else name
+
+    def start(name: str, attrs: dict[str, str]) -> None:
+        builder.start(qname(name), {qname(k): v for k, v in attrs.items()})
+
+    def end(name: str) -> None:
+        builder.end(qname(name))
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = builder.data
+    parser.StartDoctypeDeclHandler = lambda *_: _refuse("DOCTYPE")
+    parser.EntityDeclHandler = lambda *_: _refuse("ENTITY declaration")
+    parser.ExternalEntityRefHandler = lambda *_: _refuse("external entity")
+    try:
+        parser.Parse(data, True)
+    except _Refused as exc:
+        raise TrustSpaceError(f"whitelist refused: it contains a {exc}") from None
+    except ExpatError as exc:
+        raise TrustSpaceError(f"whitelist is not well-formed XML: {exc}") from None
+    return builder.close()
+
+
+def _parse_datetime(text: str, what: str) -> dt.datetime:
+    value: dt.datetime | None = None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        for fmt in _FRENCH_FORMATS:
+            try:
+                value = dt.datetime.strptime(text, fmt)
+                break
+            except ValueError:
+                continue
+    if value is None:
+        raise TrustSpaceError(f"{what}: unreadable date {text!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=_PARIS)
+    return value
+
+
+def _text(parent: ET.Element, tag: str) -> str | None:
+    child = parent.find(f"{{{NAMESPACE}}}{tag}")
+    if child is None:
+        return None
+    text = "".join(child.itertext()).strip()
+    return text or None
+
+
+def parse_trust_space(data: bytes, *, max_bytes: int = MAX_WHITELIST_BYTES) -> TrustSpace:
+    """Parse `listeblanchemssante.xml`.
+
+    Raises TrustSpaceError for oversized input, a DOCTYPE, malformed XML, a root
+    outside the ANS namespace, a `Domaine` without `Nom`, an invalid or duplicated
+    domain name, or an unreadable date.
+    """
+    if len(data) > max_bytes:
+        raise TrustSpaceError(f"whitelist too large: {len(data)} bytes > {max_bytes}")
+    root = _parse_xml(data)
+    if not root.tag.startswith(f"{{{NAMESPACE}}}"):
+        found = root.tag.partition("}")[0].lstrip("{") if "}" in root.tag else "(none)"
+        raise TrustSpaceError(
+            f"whitelist root element is not in namespace {NAMESPACE} (found {found})"
+        )
+    # DateDeGeneration: wherever it sits (directly under the root in known files).
+    generated_element = root.find(f".//{{{NAMESPACE}}}DateDeGeneration")
+    generated_text = (
+        "".join(generated_element.itertext()).strip() if generated_element is not None else ""
+    )
+    generated = _parse_datetime(generated_text, "DateDeGeneration") if generated_text else None
+    domains: list[TrustedDomain] = []
+    seen: dict[str, str] = {}
+    for position, element in enumerate(root.iter(f"{{{NAMESPACE}}}Domaine"), start=1):
+        name = _text(element, "Nom")
+        if name is None:
+            raise TrustSpaceError(f"Domaine #{position} has no Nom")
+        ascii_name = ascii_domain(name)
+        if ascii_name in seen:
+            raise TrustSpaceError(
+                f"Domaine #{position} {name!r} is listed twice (also as {seen[ascii_name]!r})"
+            )
+        seen[ascii_name] = name
+        updated_text = _text(element, "DateMAJ")
+        domains.append(
+            TrustedDomain(
+                name=name,
+                ascii_name=ascii_name,
+                description=_text(element, "Description"),
+                operator_dn=_text(element, "DNCertificatOperateur"),
+                responsible_contact=_text(element, "ResponsableContact"),
+                support_contact=_text(element, "SupportContact"),
+                updated=(
+                    _parse_datetime(updated_text, f"DateMAJ of {name!r}") if updated_text else None
+                ),
+            )
+        )
+    return TrustSpace(generated=generated, domains=tuple(domains))

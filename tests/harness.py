@@ -1,0 +1,226 @@
+"""A real daemon for end-to-end tests: config file written from the dev PKI, listeners
+on free 127.0.0.1 ports, started in-process (or as a subprocess for crash tests)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from relay.app import Daemon, Runtime, load_for_serving
+from relay.config.model import StorageConfig
+from relay.identity.passwords import hash_password
+from relay.store.store import Store, TrustEntry
+from relay.tls.pki import DevPki
+
+DOMAIN = "cpts-demo.mssante.fr"
+SHARED = f"secretariat@{DOMAIN}"
+MARTIN_BOX = f"martin@{DOMAIN}"
+DUPONT_BOX = f"dupont@{DOMAIN}"
+PEER_DOMAIN = "peer.mssante.fr"
+PASSWORDS = {
+    "martin": "martin-secret",
+    "dupont": "dupont-secret",
+    "leroy": "leroy-secret",
+    "ancien": "ancien-secret",
+}
+LISTENER_NAMES = ("submission", "submission-tls", "inbound", "imap", "imap-tls")
+
+
+@functools.cache
+def password_hash(person: str) -> str:
+    return hash_password(PASSWORDS[person])
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _q(value: str | Path) -> str:
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(
+    directory: Path,
+    pki: DevPki,
+    storage: StorageConfig,
+    ports: dict[str, int],
+    *,
+    limits: str = "",
+    extra: str = "",
+    today: dt.date | None = None,
+) -> Path:
+    """The test config: martin (doctor, owner), dupont (secretary: read, flag, send),
+    leroy (replacement: read only, valid now), ancien (former replacement whose window
+    ended yesterday: read, send)."""
+    today = today or dt.date.today()
+    storage_lines = [f"url = {_q(storage.url)}", f"key_file = {_q(storage.key_file)}"]
+    if storage.schema:
+        storage_lines.append(f"schema = {_q(storage.schema)}")
+    martin_cert = pki.fingerprints["person-martin"]
+    text = f"""
+[server]
+hostname = "localhost"
+data_dir = {_q(directory / "data")}
+
+[storage]
+{chr(10).join(storage_lines)}
+
+[tls]
+certificate = {_q(pki.server_cert)}
+key = {_q(pki.server_key)}
+trust_anchors = [{_q(pki.ca_bundle)}]
+crl_files = [{_q(pki.crl)}]
+
+[[listeners]]
+kind = "submission"
+address = "127.0.0.1:{ports["submission"]}"
+tls = "starttls"
+
+[[listeners]]
+kind = "submission"
+address = "127.0.0.1:{ports["submission-tls"]}"
+tls = "implicit"
+
+[[listeners]]
+kind = "inbound"
+address = "127.0.0.1:{ports["inbound"]}"
+tls = "starttls"
+
+[[listeners]]
+kind = "imap"
+address = "127.0.0.1:{ports["imap"]}"
+tls = "starttls"
+
+[[listeners]]
+kind = "imap"
+address = "127.0.0.1:{ports["imap-tls"]}"
+tls = "implicit"
+
+[[people]]
+id = "martin"
+display_name = "Dr Claire Martin"
+rpps = "10001234567"
+profession = "médecin"
+password_hash = {_q(password_hash("martin"))}
+certificate_fingerprints = [{_q(martin_cert)}]
+
+[[people]]
+id = "dupont"
+display_name = "Marie Dupont"
+profession = "secrétaire médicale"
+password_hash = {_q(password_hash("dupont"))}
+
+[[people]]
+id = "leroy"
+display_name = "Dr Paul Leroy"
+rpps = "10009876543"
+profession = "médecin remplaçant"
+password_hash = {_q(password_hash("leroy"))}
+
+[[people]]
+id = "ancien"
+display_name = "Dr Ancien Remplaçant"
+rpps = "10005555555"
+password_hash = {_q(password_hash("ancien"))}
+
+[[mailboxes]]
+address = "{SHARED}"
+type = "ORG"
+owner = "martin"
+responsible = "martin"
+seen = "per-person"
+
+[[mailboxes.coholders]]
+person = "dupont"
+rights = ["read", "flag", "send"]
+
+[[mailboxes.coholders]]
+person = "leroy"
+rights = ["read"]
+valid_from = {today - dt.timedelta(days=30)}
+valid_until = {today + dt.timedelta(days=30)}
+
+[[mailboxes.coholders]]
+person = "ancien"
+rights = ["read", "send"]
+valid_from = {today - dt.timedelta(days=60)}
+valid_until = {today - dt.timedelta(days=1)}
+
+[[mailboxes]]
+address = "{MARTIN_BOX}"
+type = "PER"
+owner = "martin"
+
+[[mailboxes]]
+address = "{DUPONT_BOX}"
+type = "PER"
+owner = "dupont"
+
+[limits]
+auth_failures_before_lockout = 4
+auth_lockout_seconds = 60
+{limits}
+{extra}
+"""
+    path = directory / "relay.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@dataclass
+class RunningDaemon:
+    daemon: Daemon
+    runtime: Runtime
+    ports: dict[str, int]
+    config_path: Path
+    pki: DevPki
+
+    @property
+    def store(self) -> Store:
+        return self.runtime.store
+
+    def client_context(self, cert: str | None = None) -> ssl.SSLContext:
+        """A client TLS context trusting the dev CA, presenting `cert` if given."""
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca_bundle))
+        if cert is not None:
+            chain, key = self.pki.cert_and_key(cert)
+            ctx.load_cert_chain(str(chain), str(key))
+        return ctx
+
+    async def trust_peer(self, *, dn: str | None = None, domain: str = PEER_DOMAIN) -> None:
+        from relay.audit.events import TrustSpaceImported
+
+        await self.store.trust_space_replace(
+            [
+                TrustEntry(
+                    domain=domain,
+                    name=domain,
+                    certificate_dn=dn if dn is not None else self.pki.subjects["peer"],
+                    description="test operator",
+                    updated=None,
+                )
+            ],
+            TrustSpaceImported(source="test", domains=1, generated=None),
+        )
+
+
+async def start_daemon(
+    directory: Path, pki: DevPki, storage: StorageConfig, *, limits: str = "", extra: str = ""
+) -> RunningDaemon:
+    ports = dict(zip(LISTENER_NAMES, free_ports(len(LISTENER_NAMES)), strict=True))
+    path = write_config(directory, pki, storage, ports, limits=limits, extra=extra)
+    daemon = Daemon(path, load_for_serving(path))
+    runtime = await daemon.start()
+    return RunningDaemon(daemon, runtime, ports, path, pki)
