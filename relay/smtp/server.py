@@ -76,7 +76,11 @@ class SessionState:
 
 
 class RelaySession(Session):
-    relay: SessionState
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        # Filled in by connection_made; aiosmtpd calls the STARTTLS hook on a fresh
+        # session before our connection_made has run.
+        self.relay = SessionState(peer_ip="")
 
     # aiosmtpd sets the deprecated `login_data` on every AUTH and logs a warning each
     # time; we keep the principal in `relay` and ignore it.
@@ -316,6 +320,8 @@ class BaseHandler:
             # certificate where one is required, or a protocol mismatch.
             cause = error.__cause__
             reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None)
+            if isinstance(reason, str) and reason.isupper():
+                reason = reason.replace("_", " ").lower()  # PEER_DID_NOT_RETURN_A_CERTIFICATE
             await self.audit_refusal(
                 session,
                 stage="tls",
