@@ -180,6 +180,74 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(Path(args.config), run))
 
 
+def cmd_trust_space_import(args: argparse.Namespace) -> int:
+    from relay.audit.events import TrustSpaceImported
+    from relay.store.store import Store, TrustEntry
+    from relay.tls.trust_space import TrustSpaceError, parse_trust_space
+
+    path = Path(args.file)
+    try:
+        space = parse_trust_space(path.read_bytes())
+    except OSError as exc:
+        print(f"{path}: cannot read ({exc.strerror})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrustSpaceError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    entries = [
+        TrustEntry(
+            domain=d.ascii_name,
+            name=d.name,
+            certificate_dn=d.operator_dn,
+            description=d.description,
+            updated=d.updated.isoformat() if d.updated else None,
+        )
+        for d in space.domains
+    ]
+    generated = space.generated.isoformat() if space.generated else None
+
+    async def run(store: Store) -> int:
+        await store.trust_space_replace(
+            entries,
+            TrustSpaceImported(source=str(path), domains=len(entries), generated=generated),
+        )
+        return EXIT_OK
+
+    status = asyncio.run(_with_store(Path(args.config), run))
+    print(f"trust space: {len(entries)} domains imported from {path} (generated {generated})")
+    return status
+
+
+def cmd_trust_space_list(args: argparse.Namespace) -> int:
+    from relay.store.store import Store
+
+    async def run(store: Store) -> int:
+        entries = await store.trust_space_entries()
+        for e in entries:
+            print(f"{e.domain:40} {e.certificate_dn or '(no certificate DN listed)'}")
+        print(f"{len(entries)} domains")
+        return EXIT_OK
+
+    return asyncio.run(_with_store(Path(args.config), run))
+
+
+def cmd_ins_check(args: argparse.Namespace) -> int:
+    from relay.ins import InsError, parse_ins
+
+    print(_explain_ins(args.number))
+    try:
+        parse_ins(args.number.replace(" ", ""))
+    except InsError:
+        return EXIT_CHECK_FAILED
+    return EXIT_OK
+
+
+def _explain_ins(number: str) -> str:
+    from relay.ins import explain
+
+    return explain(number)
+
+
 # --- parser -------------------------------------------------------------------------
 
 
@@ -212,6 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pki-dir", default="var/pki")
     s.add_argument("--log-format", choices=("json", "console"), default="console")
     s.set_defaults(func=cmd_demo)
+
+    trust = sub.add_parser("trust-space", help="the ANS MSSanté whitelist")
+    tsub = trust.add_subparsers(dest="trust_command", required=True)
+    s = tsub.add_parser("import", help="load listeblanchemssante.xml (replaces the list)")
+    with_config(s)
+    s.add_argument("file")
+    s.set_defaults(func=cmd_trust_space_import)
+    s = tsub.add_parser("list", help="print the imported domains and certificate DNs")
+    with_config(s)
+    s.set_defaults(func=cmd_trust_space_list)
+
+    ins = sub.add_parser("ins", help="patient identifiers (INS)")
+    isub = ins.add_subparsers(dest="ins_command", required=True)
+    s = isub.add_parser("check", help="check an INS matricule and explain what is wrong")
+    s.add_argument("number")
+    s.set_defaults(func=cmd_ins_check)
 
     audit = sub.add_parser("audit", help="verify, read and export the audit trail")
     asub = audit.add_subparsers(dest="audit_command", required=True)
