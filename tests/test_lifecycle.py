@@ -89,7 +89,9 @@ async def test_notify_reload_and_graceful_stop(
         assert (await asyncio.to_thread(notify.recv, 4096)).startswith(b"RELOADING=1")
         assert (await asyncio.to_thread(notify.recv, 4096)).startswith(b"READY=1")
         [refused] = await wait_for(storage, "config.reload_refused", 1)
-        assert any("mailboxes[1].type" in p for p in refused["problems"])  # type: ignore[union-attr]
+        problems = refused["problems"]
+        assert isinstance(problems, list)
+        assert any("mailboxes[1].type" in p for p in problems)
         assert await asyncio.to_thread(ehlo, ports["submission"]) == 250
 
         proc.send_signal(signal.SIGTERM)
