@@ -26,7 +26,9 @@ import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException
 
 from relay.audit.events import AuthFailed, AuthSucceeded, MessageAccepted, MessageRefused
-from relay.config.model import ListenerConfig, ListenerKind, TlsMode
+from relay.config.model import ListenerConfig, ListenerKind, TlsConfig, TlsMode
+from relay.delivery.routing import Unroutable
+from relay.delivery.worker import resolve_recipient
 from relay.errors import AuthenticationFailed, PermissionDenied, TemporarilyLocked
 from relay.identity.auth import Principal
 from relay.message.analysis import analyse
@@ -56,6 +58,10 @@ COMMAND_CALL_LIMITS: dict[str, int] = {
     "HELP": 5,
     "EXPN": 5,
 }
+
+
+# Replies after which the client waits for us: never held back (see RelaySMTP.push).
+_FLUSH_NOW = frozenset({b"220", b"221", b"235", b"334", b"354", b"421", b"535", b"454"})
 
 
 @dataclass
@@ -116,6 +122,7 @@ class RelaySMTP(SMTP):
 
     def __init__(self, handler: BaseHandler, **kwargs: Any) -> None:
         self.relay_handler = handler
+        self._pending_replies: list[bytes] = []
         super().__init__(handler, **kwargs)
 
     # --- session and TLS --------------------------------------------------------
@@ -136,9 +143,23 @@ class RelaySMTP(SMTP):
             self._auth_require_tls = False
 
     async def push(self, status: Any) -> None:
-        if isinstance(status, str):
-            status = replies.enhance(status)
-        await super().push(status)
+        data = replies.enhance(status) if isinstance(status, str) else status
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self._pending_replies.append(data + b"\r\n")
+        # RFC 2920 §3.1: a pipelining client has sent the next commands already; answer
+        # them in one write instead of one packet per reply. Only while a whole command
+        # line is buffered (so the reply is never held while we wait for the client),
+        # and never for replies after which the client must wait (220 before TLS, 354,
+        # 334 challenges, 221/421 before closing).
+        buffered = self._reader._buffer  # type: ignore[attr-defined]
+        if data[:3] not in _FLUSH_NOW and b"\n" in buffered and len(self._pending_replies) < 64:
+            return
+        out = b"".join(self._pending_replies)
+        self._pending_replies.clear()
+        assert self._writer is not None
+        self._writer.write(out)
+        await self._writer.drain()
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd routes here too; keep one implementation, in the handler.
@@ -573,7 +594,13 @@ class SubmissionHandler(BaseHandler):
         limit = self.runtime.config.limits.max_recipients
         if len(envelope.rcpt_tos) >= limit:
             return replies.TOO_MANY_RECIPIENTS.format(limit=limit)
-        _, reply = self.classify_recipient(address)
+        kind, reply = self.classify_recipient(address)
+        rule = "recipient.unknown-box"
+        if kind == "remote":
+            # Refuse now what no route reaches, not days later by DSN (issue 5).
+            route = await resolve_recipient(self.runtime.store, self.runtime.config.routes, address)
+            if isinstance(route, Unroutable):
+                reply, rule = route.reply, "recipient.no-route"
         if reply is not None:
             await self.audit_refusal(
                 session,
@@ -581,7 +608,7 @@ class SubmissionHandler(BaseHandler):
                 reason=reply,
                 sender=envelope.mail_from,
                 recipient=address,
-                rule="recipient.unknown-box",
+                rule=rule,
             )
             return reply
         envelope.rcpt_tos.append(address)
@@ -776,6 +803,9 @@ class SmtpListener:
         self.lc = lc
         self._server: asyncio.Server | None = None
         self._sessions: set[RelaySMTP] = set()
+        # Read at each new connection: `replace_tls` swaps it (fresh CRLs) while open
+        # sessions keep the context they started with.
+        self._context: ssl.SSLContext | None = None
         handler_cls = SubmissionHandler if lc.kind is ListenerKind.SUBMISSION else InboundHandler
         self.handler = handler_cls(runtime, lc)
 
@@ -816,14 +846,35 @@ class SmtpListener:
             ctx = server_context(
                 config.tls, require_client_certificate=self.lc.require_client_certificate
             )
+        self._context = ctx
+        if ctx is not None and self.lc.tls is TlsMode.IMPLICIT:
+            ctx.sni_callback = self._newest_context
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: self._protocol(ctx),
+            lambda: self._protocol(self._context),
             host=self.lc.host,
             port=self.lc.port,
             ssl=ctx if self.lc.tls is TlsMode.IMPLICIT else None,
             reuse_address=True,
         )
+
+    def replace_tls(self, tls: TlsConfig) -> None:
+        """Serve new connections with a context built from `tls` (the CRL refresher
+        calls this); connections already open are not touched."""
+        if self.lc.tls is TlsMode.NONE:
+            return
+        self._context = server_context(
+            tls, require_client_certificate=self.lc.require_client_certificate
+        )
+
+    def _newest_context(
+        self, ssl_obj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext
+    ) -> None:
+        # Implicit TLS: asyncio keeps the context create_server was given, so each
+        # handshake switches to the newest one from the SNI callback, which OpenSSL
+        # calls for every ClientHello (SSL_set_SSL_CTX: certificate and trust store).
+        if self._context is not None and self._context is not ctx:
+            ssl_obj.context = self._context
 
     async def stop(self, grace_seconds: float) -> None:
         if self._server is None:

@@ -15,13 +15,15 @@ import asyncio
 import datetime as dt
 import json
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import structlog
-from sqlalchemy import and_, delete, event, insert, select, text, update
+from sqlalchemy import and_, create_engine, delete, event, insert, select, text, update
 from sqlalchemy.engine import Connection as SyncConnection
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -51,6 +53,10 @@ RETRIES_ON_CONFLICT = 5
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class _UnitFailed(Exception):
+    """A unit raised in a batch run without savepoints."""
 
 
 class TxContext:
@@ -178,6 +184,9 @@ class Store:
         self._folder_ids: dict[tuple[str, str], int] = {}
         self._listeners: list[Callable[[frozenset[int]], None]] = []
         self.commits = 0  # number of group commits (for benchmarks and tests)
+        self._thread_writer: _ThreadWriter | None = None
+        if self.dialect == "sqlite":
+            self._thread_writer = _ThreadWriter(str(write_engine.url))
         self.created_key = False
 
     # --- lifecycle ----------------------------------------------------------------
@@ -211,6 +220,8 @@ class Store:
             await self._queue.put(None)
             await self._writer
             self._writer = None
+        if self._thread_writer is not None:
+            self._thread_writer.close()
         await self._read.dispose()
         if self._write is not self._read:
             await self._write.dispose()
@@ -254,50 +265,14 @@ class Store:
 
     async def _commit_batch(self, batch: list[_Pending[Any]]) -> None:
         for attempt in range(RETRIES_ON_CONFLICT):
-            outcomes: list[tuple[bool, Any]] = []
-            written: list[tuple[AuditRow, AuditEvent]] = []
             try:
-                async with self._write.connect() as conn, conn.begin():
-                    head_seq, head_hash = await self._lock_head(conn)
-                    for item in batch:
-                        item.ctx = TxContext()
-                        try:
-                            async with conn.begin_nested():
-                                result = await item.unit(conn, item.ctx)
-                        except Exception as exc:
-                            if isinstance(exc, DBAPIError) and _is_conflict(exc):
-                                raise
-                            outcomes.append((False, exc))
-                            continue
-                        outcomes.append((True, result))
-                        for ev in item.ctx.events:
-                            head_seq += 1
-                            row = self._audit_row(head_seq, head_hash, ev)
-                            head_hash = row.hash
-                            written.append((row, ev))
-                    if written:
-                        await conn.execute(
-                            insert(t.audit),
-                            [
-                                {
-                                    "seq": r.seq,
-                                    "ts": r.ts,
-                                    "action": r.action,
-                                    "person": r.person,
-                                    "box": r.box,
-                                    "peer": r.peer,
-                                    "data": r.data,
-                                    "prev_hash": r.prev_hash,
-                                    "hash": r.hash,
-                                }
-                                for r, _ in written
-                            ],
-                        )
-                        await conn.execute(
-                            update(t.audit_head)
-                            .where(t.audit_head.c.id == 1)
-                            .values(seq=head_seq, hash=head_hash)
-                        )
+                try:
+                    outcomes, written = await self._execute_batch(batch, isolate=False)
+                except _UnitFailed:
+                    # A unit raised: the whole transaction was rolled back. Run the
+                    # batch again with each unit in its own savepoint, so only the
+                    # failing one fails.
+                    outcomes, written = await self._execute_batch(batch, isolate=True)
                 break
             except DBAPIError as exc:
                 if _is_conflict(exc) and attempt + 1 < RETRIES_ON_CONFLICT:
@@ -309,6 +284,8 @@ class Store:
             except Exception as exc:
                 self._fail(batch, exc)
                 return
+        else:  # pragma: no cover - the loop always breaks or returns
+            return
         self.commits += 1
         touched: set[int] = set()
         for item, (ok, value) in zip(batch, outcomes, strict=True):
@@ -334,6 +311,82 @@ class Store:
                     listener(frozen)
                 except Exception:
                     log.exception("store.listener_failed")
+
+    async def _execute_batch(
+        self, batch: list[_Pending[Any]], *, isolate: bool
+    ) -> tuple[list[tuple[bool, Any]], list[tuple[AuditRow, AuditEvent]]]:
+        """One transaction for the batch, committed when this returns."""
+        if self._thread_writer is not None:
+            # SQLite: the whole batch in the writer thread, one hop for all.
+            result: tuple[
+                list[tuple[bool, Any]], list[tuple[AuditRow, AuditEvent]]
+            ] = await asyncio.get_running_loop().run_in_executor(
+                self._thread_writer.executor,
+                self._thread_writer.run,
+                lambda conn, b: self._run_batch(conn, b, isolate=isolate),
+                batch,
+            )
+            return result
+        async with self._write.connect() as conn, conn.begin():
+            return await self._run_batch(conn, batch, isolate=isolate)
+
+    async def _run_batch(
+        self, conn: AsyncConnection, batch: list[_Pending[Any]], *, isolate: bool
+    ) -> tuple[list[tuple[bool, Any]], list[tuple[AuditRow, AuditEvent]]]:
+        """Inside one open transaction: every unit (in its own savepoint if `isolate`),
+        then the audit rows of those that succeeded, chained after the locked head.
+
+        Units almost never fail, and a savepoint costs two statements per unit, so the
+        first run goes without; a failure raises _UnitFailed and the caller runs the
+        batch again isolated."""
+        outcomes: list[tuple[bool, Any]] = []
+        written: list[tuple[AuditRow, AuditEvent]] = []
+        head_seq, head_hash = await self._lock_head(conn)
+        for item in batch:
+            item.ctx = TxContext()
+            try:
+                if isolate:
+                    async with conn.begin_nested():
+                        result = await item.unit(conn, item.ctx)
+                else:
+                    result = await item.unit(conn, item.ctx)
+            except Exception as exc:
+                if isinstance(exc, DBAPIError) and _is_conflict(exc):
+                    raise
+                if not isolate:
+                    raise _UnitFailed from exc
+                outcomes.append((False, exc))
+                continue
+            outcomes.append((True, result))
+            for ev in item.ctx.events:
+                head_seq += 1
+                row = self._audit_row(head_seq, head_hash, ev)
+                head_hash = row.hash
+                written.append((row, ev))
+        if written:
+            await conn.execute(
+                insert(t.audit),
+                [
+                    {
+                        "seq": r.seq,
+                        "ts": r.ts,
+                        "action": r.action,
+                        "person": r.person,
+                        "box": r.box,
+                        "peer": r.peer,
+                        "data": r.data,
+                        "prev_hash": r.prev_hash,
+                        "hash": r.hash,
+                    }
+                    for r, _ in written
+                ],
+            )
+            await conn.execute(
+                update(t.audit_head)
+                .where(t.audit_head.c.id == 1)
+                .values(seq=head_seq, hash=head_hash)
+            )
+        return outcomes, written
 
     def _fail(self, batch: list[_Pending[Any]], exc: BaseException) -> None:
         log.error("store.commit_failed", units=len(batch), error=repr(exc))
@@ -694,8 +747,10 @@ def _make_engines(storage: StorageConfig) -> tuple[AsyncEngine, AsyncEngine]:
     return engine, engine
 
 
-def _sqlite_setup(engine: AsyncEngine, *, begin: str) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _sqlite_setup(engine: AsyncEngine | Engine, *, begin: str) -> None:
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+
+    @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, emit BEGIN, so SAVEPOINT works (SQLAlchemy
         # docs, "Serializable isolation / Savepoints / Transactional DDL" for pysqlite).
@@ -709,18 +764,119 @@ def _sqlite_setup(engine: AsyncEngine, *, begin: str) -> None:
         cur.execute("PRAGMA busy_timeout=10000")
         cur.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: SyncConnection) -> None:
         conn.exec_driver_sql(begin)
 
 
+class _ThreadWriter:
+    """SQLite's writer: one thread with a synchronous connection (the stdlib driver).
+
+    Going through aiosqlite costs three or four thread hand-offs per statement; a batch
+    of acceptances is a few dozen statements. Here the whole batch, units included,
+    runs in this thread: the units' coroutines only ever await the database, which
+    `_ThreadConnection` answers synchronously, so `_drive` runs them to completion
+    without an event loop.
+    """
+
+    def __init__(self, async_url: str) -> None:
+        url = async_url.replace("sqlite+aiosqlite:", "sqlite+pysqlite:", 1)
+        self.engine = create_engine(
+            url, pool_size=1, max_overflow=0, connect_args={"check_same_thread": False}
+        )
+        _sqlite_setup(self.engine, begin="BEGIN IMMEDIATE")
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+
+    def run(self, batch_fn: Callable[[AsyncConnection, Any], Any], batch: Any) -> Any:
+        with self.engine.connect() as conn, conn.begin():
+            adapter = cast(AsyncConnection, _ThreadConnection(conn))
+            return _drive(batch_fn(adapter, batch))
+
+    def pragmas(self) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            return {
+                "journal_mode": conn.exec_driver_sql("PRAGMA journal_mode").scalar(),
+                "synchronous": conn.exec_driver_sql("PRAGMA synchronous").scalar(),
+            }
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.engine.dispose()
+
+
+class _ThreadConnection:
+    """The part of AsyncConnection that units use, answered by a sync Connection."""
+
+    def __init__(self, conn: SyncConnection) -> None:
+        self.sync_connection = conn
+        self.dialect = conn.dialect
+
+    async def execute(
+        self, statement: Any, parameters: Any = None, *, execution_options: Any = None
+    ) -> Any:
+        return self.sync_connection.execute(
+            statement, parameters, execution_options=execution_options
+        )
+
+    async def scalar(
+        self, statement: Any, parameters: Any = None, *, execution_options: Any = None
+    ) -> Any:
+        return self.sync_connection.scalar(
+            statement, parameters, execution_options=execution_options
+        )
+
+    async def scalars(
+        self, statement: Any, parameters: Any = None, *, execution_options: Any = None
+    ) -> Any:
+        return self.sync_connection.scalars(
+            statement, parameters, execution_options=execution_options
+        )
+
+    async def exec_driver_sql(self, statement: str, parameters: Any = None) -> Any:
+        return self.sync_connection.exec_driver_sql(statement, parameters)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return fn(self.sync_connection, *args, **kwargs)
+
+    def begin_nested(self) -> _Savepoint:
+        return _Savepoint(self.sync_connection)
+
+
+class _Savepoint:
+    def __init__(self, conn: SyncConnection) -> None:
+        self._conn = conn
+
+    async def __aenter__(self) -> Any:
+        self._tx = self._conn.begin_nested()
+        return self._tx
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self._tx.commit()
+        else:
+            self._tx.rollback()
+
+
+def _drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (it only awaits `_ThreadConnection`)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        value: T = done.value
+        return value
+    coro.close()
+    raise StoreError("a store unit awaited something other than the database")
+
+
 async def check_durability_settings(store: Store) -> dict[str, Any]:
     """The settings the durability promise rests on, as the database reports them."""
-    if store.dialect == "sqlite":
-        return {
-            "journal_mode": await store.sql_scalar("PRAGMA journal_mode"),
-            "synchronous": await store.sql_scalar("PRAGMA synchronous"),
-        }
+    if store._thread_writer is not None:
+        # The writer's own connection: it is the one whose commits must be durable.
+        writer = store._thread_writer
+        settings: dict[str, Any] = await asyncio.get_running_loop().run_in_executor(
+            writer.executor, writer.pragmas
+        )
+        return settings
     return {
         "fsync": await store.sql_scalar("SHOW fsync"),
         "synchronous_commit": await store.sql_scalar("SHOW synchronous_commit"),
