@@ -274,7 +274,12 @@ def test_mailbox_name_round_trip(name: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=40))
+@given(
+    st.text(
+        alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+        max_size=40,
+    )
+)
 def test_string_round_trips_through_login(value: str) -> None:
     parsed = parse_command(b"a LOGIN " + r.astring(value) + b" " + r.string(value) + b"\r\n")
     assert parsed == c.Login(tag="a", username=value, password=value)
