@@ -179,3 +179,203 @@ class TrustSpaceImported(AuditEvent):
     source: str
     domains: int
     generated: str | None
+
+
+# --- IMAP: every command that touches a shared box (issue 4, "Traceability") ---------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImapSelected(AuditEvent):
+    """SELECT or EXAMINE of a folder."""
+
+    ACTION: ClassVar[str] = "imap.select"
+    folder: str
+    read_only: bool
+    messages: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImapFetched(AuditEvent):
+    """A FETCH that returned message content (headers or body): which messages, and
+    which sections, never the content itself."""
+
+    ACTION: ClassVar[str] = "imap.fetch"
+    folder: str
+    uids: tuple[int, ...]
+    message_ids: tuple[str, ...]
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImapFlagsChanged(AuditEvent):
+    ACTION: ClassVar[str] = "imap.store"
+    folder: str
+    uids: tuple[int, ...]
+    mode: str  # FLAGS | +FLAGS | -FLAGS
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImapExpunged(AuditEvent):
+    ACTION: ClassVar[str] = "imap.expunge"
+    folder: str
+    uids: tuple[int, ...]
+    message_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImapCopied(AuditEvent):
+    """COPY or MOVE (``moved``) of messages from `box`/`folder` to another folder."""
+
+    ACTION: ClassVar[str] = "imap.copy"
+    folder: str
+    target_box: str
+    target_folder: str
+    uids: tuple[int, ...]
+    message_ids: tuple[str, ...]
+    moved: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImapAppended(AuditEvent):
+    ACTION: ClassVar[str] = "imap.append"
+    folder: str
+    uid: int
+    message_id: str | None
+    size_bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImapFolderChanged(AuditEvent):
+    """CREATE, DELETE or RENAME of a folder."""
+
+    ACTION: ClassVar[str] = "imap.folder"
+    operation: str  # create | delete | rename
+    folder: str
+    new_name: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImapAccessRevoked(AuditEvent):
+    """A config reload took the person's access to the box away: their open IMAP
+    sessions on it were closed."""
+
+    ACTION: ClassVar[str] = "imap.access_revoked"
+    sessions: int
+
+
+# --- outbound delivery (issue 5): one event per recipient and attempt -----------------
+# `person` and `box` are those of the submission (who sent, as which box); `peer` is the
+# peer MTA as "host:port"; `request` the SMTP envelope; `answer` the peer's reply or our
+# reason. Never the content.
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryDelivered(AuditEvent):
+    ACTION: ClassVar[str] = "delivery.delivered"
+    queue_id: str
+    recipient: str
+    sender: str
+    message_id: str | None
+    attempts: int
+    certificate_subject: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryDeferred(AuditEvent):
+    """A 4xx reply, a connection or TLS failure: the recipient is retried later."""
+
+    ACTION: ClassVar[str] = "delivery.deferred"
+    queue_id: str
+    recipient: str
+    sender: str
+    message_id: str | None
+    attempts: int
+    reason: str
+    next_attempt: str  # ISO 8601, UTC
+    certificate_subject: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryBounced(AuditEvent):
+    """A 5xx reply or the queue lifetime exceeded: the recipient is given up."""
+
+    ACTION: ClassVar[str] = "delivery.bounced"
+    queue_id: str
+    recipient: str
+    sender: str
+    message_id: str | None
+    attempts: int
+    reason: str
+    certificate_subject: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryReportQueued(AuditEvent):
+    """A delivery status notification (RFC 3464) for a message, to its sender."""
+
+    ACTION: ClassVar[str] = "delivery.dsn"
+    queue_id: str  # the original message's queue id
+    dsn_queue_id: str  # the DSN's own
+    kind: str  # failure | delay
+    to: str
+    recipients: tuple[str, ...]
+    local: bool  # put in the sender's INBOX (else queued for relay)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueManualAction(AuditEvent):
+    """`mss-relay queue retry | bounce | delete` by an operator."""
+
+    ACTION: ClassVar[str] = "queue.manual"
+    action: str  # retry | bounce | delete
+    target: str  # the ID given on the command line
+    operator: str  # the OS user who ran the command
+    rows: tuple[int, ...]
+    recipients: tuple[str, ...]
+
+
+# --- CRL refresh (issue 5) ----------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrlUpdated(AuditEvent):
+    """A newer CRL of an issuer is in use (TLS contexts swapped)."""
+
+    ACTION: ClassVar[str] = "tls.crl_updated"
+    issuer: str
+    source: str  # file path or URL
+    this_update: str
+    next_update: str | None
+    crl_number: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrlRejected(AuditEvent):
+    """A CRL that cannot be trusted (bad signature, unknown issuer, malformed)."""
+
+    ACTION: ClassVar[str] = "tls.crl_rejected"
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrlStale(AuditEvent):
+    """No fresh CRL for an issuer past nextUpdate + grace: handshakes with certificates
+    it issued fail closed until a fresh CRL is loaded."""
+
+    ACTION: ClassVar[str] = "tls.crl_stale"
+    issuer: str
+    next_update: str | None
+    grace_seconds: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConversationChanged(AuditEvent):
+    """A patient conversation opened, continued, closed (X-MSS-MES: FIN) or reopened."""
+
+    ACTION: ClassVar[str] = "patient.conversation"
+    ins: str
+    change: str  # opened | continued | closed | reopened
+    by: str  # professional | patient
+    message_id: str | None

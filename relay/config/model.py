@@ -61,6 +61,8 @@ class ServerConfig:
     # Domains for which this server holds boxes. Defaults to the domains of the
     # configured mailboxes.
     local_domains: frozenset[str]
+    # Folder of the policy files (mssante.toml, patient.toml); None: built-in defaults.
+    policy_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,11 @@ class Limits:
     smtp_command_timeout_seconds: int = 300  # RFC 5321 §4.5.3.2.7 server timeout 5 min
     imap_idle_timeout_seconds: int = 1800  # RFC 3501 §5.4: at least 30 minutes
     imap_max_literal_bytes: int = 25 * 1024 * 1024
+    # RFC 7162 §4: servers should accept command lines of at least 8192 octets.
+    imap_max_line_bytes: int = 8192
+    # Before login a client has this long to authenticate (RFC 3501 §5.4 only bounds
+    # the authenticated autologout timer, at 30 minutes at least).
+    imap_login_timeout_seconds: int = 60
     auth_failures_before_lockout: int = 5
     auth_lockout_seconds: int = 300
     max_bad_commands: int = 10
@@ -164,6 +171,21 @@ class Limits:
     retry_max_interval_seconds: int = 3600
     retry_give_up_seconds: int = 5 * 24 * 3600
     delay_warning_seconds: int = 4 * 3600
+    # outbound delivery (relay.delivery): Postfix-like defaults
+    delivery_concurrency: int = 4  # simultaneous outbound connections (smtp process limit)
+    delivery_messages_per_connection: int = 100  # then QUIT and reconnect; 1 = no reuse
+    delivery_batch_recipients: int = 200  # queue rows claimed per round
+    delivery_connect_timeout_seconds: int = 30  # Postfix smtp_connect_timeout
+    # RFC 5321 §4.5.3.2: 5 min for the greeting, MAIL, RCPT (10 min for the final dot:
+    # twice this is used there)
+    delivery_command_timeout_seconds: int = 300
+    # A claimed row is left alone by other nodes this long; a node that died mid-delivery
+    # has its rows retried after it (at-least-once). Must exceed a whole connection's work.
+    delivery_lease_seconds: int = 1800
+    queue_poll_seconds: int = 1  # how often an idle worker looks for due rows
+    # CRL refresh (relay.delivery.crl): IGC-Santé publishes CRLs daily
+    crl_refresh_interval_seconds: int = 3600
+    crl_fetch_timeout_seconds: int = 10
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,6 +143,8 @@ class Authenticator:
                 "Authentication failed",
                 log_detail="unknown login" if person is None else "bad password",
             )
+        if authzid == login:
+            authzid = None  # mbsync sends its login (`person*box`) as the authzid too
         box = authzid or star_box
         principal = self.authorize(person, "PASSWORD", box)
         self.record_success(peer, person_login)

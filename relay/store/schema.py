@@ -83,6 +83,20 @@ messages = Table(
     UniqueConstraint("folder_id", "uid", name="uq_messages_folder_uid"),
 )
 Index("ix_messages_blob", messages.c.blob_id)
+# IMAP: "what changed since MODSEQ n" for IDLE / NOOP updates and CONDSTORE (RFC 7162).
+Index("ix_messages_folder_modseq", messages.c.folder_id, messages.c.modseq)
+
+# IMAP: UIDs removed from a folder, with the MODSEQ of the removal, so that every
+# session on the folder learns of an expunge by asking "what changed since n"
+# (RFC 7162 §3.2.5.2 VANISHED needs the same record). Old rows may be pruned.
+expunged = Table(
+    "expunged",
+    metadata,
+    Column("folder_id", Integer, ForeignKey("folders.id", ondelete="CASCADE"), primary_key=True),
+    Column("uid", BigInteger, primary_key=True),
+    Column("modseq", BigInteger, nullable=False),
+)
+Index("ix_expunged_folder_modseq", expunged.c.folder_id, expunged.c.modseq)
 
 seen = Table(
     "seen",
@@ -164,4 +178,21 @@ trust_space = Table(
     Column("description", Text),
     Column("updated", String(40)),
     Column("imported_at", DateTime(timezone=True), nullable=False),
+)
+
+# Patient conversations (MSSANTE.md, patient messaging): a professional box opens a
+# conversation with a patient (by INS) by writing first; the patient may only reply
+# while it is open; `X-MSS-MES: FIN` closes it.
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("box", String(320), primary_key=True),
+    Column("ins", String(15), primary_key=True),
+    Column("state", String(8), nullable=False),  # open | closed
+    Column("opened_by", String(16), nullable=False),  # professional | patient (pharmacy)
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("closed_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("last_message_id", String(998)),
+    Column("messages", Integer, nullable=False, default=0),
 )

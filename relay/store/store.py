@@ -92,7 +92,9 @@ class Acceptance:
     `audit` is completed with the queue id by the store (`queue_id` field).
     """
 
-    raw: bytes
+    # The message as stored. A bytearray is taken over: emptied once sealed, so a big
+    # message is not held twice while it is written.
+    raw: bytes | bytearray
     meta: dict[str, Any]
     sender: str
     local_recipients: tuple[str, ...]
@@ -104,6 +106,10 @@ class Acceptance:
     person: str | None = None
     box: str | None = None
     internal_date: dt.datetime | None = None
+    # The acceptance id the caller already showed (e.g. in the Received: header).
+    queue_id: str | None = None
+    # More work for the same transaction (e.g. a patient conversation's state).
+    in_same_transaction: Callable[[AsyncConnection, TxContext], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +191,9 @@ class Store:
         self._listeners: list[Callable[[frozenset[int]], None]] = []
         self.commits = 0  # number of group commits (for benchmarks and tests)
         self._thread_writer: _ThreadWriter | None = None
+        self.node_id = secrets.token_hex(6)
+        self.notify_channel = "relay_folders"
+        self._listen_conn: Any = None
         if self.dialect == "sqlite":
             self._thread_writer = _ThreadWriter(str(write_engine.url))
         self.created_key = False
@@ -207,8 +216,34 @@ class Store:
             from relay.store.migrate import upgrade
 
             await upgrade(write_engine, schema=storage.schema)
+        if store.dialect == "postgresql":
+            await store._listen(storage)
         store.start()
         return store
+
+    async def _listen(self, storage: StorageConfig) -> None:
+        """LISTEN for the folders other nodes change (DESIGN.md: scale-out)."""
+        import asyncpg
+
+        # One channel per schema: installations sharing a database stay apart.
+        self.notify_channel = f"relay_folders_{storage.schema or 'public'}"
+        settings = {"search_path": storage.schema} if storage.schema else None
+        self._listen_conn = await asyncpg.connect(
+            storage.url.replace("postgresql+asyncpg://", "postgresql://", 1),
+            server_settings=settings,
+        )
+        await self._listen_conn.add_listener(self.notify_channel, self._on_notify)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        node, _, ids = payload.partition(":")
+        if node == self.node_id or not ids:
+            return  # our own commit: local listeners were already called
+        try:
+            folders = frozenset(int(i) for i in ids.split(","))
+        except ValueError:
+            log.warning("store.bad_notification", payload=payload[:200])
+            return
+        self._notify_listeners(folders)
 
     def start(self) -> None:
         if self._writer is None:
@@ -222,6 +257,9 @@ class Store:
             self._writer = None
         if self._thread_writer is not None:
             self._thread_writer.close()
+        if self._listen_conn is not None:
+            await self._listen_conn.close()
+            self._listen_conn = None
         await self._read.dispose()
         if self._write is not self._read:
             await self._write.dispose()
@@ -305,12 +343,14 @@ class Store:
                 **{k: v for k, v in ev.to_record().items() if v is not None},
             )
         if touched:
-            frozen = frozenset(touched)
-            for listener in self._listeners:
-                try:
-                    listener(frozen)
-                except Exception:
-                    log.exception("store.listener_failed")
+            self._notify_listeners(frozenset(touched))
+
+    def _notify_listeners(self, folders: frozenset[int]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(folders)
+            except Exception:
+                log.exception("store.listener_failed")
 
     async def _execute_batch(
         self, batch: list[_Pending[Any]], *, isolate: bool
@@ -363,6 +403,23 @@ class Store:
                 row = self._audit_row(head_seq, head_hash, ev)
                 head_hash = row.hash
                 written.append((row, ev))
+        if self.dialect == "postgresql":
+            touched = sorted(
+                {
+                    fid
+                    for item, (ok, _) in zip(batch, outcomes, strict=False)
+                    if ok
+                    for fid in item.ctx.touched
+                }
+            )
+            if touched:
+                # Delivered to the other nodes' LISTEN at commit, never before (PostgreSQL
+                # NOTIFY semantics): their IMAP sessions then look for changes.
+                payload = f"{self.node_id}:" + ",".join(map(str, touched))
+                await conn.execute(
+                    text("SELECT pg_notify(:channel, :payload)"),
+                    {"channel": self.notify_channel, "payload": payload},
+                )
         if written:
             await conn.execute(
                 insert(t.audit),
@@ -516,11 +573,13 @@ class Store:
 
     async def accept(self, a: Acceptance) -> AcceptResult:
         """Blob, metadata, local deliveries, queue rows and audit event in ONE commit."""
-        queue_id = secrets.token_hex(8)
+        queue_id = a.queue_id or secrets.token_hex(8)
         blob_id = secrets.token_hex(16)
-        sealed = self.cipher.seal(blob_id, a.raw)
-        sealed_meta = self.seal_meta(blob_id, a.meta)
         size = len(a.raw)
+        sealed = self.cipher.seal(blob_id, a.raw)
+        if isinstance(a.raw, bytearray):
+            a.raw.clear()  # the caller handed the buffer over: only the ciphertext stays
+        sealed_meta = self.seal_meta(blob_id, a.meta)
 
         async def unit(conn: AsyncConnection, ctx: TxContext) -> AcceptResult:
             now = self.clock()
@@ -571,6 +630,8 @@ class Store:
                         for rcpt in a.remote_recipients
                     ],
                 )
+            if a.in_same_transaction is not None:
+                await a.in_same_transaction(conn, ctx)
             ctx.audit(a.audit(queue_id))
             return AcceptResult(queue_id, blob_id, tuple(deliveries), len(a.remote_recipients))
 

@@ -1,0 +1,134 @@
+"""SEARCH evaluation over stored metadata (RFC 3501 §6.4.4), pure.
+
+The session hands each message as a `Candidate`: what the folder snapshot knows
+(number, UID, flags, size, dates, MODSEQ) plus, only when the criteria need them, the
+decrypted metadata (`needs_meta`: envelope headers, Date) and the raw message
+(`needs_raw`: BODY, TEXT, other header fields). So ``SEARCH UNSEEN`` on 10,000
+messages touches no blob at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from relay.imap import commands as c
+from relay.message.analysis import MessageMeta
+from relay.message.imapview import search_header, search_text
+
+# Headers whose decoded value the metadata already holds (relay.message SearchHeaders).
+_META_HEADERS = {"FROM": "from_", "TO": "to", "CC": "cc", "BCC": "bcc", "SUBJECT": "subject"}
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One message as SEARCH sees it; `meta` / `raw` present only if needed."""
+
+    seq: int
+    uid: int
+    flags: frozenset[str]  # as stored; compared case-insensitively
+    modseq: int
+    internal_date: dt.datetime | None = None  # aware; set when `Needs.row`
+    size: int = 0  # set when `Needs.row`
+    meta: MessageMeta | None = None
+    raw: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    meta: bool = False
+    raw: bool = False
+    row: bool = False  # size or internal date
+
+    def __or__(self, other: Needs) -> Needs:
+        return Needs(self.meta or other.meta, self.raw or other.raw, self.row or other.row)
+
+
+def needs(key: c.SearchKey) -> Needs:
+    """What the criteria read beyond the snapshot."""
+    if isinstance(key, c.SearchText):
+        return Needs(meta=True, raw=True, row=True)
+    if isinstance(key, c.SearchHeader):
+        if key.field in _META_HEADERS:
+            return Needs(meta=True, row=True)
+        return Needs(meta=True, raw=True, row=True)
+    if isinstance(key, c.SearchDate):
+        return Needs(meta=key.field is c.DateField.SENT, row=True)
+    if isinstance(key, c.SearchSize):
+        return Needs(row=True)
+    if isinstance(key, c.SearchNot):
+        return needs(key.key)
+    if isinstance(key, c.SearchOr):
+        return needs(key.left) | needs(key.right)
+    if isinstance(key, c.SearchAnd):
+        out = Needs()
+        for k in key.keys:
+            out = out | needs(k)
+        return out
+    return Needs()
+
+
+def _compare(day: dt.date | None, op: c.DateOp, when: dt.date) -> bool:
+    if day is None:
+        return False
+    if op is c.DateOp.BEFORE:
+        return day < when
+    if op is c.DateOp.ON:
+        return day == when
+    return day >= when  # SINCE: on or after (RFC 3501 §6.4.4)
+
+
+def matches(key: c.SearchKey, m: Candidate, *, messages: int, largest_uid: int) -> bool:
+    """Whether message `m` satisfies `key`. `messages` and `largest_uid` give ``*``."""
+    if isinstance(key, c.SearchAll):
+        return True
+    if isinstance(key, c.SearchAnd):
+        return all(matches(k, m, messages=messages, largest_uid=largest_uid) for k in key.keys)
+    if isinstance(key, c.SearchOr):
+        return matches(key.left, m, messages=messages, largest_uid=largest_uid) or matches(
+            key.right, m, messages=messages, largest_uid=largest_uid
+        )
+    if isinstance(key, c.SearchNot):
+        return not matches(key.key, m, messages=messages, largest_uid=largest_uid)
+    if isinstance(key, c.SearchFlag):
+        if key.flag.lower() == "\\recent":
+            # This server never reports \Recent (RFC 9051 removed it): no message is
+            # recent, every message is OLD.
+            return not key.present
+        has = key.flag.lower() in {f.lower() for f in m.flags}
+        return has == key.present
+    if isinstance(key, c.SearchSequence):
+        if key.sequence_set.saved:
+            return False  # SEARCHRES ($) is not advertised
+        if key.uid:
+            return key.sequence_set.contains(m.uid, largest_uid)
+        return key.sequence_set.contains(m.seq, messages)
+    if isinstance(key, c.SearchSize):
+        return m.size > key.size if key.larger else m.size < key.size
+    if isinstance(key, c.SearchDate):
+        if key.field is c.DateField.INTERNAL:
+            # "disregarding time and timezone": the date in the server's zone.
+            day = m.internal_date.astimezone().date() if m.internal_date else None
+            return _compare(day, key.op, key.date)
+        return _compare(m.meta.search.sent if m.meta else None, key.op, key.date)
+    if isinstance(key, c.SearchModSeq):
+        return m.modseq >= key.modseq
+    if isinstance(key, c.SearchHeader):
+        return _header(key, m)
+    if isinstance(key, c.SearchText):
+        if m.raw is None or m.meta is None:
+            return False
+        return search_text(m.raw, m.meta, key.value, "BODY" if key.body_only else "TEXT")
+    return False
+
+
+def _header(key: c.SearchHeader, m: Candidate) -> bool:
+    attr = _META_HEADERS.get(key.field)
+    if attr is not None and m.meta is not None:
+        value: str = getattr(m.meta.search, attr)
+        if not key.value:
+            return bool(value)
+        return key.value.casefold() in value.casefold()
+    if m.raw is None or m.meta is None:
+        return False
+    return search_header(m.raw, m.meta, key.field, key.value)

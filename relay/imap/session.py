@@ -1,0 +1,400 @@
+"""One IMAP connection: reads bytes, frames commands, gates them by state, dispatches,
+writes what the handlers produced, and keeps the selected folder's snapshot current.
+
+The session is the only place that writes to the socket. Handlers append responses to
+`out` (`emit`); the session flushes before it waits for input, so pipelined commands
+are answered in one write. Errors are mapped to responses in `_run_command` only:
+a `ProtocolError` gives its NO/BAD with its response code and its own (chosen) text;
+anything else gives ``NO [SERVERBUG]`` with a reference that is logged with the
+traceback — exception text never reaches the client (STYLE.md §4).
+
+Snapshot: after SELECT the session holds every message's UID, MODSEQ and flags in
+memory. Commits that touch the folder (this process: `Store.on_commit`) mark it dirty;
+before each tagged response, and at once while IDLE, the session asks the store what
+changed since its MODSEQ and sends EXISTS / EXPUNGE / FETCH (RFC 3501 §7.3.1, §7.4.1;
+EXPUNGE is held back during FETCH, STORE and SEARCH, RFC 3501 §7.4.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import secrets
+import ssl
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+
+from relay.errors import ProtocolError
+from relay.identity.auth import Principal
+from relay.imap import commands as c
+from relay.imap import response as r
+from relay.imap.names import Target
+from relay.imap.parser import CommandReader, NeedContinuation, NeedData, ParseFailure
+from relay.imap.state import Event, State, allowed, transition
+from relay.store.mailstore import Flagged, FolderInfo, FolderMissing
+
+if TYPE_CHECKING:
+    from relay.imap.server import ImapService
+
+log = structlog.get_logger("relay.imap")
+
+READ_CHUNK = 65536
+FLUSH_AT = 256 * 1024  # write out once this much is buffered
+
+
+@dataclass
+class Selected:
+    """The selected folder: its identity and the session's view of its messages."""
+
+    target: Target
+    name: str  # as the client named it (display form)
+    folder: FolderInfo
+    read_only: bool
+    seen_person: str | None  # person id when \Seen is per person on this box
+    uids: list[int]
+    flags: dict[int, Flagged]
+    highestmodseq: int
+    dirty: bool = False
+    pending_expunge: set[int] = field(default_factory=set)
+
+    def seq_of(self, uid: int) -> int:
+        """The message number of `uid` (1-based); the UID must be in the snapshot."""
+        return bisect.bisect_left(self.uids, uid) + 1
+
+    @property
+    def largest_uid(self) -> int:
+        return self.uids[-1] if self.uids else 0
+
+
+class Closing(Exception):
+    """End the session after sending what is buffered (BYE already emitted)."""
+
+
+class Session:
+    """One client connection."""
+
+    def __init__(
+        self,
+        service: ImapService,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        tls_active: bool,
+    ) -> None:
+        self.service = service
+        self.runtime = service.runtime
+        self.stream = reader
+        self.writer = writer
+        self.tls_active = tls_active
+        peer = writer.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        limits = self.runtime.config.limits
+        self.reader = CommandReader(
+            max_line_bytes=limits.imap_max_line_bytes,
+            max_literal_bytes=limits.imap_max_literal_bytes,
+        )
+        self.state = State.NOT_AUTHENTICATED
+        self.principal: Principal | None = None
+        self.selected: Selected | None = None
+        self.enabled: set[str] = set()
+        self.out = bytearray()
+        self.bad_in_a_row = 0
+        self.wake = asyncio.Event()
+        self.revoked: str | None = None  # why the session must end (access withdrawn)
+        self._read_task: asyncio.Task[bytes] | None = None
+        self.id = secrets.token_hex(4)
+
+    # --- output ---------------------------------------------------------------------
+
+    def emit(self, data: bytes) -> None:
+        self.out += data
+
+    async def flush(self) -> None:
+        if self.out:
+            data = bytes(self.out)
+            self.out.clear()
+            self.writer.write(data)
+            await self.writer.drain()
+
+    async def flush_if_large(self) -> None:
+        if len(self.out) >= FLUSH_AT:
+            await self.flush()
+
+    # --- input ----------------------------------------------------------------------
+
+    def _timeout(self) -> float:
+        limits = self.runtime.config.limits
+        if self.state is State.NOT_AUTHENTICATED:
+            return float(limits.imap_login_timeout_seconds)
+        return float(limits.imap_idle_timeout_seconds)
+
+    async def receive(
+        self, limit_seconds: float | None = None, *, wake_on_notify: bool = False
+    ) -> bytes | None:
+        """Next bytes from the client; None on end of stream. Raises TimeoutError.
+
+        Returns b"" when woken by a notification (`wake_on_notify`, IDLE) and on
+        revocation raises Closing after emitting BYE.
+        """
+        await self.flush()
+        deadline = asyncio.get_running_loop().time() + (limit_seconds or self._timeout())
+        while True:
+            self._check_revoked()
+            if self._read_task is None:
+                self._read_task = asyncio.ensure_future(self.stream.read(READ_CHUNK))
+            waiter = asyncio.ensure_future(self.wake.wait())
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                done, _ = await asyncio.wait(
+                    {self._read_task, waiter},
+                    timeout=max(remaining, 0.0),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                waiter.cancel()
+            if self._read_task in done:
+                task, self._read_task = self._read_task, None
+                data = task.result()
+                return data or None
+            if self.wake.is_set():
+                self.wake.clear()
+                self._check_revoked()
+                if wake_on_notify:
+                    return b""
+                continue
+            if not done:
+                raise TimeoutError
+
+    def _check_revoked(self) -> None:
+        if self.revoked is not None:
+            self.emit(r.untagged_status(r.Status.BYE, self.revoked))
+            raise Closing
+
+    async def read_line(self) -> bytes | ParseFailure | None:
+        """A raw client line (AUTHENTICATE responses); None on end of stream."""
+        while True:
+            line = self.reader.read_line()
+            if line is not None:
+                return line
+            data = await self.receive()
+            if data is None:
+                return None
+            self.reader.feed(data)
+
+    # --- main loop ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            self.emit(
+                r.untagged_status(
+                    r.Status.OK,
+                    "mss-relay IMAP4rev1 ready",
+                    r.capability_code(self.service.capabilities(self)),
+                )
+            )
+            await self._loop()
+        except Closing:
+            pass
+        except TimeoutError:
+            self.emit(r.untagged_status(r.Status.BYE, "Autologout: idle for too long"))
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.deselect()
+            if self._read_task is not None:
+                self._read_task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.flush(), 5)
+            with contextlib.suppress(Exception):
+                self.writer.close()
+            self.state = State.LOGOUT
+
+    async def _loop(self) -> None:
+        while self.state is not State.LOGOUT:
+            event = self.reader.next_event()
+            if isinstance(event, NeedData):
+                data = await self.receive()
+                if data is None:
+                    return
+                self.reader.feed(data)
+                continue
+            if isinstance(event, NeedContinuation):
+                self.emit(r.continuation("Ready for literal data"))
+                continue
+            if isinstance(event, ParseFailure):
+                await self._parse_failure(event)
+                continue
+            await self._run_command(event)
+            await self.flush_if_large()
+
+    async def _parse_failure(self, failure: ParseFailure) -> None:
+        code: r.ResponseCode | None = r.ResponseCode(failure.code) if failure.code else None
+        if failure.tag is None:
+            self.emit(r.untagged_status(r.Status.BAD, failure.message, code))
+        else:
+            self.emit(r.tagged(failure.tag, r.Status(failure.status), failure.message, code))
+        if failure.status == "BAD":
+            self._count_bad()
+        else:
+            self.bad_in_a_row = 0
+
+    def _count_bad(self) -> None:
+        self.bad_in_a_row += 1
+        if self.bad_in_a_row >= self.runtime.config.limits.max_bad_commands:
+            self.emit(r.untagged_status(r.Status.BYE, "Too many invalid commands"))
+            raise Closing
+
+    async def _run_command(self, cmd: c.Command) -> None:
+        from relay.imap.handlers import HANDLERS
+
+        if not allowed(self.state, type(cmd)):
+            self.emit(r.tagged(cmd.tag, r.Status.BAD, f"{cmd.name} is not valid in this state"))
+            self._count_bad()
+            return
+        handler = HANDLERS[type(cmd)]
+        try:
+            result = await handler(self, cmd)
+        except Closing:
+            raise
+        except ProtocolError as exc:
+            if exc.log_detail:
+                log.info("imap.refused", session=self.id, command=cmd.name, detail=exc.log_detail)
+            await self._settle(cmd)
+            err_code = r.ResponseCode(exc.imap_code) if exc.imap_code else None
+            status = r.Status.BAD if exc.imap_status == "BAD" else r.Status.NO
+            self.emit(r.tagged(cmd.tag, status, exc.text, err_code))
+            if status is r.Status.BAD:
+                self._count_bad()
+            else:
+                self.bad_in_a_row = 0
+            return
+        except (ConnectionError, ssl.SSLError):
+            raise
+        except Exception:
+            ref = secrets.token_hex(6)
+            log.exception("imap.server_bug", session=self.id, command=cmd.name, reference=ref)
+            self.emit(
+                r.tagged(
+                    cmd.tag,
+                    r.Status.NO,
+                    f"Internal error, reference {ref}",
+                    r.ResponseCode.SERVERBUG,
+                )
+            )
+            self.bad_in_a_row = 0
+            return
+        self.bad_in_a_row = 0
+        if result is None:
+            return  # the handler answered itself (LOGOUT, STARTTLS, IDLE)
+        text, code = result
+        await self._settle(cmd)
+        self.emit(r.tagged(cmd.tag, r.Status.OK, text, code))
+
+    async def _settle(self, cmd: c.Command) -> None:
+        """Send pending folder updates before a tagged response (RFC 3501 §7)."""
+        if self.selected is None or self.principal is None:
+            return
+        no_expunge = isinstance(cmd, c.Fetch | c.Store | c.Search) and not getattr(
+            cmd, "uid", False
+        )
+        with contextlib.suppress(FolderMissing):
+            await self.refresh(allow_expunge=not no_expunge)
+
+    # --- state ----------------------------------------------------------------------
+
+    def move(self, event: Event) -> None:
+        self.state = transition(self.state, event)
+
+    def authenticated(self, principal: Principal) -> None:
+        self.principal = principal
+        self.move(Event.AUTHENTICATED)
+        self.service.register(self)
+
+    def select(self, selected: Selected) -> None:
+        self.deselect()
+        self.selected = selected
+        self.service.watch(self, selected.folder.id)
+        self.move(Event.SELECTED)
+
+    def deselect(self, event: Event = Event.DESELECTED) -> None:
+        if self.selected is not None:
+            self.service.unwatch(self, self.selected.folder.id)
+            self.selected = None
+        if self.state is State.SELECTED:
+            self.move(event)
+
+    def notify(self, folder_id: int) -> None:
+        """Called after a commit touched `folder_id` (the selected folder)."""
+        if self.selected is not None and self.selected.folder.id == folder_id:
+            self.selected.dirty = True
+            self.wake.set()
+
+    def revoke(self, reason: str) -> None:
+        """End the session at once (access withdrawn by a config reload)."""
+        self.revoked = reason
+        self.wake.set()
+
+    # --- snapshot updates -----------------------------------------------------------
+
+    async def refresh(self, *, allow_expunge: bool) -> None:
+        """Bring the snapshot up to date and emit EXISTS / EXPUNGE / FETCH."""
+        sel = self.selected
+        if sel is None:
+            return
+        if sel.dirty:
+            sel.dirty = False
+            changes = await self.service.mail.changes(
+                sel.folder.id, sel.highestmodseq, sel.seen_person
+            )
+            for uid in changes.expunged:
+                if uid in sel.flags:
+                    sel.pending_expunge.add(uid)
+            new: list[Flagged] = []
+            condstore = "CONDSTORE" in self.enabled
+            for f in changes.changed:
+                old = sel.flags.get(f.uid)
+                if old is None:
+                    new.append(f)
+                    continue
+                if old.modseq == f.modseq:
+                    continue  # our own change, already answered
+                sel.flags[f.uid] = f
+                if old.flags != f.flags or condstore:
+                    items = [b"FLAGS " + r.flag_list(sorted(f.flags))]
+                    items.append(b"UID %d" % f.uid)
+                    if condstore:
+                        items.append(b"MODSEQ (%d)" % f.modseq)
+                    self.emit(r.untagged(b"%d FETCH " % sel.seq_of(f.uid) + r.paren(items)))
+            if new:
+                for f in new:
+                    sel.flags[f.uid] = f
+                    bisect.insort(sel.uids, f.uid)
+            sel.highestmodseq = max(sel.highestmodseq, changes.highestmodseq)
+            if allow_expunge:
+                self._expunge_pending()
+            if new:
+                self.emit(r.untagged(b"%d EXISTS" % len(sel.uids)))
+        elif allow_expunge and sel.pending_expunge:
+            self._expunge_pending()
+
+    def _expunge_pending(self) -> None:
+        sel = self.selected
+        assert sel is not None
+        for uid in sorted(sel.pending_expunge):
+            self.forget(uid)
+        sel.pending_expunge.clear()
+
+    def forget(self, uid: int) -> None:
+        """Remove `uid` from the snapshot and tell the client (``n EXPUNGE``)."""
+        sel = self.selected
+        assert sel is not None
+        if uid not in sel.flags:
+            return
+        seq = sel.seq_of(uid)
+        del sel.uids[seq - 1]
+        del sel.flags[uid]
+        sel.pending_expunge.discard(uid)
+        self.emit(r.untagged(b"%d EXPUNGE" % seq))

@@ -1,0 +1,843 @@
+"""Every SQL statement the IMAP server needs, over the `Store`.
+
+Reads go through the store's read engine; every change is a unit handed to the
+group-committing writer, with its audit event in the same transaction and the folders
+it changed marked (`ctx.touch`), so IDLE sessions hear of it after the commit.
+
+MODSEQ (RFC 7162): each folder carries `highestmodseq`; a change to a folder takes the
+next value and stamps it on every message it changed (new message, flag change) and on
+every UID it removed (table `expunged`). "What changed since n" is then two indexed
+queries, which is how sessions learn of each other's work.
+
+\\Seen is stored in `messages.flags` for boxes with shared \\Seen and in the `seen`
+table (one row per person and message) for boxes with per-person \\Seen; callers pass
+`person` for the latter and always see a message's flags as that person does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from relay.audit.events import AuditEvent
+from relay.errors import StoreError
+from relay.message.analysis import MessageMeta
+from relay.store import schema as t
+from relay.store.store import Store, TxContext
+
+SEEN = "\\Seen"
+DELETED = "\\Deleted"
+# Above this many UIDs a lookup reads the UID range and filters, instead of IN (...).
+_IN_LIMIT = 500
+_META_CACHE = 50_000  # decrypted metadata kept in memory (a few KB each)
+
+
+class FolderMissing(StoreError):
+    """The folder does not exist (any more)."""
+
+
+class FolderExists(StoreError):
+    """A folder of that name already exists."""
+
+
+@dataclass(frozen=True, slots=True)
+class FolderInfo:
+    id: int
+    box: str
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    special_use: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Flagged:
+    """A message's number-independent state: UID, MODSEQ and flags as a person sees them."""
+
+    uid: int
+    modseq: int
+    flags: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    """What FETCH needs besides flags, for one message."""
+
+    uid: int
+    blob_id: str
+    size: int
+    internal_date: dt.datetime
+    message_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed in a folder after a MODSEQ: changed or new messages, removed UIDs."""
+
+    highestmodseq: int
+    uidnext: int
+    changed: tuple[Flagged, ...]
+    expunged: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FolderStatus:
+    messages: int
+    unseen: int
+    uidnext: int
+    uidvalidity: int
+    highestmodseq: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """STORE outcome: the messages changed (with their new state), and the UIDs left
+    alone because they changed after UNCHANGEDSINCE (RFC 7162 §3.1.3)."""
+
+    changed: tuple[Flagged, ...]
+    modified: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CopyResult:
+    uidvalidity: int
+    source_uids: tuple[int, ...]
+    dest_uids: tuple[int, ...]
+    message_ids: tuple[str, ...]
+
+
+def parse_flags(value: str) -> frozenset[str]:
+    return frozenset(value.split())
+
+
+def format_flags(flags: Iterable[str]) -> str:
+    return " ".join(sorted(set(flags)))
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    # SQLite gives naive datetimes back; only UTC is ever stored.
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def apply_mode(current: frozenset[str], mode: str, flags: frozenset[str]) -> frozenset[str]:
+    """RFC 3501 §6.4.6: FLAGS replaces, +FLAGS adds, -FLAGS removes."""
+    if mode == "FLAGS":
+        return flags
+    if mode == "+FLAGS":
+        return current | flags
+    return current - flags
+
+
+class MailStore:
+    """IMAP data access: folders, snapshots, flags, copies, appends, subscriptions."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        # The store's read engine: readers never wait behind the writer (SQLite WAL).
+        self._read = store._read
+        self._meta_cache: dict[str, MessageMeta] = {}
+
+    # --- folders ------------------------------------------------------------------
+
+    async def folders(self, boxes: Sequence[str]) -> list[FolderInfo]:
+        """Every folder of the given boxes."""
+        if not boxes:
+            return []
+        stmt = (
+            select(t.folders, t.mailboxes.c.address)
+            .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
+            .where(t.mailboxes.c.address.in_([b.lower() for b in boxes]))
+            .order_by(t.mailboxes.c.address, t.folders.c.name)
+        )
+        async with self._read.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [_folder(r) for r in rows]
+
+    async def folder(self, box: str, name: str) -> FolderInfo | None:
+        stmt = (
+            select(t.folders, t.mailboxes.c.address)
+            .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
+            .where(and_(t.mailboxes.c.address == box.lower(), t.folders.c.name == name))
+        )
+        async with self._read.connect() as conn:
+            row = (await conn.execute(stmt)).one_or_none()
+        return None if row is None else _folder(row)
+
+    # --- reading a folder -----------------------------------------------------------
+
+    def _flag_query(self, folder_id: int, person: str | None) -> Any:
+        cols = [t.messages.c.uid, t.messages.c.modseq, t.messages.c.flags]
+        if person is None:
+            return select(*cols).where(t.messages.c.folder_id == folder_id)
+        return (
+            select(*cols, t.seen.c.person)
+            .select_from(
+                t.messages.outerjoin(
+                    t.seen,
+                    and_(t.seen.c.message_id == t.messages.c.id, t.seen.c.person == person),
+                )
+            )
+            .where(t.messages.c.folder_id == folder_id)
+        )
+
+    @staticmethod
+    def _flagged(row: Any, person: str | None) -> Flagged:
+        flags = parse_flags(row.flags)
+        if person is not None:
+            flags = flags - {SEEN} | ({SEEN} if row.person is not None else frozenset())
+        return Flagged(int(row.uid), int(row.modseq), flags)
+
+    async def snapshot(
+        self, box: str, name: str, person: str | None
+    ) -> tuple[FolderInfo, list[Flagged]]:
+        """The folder and all its messages in UID order, as `person` sees their flags
+        (`person` None: shared \\Seen). One read transaction: a consistent view."""
+        async with self._read.connect() as conn, conn.begin():
+            folder = await self._folder_in(conn, box, name)
+            rows = (
+                await conn.execute(self._flag_query(folder.id, person).order_by(t.messages.c.uid))
+            ).all()
+        return folder, [self._flagged(r, person) for r in rows]
+
+    async def changes(self, folder_id: int, since: int, person: str | None) -> Changes:
+        """Messages changed or added, and UIDs expunged, with MODSEQ above `since`."""
+        async with self._read.connect() as conn, conn.begin():
+            head = (
+                await conn.execute(
+                    select(t.folders.c.highestmodseq, t.folders.c.uidnext).where(
+                        t.folders.c.id == folder_id
+                    )
+                )
+            ).one_or_none()
+            if head is None:
+                raise FolderMissing("folder deleted")
+            rows = (
+                await conn.execute(
+                    self._flag_query(folder_id, person)
+                    .where(t.messages.c.modseq > since)
+                    .order_by(t.messages.c.uid)
+                )
+            ).all()
+            gone = (
+                await conn.execute(
+                    select(t.expunged.c.uid).where(
+                        and_(t.expunged.c.folder_id == folder_id, t.expunged.c.modseq > since)
+                    )
+                )
+            ).all()
+        return Changes(
+            highestmodseq=int(head.highestmodseq),
+            uidnext=int(head.uidnext),
+            changed=tuple(self._flagged(r, person) for r in rows),
+            expunged=tuple(sorted(int(r.uid) for r in gone)),
+        )
+
+    async def status(self, folder_id: int, person: str | None) -> FolderStatus:
+        async with self._read.connect() as conn, conn.begin():
+            head = (
+                await conn.execute(select(t.folders).where(t.folders.c.id == folder_id))
+            ).one_or_none()
+            if head is None:
+                raise FolderMissing("folder deleted")
+            count, size = (
+                await conn.execute(
+                    select(func.count(), func.coalesce(func.sum(t.messages.c.size), 0)).where(
+                        t.messages.c.folder_id == folder_id
+                    )
+                )
+            ).one()
+            if person is None:
+                seen = (
+                    await conn.execute(
+                        select(func.count()).where(
+                            and_(
+                                t.messages.c.folder_id == folder_id,
+                                t.messages.c.flags.contains(SEEN, autoescape=True),
+                            )
+                        )
+                    )
+                ).scalar_one()
+            else:
+                seen = (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(
+                            t.seen.join(t.messages, t.messages.c.id == t.seen.c.message_id)
+                        )
+                        .where(and_(t.messages.c.folder_id == folder_id, t.seen.c.person == person))
+                    )
+                ).scalar_one()
+        return FolderStatus(
+            messages=int(count),
+            unseen=int(count) - int(seen),
+            uidnext=int(head.uidnext),
+            uidvalidity=int(head.uidvalidity),
+            highestmodseq=int(head.highestmodseq),
+            size=int(size),
+        )
+
+    async def rows(self, folder_id: int, uids: Sequence[int]) -> dict[int, MessageRow]:
+        """FETCH data (blob, size, dates) of the given UIDs that still exist."""
+        if not uids:
+            return {}
+        cols = select(
+            t.messages.c.uid,
+            t.messages.c.blob_id,
+            t.messages.c.size,
+            t.messages.c.internal_date,
+            t.messages.c.message_id,
+        )
+        stmt = cols.where(t.messages.c.folder_id == folder_id)
+        wanted = set(uids)
+        if len(uids) > _IN_LIMIT:
+            stmt = stmt.where(t.messages.c.uid.between(min(uids), max(uids)))
+        else:
+            stmt = stmt.where(t.messages.c.uid.in_(list(wanted)))
+        async with self._read.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return {
+            int(r.uid): MessageRow(
+                int(r.uid), r.blob_id, int(r.size), _aware(r.internal_date), r.message_id
+            )
+            for r in rows
+            if int(r.uid) in wanted
+        }
+
+    def _meta(self, blob_id: str, sealed: bytes) -> MessageMeta:
+        # Blobs never change: their decrypted metadata can be kept (bounded LRU-ish).
+        meta = self._meta_cache.get(blob_id)
+        if meta is None:
+            meta = MessageMeta.from_json(self.store.open_meta(blob_id, sealed))
+            if len(self._meta_cache) >= _META_CACHE:
+                self._meta_cache.pop(next(iter(self._meta_cache)))
+            self._meta_cache[blob_id] = meta
+        return meta
+
+    async def metas(self, blob_ids: Iterable[str]) -> dict[str, MessageMeta]:
+        """Decrypted parsed metadata of the given blobs."""
+        ids = list(dict.fromkeys(blob_ids))
+        out: dict[str, MessageMeta] = {i: m for i in ids if (m := self._meta_cache.get(i))}
+        missing = [i for i in ids if i not in out]
+        async with self._read.connect() as conn:
+            for i in range(0, len(missing), _IN_LIMIT):
+                chunk = missing[i : i + _IN_LIMIT]
+                for r in await conn.execute(
+                    select(t.blobs.c.id, t.blobs.c.meta).where(t.blobs.c.id.in_(chunk))
+                ):
+                    out[r.id] = self._meta(r.id, bytes(r.meta))
+        return out
+
+    async def fetch_data(
+        self, folder_id: int, uids: Sequence[int], *, meta: bool, raw: bool
+    ) -> tuple[dict[int, MessageRow], dict[str, MessageMeta], dict[str, bytes]]:
+        """FETCH rows of the given UIDs, with their metadata and bytes if asked, in one
+        query (the metadata of many messages comes from the cache)."""
+        if not uids:
+            return {}, {}, {}
+        cols = [
+            t.messages.c.uid,
+            t.messages.c.blob_id,
+            t.messages.c.size,
+            t.messages.c.internal_date,
+            t.messages.c.message_id,
+        ]
+        if raw:
+            cols += [t.blobs.c.meta, t.blobs.c.data]
+        stmt = select(*cols)
+        if raw:
+            stmt = stmt.select_from(t.messages.join(t.blobs, t.blobs.c.id == t.messages.c.blob_id))
+        stmt = stmt.where(t.messages.c.folder_id == folder_id)
+        wanted = set(uids)
+        if len(wanted) > _IN_LIMIT:
+            stmt = stmt.where(t.messages.c.uid.between(min(wanted), max(wanted)))
+        else:
+            stmt = stmt.where(t.messages.c.uid.in_(list(wanted)))
+        async with self._read.connect() as conn:
+            result = (await conn.execute(stmt)).all()
+        rows: dict[int, MessageRow] = {}
+        metas: dict[str, MessageMeta] = {}
+        raws: dict[str, bytes] = {}
+        for r in result:
+            uid = int(r.uid)
+            if uid not in wanted:
+                continue
+            rows[uid] = MessageRow(
+                uid, r.blob_id, int(r.size), _aware(r.internal_date), r.message_id
+            )
+            if raw:
+                metas[r.blob_id] = self._meta(r.blob_id, bytes(r.meta))
+                raws[r.blob_id] = self.store.cipher.open(r.blob_id, bytes(r.data))
+        if meta and not raw:
+            metas = await self.metas(row.blob_id for row in rows.values())
+        return rows, metas, raws
+
+    async def raws(self, blob_ids: Iterable[str]) -> dict[str, bytes]:
+        """Decrypted message bytes of the given blobs."""
+        ids = list(dict.fromkeys(blob_ids))
+        out: dict[str, bytes] = {}
+        async with self._read.connect() as conn:
+            for i in range(0, len(ids), 50):
+                chunk = ids[i : i + 50]
+                for r in await conn.execute(
+                    select(t.blobs.c.id, t.blobs.c.data).where(t.blobs.c.id.in_(chunk))
+                ):
+                    out[r.id] = self.store.cipher.open(r.id, bytes(r.data))
+        return out
+
+    # --- changing a folder ----------------------------------------------------------
+
+    @staticmethod
+    async def _bump(conn: AsyncConnection, folder_id: int, uids: int = 0) -> tuple[int, int, int]:
+        """Take the next MODSEQ (and `uids` new UIDs) of a folder; the UPDATE locks the
+        folder row until commit. Returns (modseq, first new uid, uidvalidity)."""
+        row = (
+            await conn.execute(
+                update(t.folders)
+                .where(t.folders.c.id == folder_id)
+                .values(
+                    uidnext=t.folders.c.uidnext + uids,
+                    highestmodseq=t.folders.c.highestmodseq + 1,
+                )
+                .returning(t.folders.c.highestmodseq, t.folders.c.uidnext, t.folders.c.uidvalidity)
+            )
+        ).one_or_none()
+        if row is None:
+            raise FolderMissing("folder deleted")
+        return int(row.highestmodseq), int(row.uidnext) - uids, int(row.uidvalidity)
+
+    async def store_flags(
+        self,
+        folder_id: int,
+        uids: Sequence[int],
+        mode: str,
+        flags: frozenset[str],
+        *,
+        person: str | None,
+        unchanged_since: int | None = None,
+        event: AuditEvent | None = None,
+        keep: frozenset[str] = frozenset(),
+    ) -> StoreResult:
+        """STORE on the given UIDs, computed from the flags as committed (not from a
+        session's possibly older view), in one transaction with its audit event (written
+        only if a flag changed). With FLAGS (replace), flags in `keep` stay as they are
+        (those the person has no right to clear, RFC 4314 §4)."""
+
+        async def unit(conn: AsyncConnection, ctx: TxContext) -> StoreResult:
+            current = await self._current(conn, folder_id, uids, person)
+            modified: list[int] = []
+            updates: list[tuple[int, int, frozenset[str], frozenset[str]]] = []
+            for msg_id, uid, modseq, have in current:
+                if unchanged_since is not None and modseq > unchanged_since:
+                    modified.append(uid)
+                    continue
+                want = apply_mode(have, mode, flags)
+                if keep and mode == "FLAGS":
+                    want = (want - keep) | (have & keep)
+                if want != have:
+                    updates.append((msg_id, uid, have, want))
+            changed: list[Flagged] = []
+            if updates:
+                modseq, _, _ = await self._bump(conn, folder_id)
+                await conn.execute(
+                    update(t.messages)
+                    .where(t.messages.c.id == _bind("mid"))
+                    .values(flags=_bind("f"), modseq=modseq),
+                    [
+                        {"mid": mid, "f": format_flags(want - {SEEN} if person else want)}
+                        for mid, _, _, want in updates
+                    ],
+                )
+                if person is not None:
+                    add = [mid for mid, _, have, want in updates if SEEN in want - have]
+                    drop = [mid for mid, _, have, want in updates if SEEN in have - want]
+                    if add:
+                        await conn.execute(
+                            insert(t.seen), [{"message_id": m, "person": person} for m in add]
+                        )
+                    if drop:
+                        await conn.execute(
+                            delete(t.seen).where(
+                                and_(t.seen.c.person == person, t.seen.c.message_id.in_(drop))
+                            )
+                        )
+                changed = [Flagged(uid, modseq, want) for _, uid, _, want in updates]
+                ctx.touch(folder_id)
+            if event is not None and changed:
+                ctx.audit(event)
+            return StoreResult(tuple(changed), tuple(modified))
+
+        return await self.store.transact(unit)
+
+    async def _current(
+        self, conn: AsyncConnection, folder_id: int, uids: Sequence[int], person: str | None
+    ) -> list[tuple[int, int, int, frozenset[str]]]:
+        """(message id, uid, modseq, flags as `person` sees them) of the given UIDs."""
+        cols = [t.messages.c.id, t.messages.c.uid, t.messages.c.modseq, t.messages.c.flags]
+        if person is None:
+            stmt = select(*cols)
+        else:
+            stmt = select(*cols, t.seen.c.person).select_from(
+                t.messages.outerjoin(
+                    t.seen,
+                    and_(t.seen.c.message_id == t.messages.c.id, t.seen.c.person == person),
+                )
+            )
+        stmt = stmt.where(t.messages.c.folder_id == folder_id)
+        wanted = set(uids)
+        if len(wanted) > _IN_LIMIT:
+            stmt = stmt.where(t.messages.c.uid.between(min(wanted), max(wanted)))
+        else:
+            stmt = stmt.where(t.messages.c.uid.in_(list(wanted)))
+        out = []
+        for r in (await conn.execute(stmt.order_by(t.messages.c.uid))).all():
+            if int(r.uid) not in wanted:
+                continue
+            flags = parse_flags(r.flags)
+            if person is not None:
+                flags = flags - {SEEN} | ({SEEN} if r.person is not None else frozenset())
+            out.append((int(r.id), int(r.uid), int(r.modseq), flags))
+        return out
+
+    async def expunge(
+        self,
+        folder_id: int,
+        uids: Sequence[int] | None,
+        make_event: Any,
+    ) -> list[tuple[int, str | None]]:
+        """Remove the messages flagged \\Deleted (among `uids` if given: UID EXPUNGE,
+        RFC 4315 §2.1). `make_event(uids, message_ids)` gives the audit event, written
+        only if something was removed. Returns (uid, Message-ID) of what was removed."""
+
+        async def unit(conn: AsyncConnection, ctx: TxContext) -> list[tuple[int, str | None]]:
+            stmt = select(
+                t.messages.c.id, t.messages.c.uid, t.messages.c.flags, t.messages.c.message_id
+            ).where(
+                and_(
+                    t.messages.c.folder_id == folder_id,
+                    t.messages.c.flags.contains(DELETED, autoescape=True),
+                )
+            )
+            rows = [
+                r
+                for r in (await conn.execute(stmt)).all()
+                if DELETED in parse_flags(r.flags) and (uids is None or int(r.uid) in set(uids))
+            ]
+            if not rows:
+                return []
+            await self._remove(conn, folder_id, [(int(r.id), int(r.uid)) for r in rows])
+            ctx.touch(folder_id)
+            gone = sorted((int(r.uid), r.message_id) for r in rows)
+            _audit(ctx, make_event(tuple(u for u, _ in gone), tuple(m for _, m in gone if m)))
+            return gone
+
+        return await self.store.transact(unit)
+
+    async def _remove(
+        self, conn: AsyncConnection, folder_id: int, items: Sequence[tuple[int, int]]
+    ) -> None:
+        modseq, _, _ = await self._bump(conn, folder_id)
+        ids = [i for i, _ in items]
+        for i in range(0, len(ids), _IN_LIMIT):
+            await conn.execute(
+                delete(t.messages).where(t.messages.c.id.in_(ids[i : i + _IN_LIMIT]))
+            )
+        # A UID expunged, re-used? Never: UIDs only grow. The row records the removal.
+        await conn.execute(
+            insert(t.expunged),
+            [{"folder_id": folder_id, "uid": uid, "modseq": modseq} for _, uid in items],
+        )
+
+    async def copy(
+        self,
+        source_id: int,
+        uids: Sequence[int],
+        dest_id: int,
+        *,
+        source_person: str | None,
+        dest_person: str | None,
+        move: bool,
+        make_event: Any,
+    ) -> CopyResult:
+        """COPY / MOVE (RFC 3501 §6.4.7, RFC 6851): the same blob under new UIDs in the
+        destination, flags kept (\\Seen as the acting person sees it); MOVE also removes
+        the originals. One transaction with the audit event."""
+
+        async def unit(conn: AsyncConnection, ctx: TxContext) -> CopyResult:
+            current = await self._current(conn, source_id, uids, source_person)
+            if not current:
+                return CopyResult(0, (), (), ())
+            meta = {
+                int(r.id): r
+                for r in (
+                    await conn.execute(
+                        select(
+                            t.messages.c.id,
+                            t.messages.c.blob_id,
+                            t.messages.c.internal_date,
+                            t.messages.c.size,
+                            t.messages.c.message_id,
+                        ).where(t.messages.c.id.in_([c[0] for c in current]))
+                    )
+                ).all()
+            }
+            modseq, first, uidvalidity = await self._bump(conn, dest_id, len(current))
+            rows = []
+            seen_uids = []
+            for n, (mid, _, _, flags) in enumerate(current):
+                r = meta[mid]
+                new_uid = first + n
+                rows.append(
+                    {
+                        "folder_id": dest_id,
+                        "uid": new_uid,
+                        "modseq": modseq,
+                        "blob_id": r.blob_id,
+                        "internal_date": r.internal_date,
+                        "size": r.size,
+                        "flags": format_flags(flags - {SEEN} if dest_person else flags),
+                        "message_id": r.message_id,
+                    }
+                )
+                if dest_person is not None and SEEN in flags:
+                    seen_uids.append(new_uid)
+            await conn.execute(insert(t.messages), rows)
+            if seen_uids:
+                new_ids = (
+                    await conn.execute(
+                        select(t.messages.c.id).where(
+                            and_(t.messages.c.folder_id == dest_id, t.messages.c.uid.in_(seen_uids))
+                        )
+                    )
+                ).all()
+                await conn.execute(
+                    insert(t.seen), [{"message_id": r.id, "person": dest_person} for r in new_ids]
+                )
+            ctx.touch(dest_id)
+            if move:
+                await self._remove(conn, source_id, [(c[0], c[1]) for c in current])
+                ctx.touch(source_id)
+            src = tuple(c[1] for c in current)
+            mids = tuple(meta[c[0]].message_id for c in current if meta[c[0]].message_id)
+            _audit(ctx, make_event(src, mids))
+            return CopyResult(uidvalidity, src, tuple(first + n for n in range(len(current))), mids)
+
+        return await self.store.transact(unit)
+
+    async def append(
+        self,
+        box: str,
+        folder: str,
+        raw: bytes,
+        meta: MessageMeta,
+        flags: frozenset[str],
+        internal_date: dt.datetime,
+        *,
+        person: str | None,
+        make_event: Any,
+    ) -> tuple[int, int]:
+        """APPEND (RFC 3501 §6.3.11): blob, metadata and message row in one
+        transaction with the audit event. Returns (uidvalidity, uid) for APPENDUID."""
+        blob_id = secrets.token_hex(16)
+        sealed = self.store.cipher.seal(blob_id, raw)
+        sealed_meta = self.store.seal_meta(blob_id, meta.to_json())
+
+        async def unit(conn: AsyncConnection, ctx: TxContext) -> tuple[int, int]:
+            info = await self._folder_in(conn, box, folder)
+            await conn.execute(
+                insert(t.blobs).values(
+                    id=blob_id,
+                    size=len(raw),
+                    data=sealed,
+                    meta=sealed_meta,
+                    created_at=self.store.clock(),
+                )
+            )
+            modseq, uid, uidvalidity = await self._bump(conn, info.id, 1)
+            res = await conn.execute(
+                insert(t.messages).values(
+                    folder_id=info.id,
+                    uid=uid,
+                    modseq=modseq,
+                    blob_id=blob_id,
+                    internal_date=internal_date,
+                    size=len(raw),
+                    flags=format_flags(flags - {SEEN} if person else flags),
+                    message_id=meta.message_id,
+                )
+            )
+            if person is not None and SEEN in flags:
+                assert res.inserted_primary_key is not None
+                await conn.execute(
+                    insert(t.seen).values(message_id=res.inserted_primary_key[0], person=person)
+                )
+            ctx.touch(info.id)
+            _audit(ctx, make_event(uid))
+            return uidvalidity, uid
+
+        return await self.store.transact(unit)
+
+    async def _folder_in(self, conn: AsyncConnection, box: str, name: str) -> FolderInfo:
+        row = (
+            await conn.execute(
+                select(t.folders, t.mailboxes.c.address)
+                .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
+                .where(and_(t.mailboxes.c.address == box.lower(), t.folders.c.name == name))
+            )
+        ).one_or_none()
+        if row is None:
+            raise FolderMissing(f"no folder {name!r} in {box}")
+        return _folder(row)
+
+    # --- folder management (CREATE / DELETE / RENAME) --------------------------------
+
+    async def create_folder(
+        self, box: str, name: str, special_use: str | None, event: AuditEvent
+    ) -> None:
+        async def unit(conn: AsyncConnection, ctx: TxContext) -> None:
+            box_id = (
+                await conn.execute(
+                    select(t.mailboxes.c.id).where(t.mailboxes.c.address == box.lower())
+                )
+            ).scalar_one_or_none()
+            if box_id is None:
+                raise FolderMissing(f"no box {box}")
+            existing = (
+                await conn.execute(
+                    select(t.folders.c.id).where(
+                        and_(t.folders.c.mailbox_id == box_id, t.folders.c.name == name)
+                    )
+                )
+            ).one_or_none()
+            if existing is not None:
+                raise FolderExists(name)
+            # UIDVALIDITY (RFC 3501 §2.3.1.1): a folder deleted and created again under
+            # the same name must not reuse a value, even within the same second.
+            top = (
+                await conn.execute(
+                    select(func.max(t.folders.c.uidvalidity)).where(
+                        t.folders.c.mailbox_id == box_id
+                    )
+                )
+            ).scalar_one_or_none()
+            uidvalidity = max(int(self.store.clock().timestamp()) % 2**31, int(top or 0) + 1)
+            await conn.execute(
+                insert(t.folders).values(
+                    mailbox_id=box_id,
+                    name=name,
+                    uidvalidity=uidvalidity,
+                    uidnext=1,
+                    highestmodseq=1,
+                    special_use=special_use,
+                )
+            )
+            ctx.audit(event)
+
+        await self.store.transact(unit)
+
+    async def delete_folder(self, box: str, name: str, event: AuditEvent) -> None:
+        async def unit(conn: AsyncConnection, ctx: TxContext) -> None:
+            info = await self._folder_in(conn, box, name)
+            await conn.execute(delete(t.expunged).where(t.expunged.c.folder_id == info.id))
+            await conn.execute(
+                delete(t.seen).where(
+                    t.seen.c.message_id.in_(
+                        select(t.messages.c.id).where(t.messages.c.folder_id == info.id)
+                    )
+                )
+            )
+            await conn.execute(delete(t.messages).where(t.messages.c.folder_id == info.id))
+            await conn.execute(delete(t.folders).where(t.folders.c.id == info.id))
+            ctx.touch(info.id)
+            ctx.audit(event)
+
+        await self.store.transact(unit)
+        self.store.forget_folder(box, name)
+
+    async def rename_folder(self, box: str, old: str, new: str, event: AuditEvent) -> None:
+        """Rename a folder and its children (``old/x`` → ``new/x``), RFC 3501 §6.3.5."""
+
+        async def unit(conn: AsyncConnection, ctx: TxContext) -> list[str]:
+            info = await self._folder_in(conn, box, old)
+            box_id = (
+                await conn.execute(select(t.folders.c.mailbox_id).where(t.folders.c.id == info.id))
+            ).scalar_one()
+            names = {
+                r.name: int(r.id)
+                for r in await conn.execute(
+                    select(t.folders.c.name, t.folders.c.id).where(t.folders.c.mailbox_id == box_id)
+                )
+            }
+            if new in names:
+                raise FolderExists(new)
+            moved = [n for n in names if n == old or n.startswith(old + "/")]
+            for n in moved:
+                await conn.execute(
+                    update(t.folders)
+                    .where(t.folders.c.id == names[n])
+                    .values(name=new + n[len(old) :])
+                )
+                ctx.touch(names[n])
+            ctx.audit(event)
+            return moved
+
+        for n in await self.store.transact(unit):
+            self.store.forget_folder(box, n)
+
+    # --- subscriptions (RFC 3501 §6.3.6, §6.3.7) --------------------------------------
+
+    async def subscriptions(self, person: str) -> set[tuple[str, str]]:
+        async with self._read.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(t.subscriptions.c.mailbox, t.subscriptions.c.folder).where(
+                        t.subscriptions.c.person == person
+                    )
+                )
+            ).all()
+        return {(r.mailbox, r.folder) for r in rows}
+
+    async def subscribe(self, person: str, box: str, folder: str, on: bool) -> None:
+        async def unit(conn: AsyncConnection, ctx: TxContext) -> None:
+            where = and_(
+                t.subscriptions.c.person == person,
+                t.subscriptions.c.mailbox == box.lower(),
+                t.subscriptions.c.folder == folder,
+            )
+            await conn.execute(delete(t.subscriptions).where(where))
+            if on:
+                await conn.execute(
+                    insert(t.subscriptions).values(
+                        person=person, mailbox=box.lower(), folder=folder
+                    )
+                )
+
+        await self.store.transact(unit)
+
+
+def _bind(name: str) -> Any:
+    return bindparam(name)
+
+
+def _audit(ctx: TxContext, event: AuditEvent | None) -> None:
+    if event is not None:
+        ctx.audit(event)
+
+
+def _folder(r: Any) -> FolderInfo:
+    return FolderInfo(
+        id=int(r.id),
+        box=r.address,
+        name=r.name,
+        uidvalidity=int(r.uidvalidity),
+        uidnext=int(r.uidnext),
+        highestmodseq=int(r.highestmodseq),
+        special_use=r.special_use,
+    )
