@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -35,7 +35,12 @@ from relay.audit.events import (
 from relay.config import ConfigError, check_files, diff, load
 from relay.config.model import Config, ListenerConfig, ListenerKind
 from relay.identity.auth import Authenticator
+from relay.policy.model import Policies, PolicyError, load_policies
 from relay.store.store import Store
+
+if TYPE_CHECKING:
+    from relay.delivery.crl import CrlRefresher
+    from relay.delivery.worker import DeliveryWorker
 
 log = structlog.get_logger("relay.app")
 
@@ -68,6 +73,7 @@ class Runtime:
     store: Store
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     reload_hooks: list[Callable[[Config, Config], None]] = field(default_factory=list)
+    policies: Policies = field(default_factory=Policies)
     authenticator: Authenticator = field(init=False)
 
     def __post_init__(self) -> None:
@@ -112,7 +118,8 @@ async def reload_config(runtime: Runtime, path: Path) -> bool:
         problems = check_files(new)
         if problems:
             raise ConfigError(tuple(problems))
-    except ConfigError as exc:
+        policies = load_policies(new.server.policy_dir)
+    except (ConfigError, PolicyError) as exc:
         texts = tuple(str(p) for p in exc.problems)
         log.error("config.reload_refused", file=str(path), problems=list(texts))
         await runtime.store.record(ConfigReloadRefused(config_file=str(path), problems=texts))
@@ -125,6 +132,7 @@ async def reload_config(runtime: Runtime, path: Path) -> bool:
         ConfigReloaded(config_file=str(path), changes=len(changes)),
     )
     runtime.config = new
+    runtime.policies = policies
     for hook in runtime.reload_hooks:
         hook(old, new)
     log.info("config.reloaded", file=str(path), changes=len(changes))
@@ -143,13 +151,17 @@ class Daemon:
         self.runtime: Runtime | None = None
         self.listeners: list[Listener] = []
         self.startup_ms = 0.0
+        self.crl_refresher: CrlRefresher | None = None  # fresh CRLs, TLS contexts
+        self.worker: DeliveryWorker | None = None  # the outbound queue
 
     async def start(self) -> Runtime:
         started = time.monotonic()
         config = self.initial_config
         config.server.data_dir.mkdir(parents=True, exist_ok=True)
         store = await Store.open(config.storage)
-        runtime = Runtime(config=config, store=store)
+        runtime = Runtime(
+            config=config, store=store, policies=load_policies(config.server.policy_dir)
+        )
         self.runtime = runtime
         try:
             await store.ensure_mailboxes(m.address for m in config.mailboxes)
@@ -164,12 +176,24 @@ class Daemon:
                 listener = factory(runtime, lc)
                 await listener.start()
                 self.listeners.append(listener)
+            from relay.delivery.crl import CrlRefresher
+            from relay.delivery.worker import DeliveryWorker
+
+            self.crl_refresher = CrlRefresher(runtime, lambda: self.listeners)
+            await self.crl_refresher.start()
+            runtime.reload_hooks.append(lambda _old, _new: self._wake_crl_refresher())
+            self.worker = DeliveryWorker(runtime, self.crl_refresher)
+            await self.worker.start()
             await store.record(DaemonStarted(version=VERSION, config_file=str(self.config_path)))
         except BaseException:
             await self.stop("start failed")
             raise
         self.startup_ms = (time.monotonic() - started) * 1000
         return runtime
+
+    def _wake_crl_refresher(self) -> None:
+        if self.crl_refresher is not None:
+            self.crl_refresher.wake()
 
     async def reload(self) -> bool:
         assert self.runtime is not None
@@ -178,6 +202,12 @@ class Daemon:
     async def stop(
         self, reason: str = "stopped", grace_seconds: float = SHUTDOWN_GRACE_SECONDS
     ) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            await worker.stop(grace_seconds)
+        refresher, self.crl_refresher = self.crl_refresher, None
+        if refresher is not None:
+            await refresher.stop()
         listeners, self.listeners = self.listeners, []
         await asyncio.gather(
             *(lst.stop(grace_seconds) for lst in reversed(listeners)), return_exceptions=True
@@ -194,6 +224,10 @@ def load_for_serving(config_path: Path) -> Config:
     """Load the config and check that its files exist (serving needs them)."""
     config = load(config_path)
     problems = check_files(config)
+    try:
+        load_policies(config.server.policy_dir)
+    except PolicyError as exc:
+        problems.extend(exc.problems)
     if problems:
         raise ConfigError(tuple(problems))
     return config

@@ -43,11 +43,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from relay.config import check_files, summary
+    from relay.policy.model import PolicyError, load_policies
 
     config = _load_config_or_exit(Path(args.file))
+    policy_dir = config.server.policy_dir
+    if policy_dir is not None and not policy_dir.is_dir():
+        # like a missing TLS file: the example config names the production paths
+        print(f"warning: {policy_dir}: policy folder not found (serve will refuse)")
+        policy_dir = None
+    try:
+        policies = load_policies(policy_dir)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_BAD_INPUT
     for problem in check_files(config):
         print(f"warning: {problem}")
     print(summary(config))
+    where = config.server.policy_dir or "built-in defaults"
+    print(f"policies: {where}; patient domain {policies.patient.domain}")
     return EXIT_OK
 
 
@@ -231,21 +245,35 @@ def cmd_trust_space_list(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(Path(args.config), run))
 
 
-def cmd_ins_check(args: argparse.Namespace) -> int:
-    from relay.ins import InsError, parse_ins
+def cmd_patients_list(args: argparse.Namespace) -> int:
+    from relay.store import conversations
+    from relay.store.store import Store
 
-    print(_explain_ins(args.number))
+    async def run(store: Store) -> int:
+        found = await conversations.for_box(store, args.box)
+        for c in found:
+            when = c.updated_at.astimezone().strftime("%Y-%m-%d %H:%M")
+            closed = c.closed_at.astimezone().strftime("%Y-%m-%d %H:%M") if c.closed_at else "-"
+            print(
+                f"{c.ins}  {c.state:6}  opened by {c.opened_by:12} "
+                f"{c.opened_at.astimezone():%Y-%m-%d %H:%M}  closed {closed}  "
+                f"last {when}  messages {c.messages}"
+            )
+        print(f"{len(found)} patient conversations for {args.box.lower()}")
+        return EXIT_OK
+
+    return asyncio.run(_with_store(Path(args.config), run))
+
+
+def cmd_ins_check(args: argparse.Namespace) -> int:
+    from relay.ins import InsError, explain, parse_ins
+
+    print(explain(args.number))
     try:
         parse_ins(args.number.replace(" ", ""))
     except InsError:
         return EXIT_CHECK_FAILED
     return EXIT_OK
-
-
-def _explain_ins(number: str) -> str:
-    from relay.ins import explain
-
-    return explain(number)
 
 
 # --- parser -------------------------------------------------------------------------
@@ -291,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(s)
     s.set_defaults(func=cmd_trust_space_list)
 
+    patients = sub.add_parser("patients", help="patient conversations of a box")
+    psub = patients.add_subparsers(dest="patients_command", required=True)
+    s = psub.add_parser("list", help="conversations (INS, open/closed) of BOX")
+    with_config(s)
+    s.add_argument("box")
+    s.set_defaults(func=cmd_patients_list)
+
     ins = sub.add_parser("ins", help="patient identifiers (INS)")
     isub = ins.add_subparsers(dest="ins_command", required=True)
     s = isub.add_parser("check", help="check an INS matricule and explain what is wrong")
@@ -320,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--encrypt-to", metavar="PUBLIC_KEY_FILE")
             s.add_argument("--output", "-o", default="-")
         s.set_defaults(func=func)
+    from relay.delivery.cli import register as register_queue
+
+    register_queue(sub)
     return p
 
 

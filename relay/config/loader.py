@@ -437,13 +437,14 @@ class _Reading:
     base: Path
 
 
-def _read_server(r: _Reading) -> tuple[str, Path, list[str] | None]:
+def _read_server(r: _Reading) -> tuple[str, Path, list[str] | None, Path | None]:
     t = r.root.table("server")
     hostname = t.parsed("hostname", _domain, required=True) or ""
     data_dir = t.parsed("data_dir", _path_parser(r.base)) or _resolve(r.base, "var")
     local_domains = t.parsed_list("local_domains", _domain)
+    policy_dir = t.parsed("policy_dir", _path_parser(r.base))
     t.finish()
-    return hostname, data_dir, local_domains
+    return hostname, data_dir, local_domains, policy_dir
 
 
 def _read_storage(r: _Reading, data_dir: Path) -> StorageConfig:
@@ -764,7 +765,7 @@ def load_text(text: str, path: Path) -> Config:
     problems: list[Problem] = []
     r = _Reading(root=_Table(problems, file, data, ""), base=Path(os.path.abspath(path)).parent)
 
-    hostname, data_dir, local_domains = _read_server(r)
+    hostname, data_dir, local_domains, policy_dir = _read_server(r)
     storage = _read_storage(r, data_dir)
     tls, tls_table = _read_tls(r)
     listeners = _read_listeners(r, tls_table)
@@ -788,7 +789,9 @@ def load_text(text: str, path: Path) -> Config:
         raise ConfigError(problems)
     return Config(
         path=path,
-        server=ServerConfig(hostname=hostname, data_dir=data_dir, local_domains=domains),
+        server=ServerConfig(
+            hostname=hostname, data_dir=data_dir, local_domains=domains, policy_dir=policy_dir
+        ),
         storage=storage,
         tls=tls,
         listeners=tuple(listeners),
