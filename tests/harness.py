@@ -59,6 +59,7 @@ def write_config(
     *,
     limits: str = "",
     extra: str = "",
+    server_extra: str = "",
     today: dt.date | None = None,
 ) -> Path:
     """The test config: martin (doctor, owner), dupont (secretary: read, flag, send),
@@ -73,6 +74,7 @@ def write_config(
 [server]
 hostname = "localhost"
 data_dir = {_q(directory / "data")}
+{server_extra}
 
 [storage]
 {chr(10).join(storage_lines)}
@@ -217,10 +219,18 @@ class RunningDaemon:
 
 
 async def start_daemon(
-    directory: Path, pki: DevPki, storage: StorageConfig, *, limits: str = "", extra: str = ""
+    directory: Path,
+    pki: DevPki,
+    storage: StorageConfig,
+    *,
+    limits: str = "",
+    extra: str = "",
+    server_extra: str = "",
 ) -> RunningDaemon:
     ports = dict(zip(LISTENER_NAMES, free_ports(len(LISTENER_NAMES)), strict=True))
-    path = write_config(directory, pki, storage, ports, limits=limits, extra=extra)
+    path = write_config(
+        directory, pki, storage, ports, limits=limits, extra=extra, server_extra=server_extra
+    )
     daemon = Daemon(path, load_for_serving(path))
     runtime = await daemon.start()
     return RunningDaemon(daemon, runtime, ports, path, pki)

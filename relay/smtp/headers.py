@@ -14,19 +14,20 @@ from dataclasses import dataclass, field
 @dataclass
 class HeaderBlock:
     fields: list[bytes] = field(default_factory=list)  # each field with its CRLF(s)
-    body: bytes = b""  # from the blank line on (the blank line included)
+    # From the blank line on (included): a view into the parsed buffer, not a copy.
+    body: bytes | memoryview = b""
 
     @classmethod
-    def parse(cls, raw: bytes) -> HeaderBlock:
+    def parse(cls, raw: bytes | bytearray) -> HeaderBlock:
         end = raw.find(b"\r\n\r\n")
         if raw.startswith(b"\r\n"):
-            return cls([], raw)
+            return cls([], memoryview(raw))
         if end < 0:
-            head, body = raw, b""
+            head, body = bytes(raw), memoryview(b"")
             if head and not head.endswith(b"\r\n"):
                 head += b"\r\n"
         else:
-            head, body = raw[: end + 2], raw[end + 2 :]
+            head, body = bytes(raw[: end + 2]), memoryview(raw)[end + 2 :]
         fields: list[bytes] = []
         for line in head.split(b"\r\n")[:-1]:
             if line[:1] in (b" ", b"\t") and fields:

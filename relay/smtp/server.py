@@ -19,24 +19,36 @@ import contextlib
 import email.utils
 import secrets
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relay.audit.events import AuthFailed, AuthSucceeded, MessageAccepted, MessageRefused
+from relay.audit.events import (
+    AuthFailed,
+    AuthSucceeded,
+    ConversationChanged,
+    MessageAccepted,
+    MessageRefused,
+)
 from relay.config.model import ListenerConfig, ListenerKind, TlsConfig, TlsMode
 from relay.delivery.routing import Unroutable
 from relay.delivery.worker import resolve_recipient
 from relay.errors import AuthenticationFailed, PermissionDenied, TemporarilyLocked
 from relay.identity.auth import Principal
+from relay.ins import InsError, parse_patient_address
 from relay.message.analysis import analyse
 from relay.message.received import received_header
+from relay.policy import patient
 from relay.policy.sending import may_send_as
+from relay.policy.xdm import find_xdm_patients
 from relay.smtp import replies
 from relay.smtp.headers import HeaderBlock
-from relay.store.store import Acceptance
+from relay.store import conversations
+from relay.store.store import Acceptance, TxContext
 from relay.tls.context import server_context
 from relay.tls.peer import PeerCertificate, dn_equal, peer_from_ssl_object
 
@@ -111,6 +123,23 @@ def _tls_facts(transport: asyncio.BaseTransport | None) -> TlsFacts:
         cipher=cipher[0] if cipher else None,
         peer=peer_from_ssl_object(obj),
     )
+
+
+def _patients(envelope: Envelope) -> dict[str, str]:
+    """The patients (INS → address) this envelope goes to; reset with the envelope."""
+    found: dict[str, str] | None = getattr(envelope, "relay_patients", None)
+    if found is None:
+        found = {}
+        setattr(envelope, "relay_patients", found)  # noqa: B010 - aiosmtpd's own class
+    return found
+
+
+def _declared_size(mail_options: list[str]) -> int | None:
+    for option in mail_options:
+        if option.upper().startswith("SIZE="):
+            value = option[5:]
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def _domain(address: str) -> str:
@@ -287,7 +316,8 @@ class RelaySMTP(SMTP):
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push(problem)
             return
-        self.envelope.original_content = bytes(buf)
+        # The buffer itself, not a copy: a 25 MB message must not cost 50 MB here.
+        self.envelope.original_content = cast(bytes, buf)
         self.envelope.content = self.envelope.original_content
         del buf
         status = await self._call_handler_hook("DATA")
@@ -407,19 +437,20 @@ class BaseHandler:
         self,
         server: RelaySMTP,
         *,
-        raw: bytes,
+        raw: bytes | bytearray,
         local: list[str],
         remote: list[str],
         person: str | None,
         box: str | None,
         protocol_name: str,
+        extra: Callable[[AsyncConnection, TxContext], Awaitable[None]] | None = None,
     ) -> str:
         session = server.session
         envelope = server.envelope
         assert isinstance(session, RelaySession) and envelope is not None
         state = session.relay
         config = self.runtime.config
-        queue_hint = secrets.token_hex(5)
+        queue_id = secrets.token_hex(8)  # the same id in Received: and in the 250 reply
         trace = received_header(
             from_helo=session.host_name or "unknown",
             from_ip=state.peer_ip,
@@ -428,12 +459,15 @@ class BaseHandler:
             tls_version=state.tls.version,
             cipher=state.tls.cipher,
             recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None,
-            queue_id=queue_hint,
+            queue_id=queue_id,
             authenticated_as=None,
             now=self.runtime.clock(),
         )
-        message = trace + raw
-        meta = analyse(message)
+        # One buffer for the whole message: the trace is inserted in front in place
+        # (RFC 5321 §4.4: Received: at the top), and the store frees it once sealed.
+        message = raw if isinstance(raw, bytearray) else bytearray(raw)
+        message[0:0] = trace
+        meta = analyse(bytes(message))
         message_id = meta.message_id
         sender = envelope.mail_from or ""
         rcpts = tuple(envelope.rcpt_tos)
@@ -466,6 +500,8 @@ class BaseHandler:
                 audit=event,
                 person=person,
                 box=box,
+                in_same_transaction=extra,
+                queue_id=queue_id,
             )
         )
         return replies.OK_QUEUED.format(queue_id=result.queue_id)
@@ -548,6 +584,95 @@ class SubmissionHandler(BaseHandler):
         )
         return AuthResult(success=False, handled=False, message=reply)
 
+    async def check_patient_recipient(
+        self, session: RelaySession, envelope: Envelope, address: str
+    ) -> str | None:
+        """RCPT to <INS>@patient domain: a valid INS, one patient, a size that fits."""
+        policy = self.runtime.policies.patient
+        ins, decision = patient.patient_of(policy, address)
+        if decision.allowed and ins is not None:
+            decision = patient.one_patient(policy, _patients(envelope), ins)
+            declared = _declared_size(envelope.mail_options)
+            if decision.allowed and declared is not None:
+                decision = patient.size(policy, declared)
+        if not decision.allowed:
+            await self.audit_refusal(
+                session,
+                stage="rcpt",
+                reason=decision.reply,
+                sender=envelope.mail_from,
+                recipient=address,
+                rule=decision.rule,
+            )
+            return decision.reply
+        if ins is not None:
+            _patients(envelope)[ins.matricule] = address
+        return None
+
+    async def check_patient_message(
+        self,
+        session: RelaySession,
+        envelope: Envelope,
+        raw: bytes | bytearray,
+        headers: HeaderBlock,
+    ) -> str | Callable[[AsyncConnection, TxContext], Awaitable[None]]:
+        """End of DATA for patient mail: size, the XDM's patient; then the conversation
+        change that goes into the acceptance's transaction."""
+        policy = self.runtime.policies.patient
+        patients = _patients(envelope)
+        decision = patient.size(policy, len(raw))
+        if decision.allowed:
+            data = bytes(raw)
+            finding = find_xdm_patients(
+                data, analyse(data), max_metadata_bytes=policy.max_xdm_metadata_bytes
+            )
+            del data
+            decision = patient.xdm(policy, finding, patients)
+        if not decision.allowed:
+            await self.audit_refusal(
+                session,
+                stage="data",
+                reason=decision.reply,
+                sender=envelope.mail_from,
+                recipient=",".join(patients.values()),
+                rule=decision.rule,
+            )
+            return decision.reply
+        subjects = headers.values("Subject")
+        close = patient.closes(
+            policy, headers.values(policy.closing_header), subjects[0] if subjects else None
+        )
+        box = session.relay.sender_box
+        principal = session.relay.principal
+        assert box is not None and principal is not None
+        message_ids = headers.values("Message-ID")
+        message_id = message_ids[0] if message_ids else None
+        now = self.runtime.clock()
+
+        async def record(conn: AsyncConnection, ctx: TxContext) -> None:
+            for ins in sorted(patients):
+                change = await conversations.record(
+                    conn,
+                    box=box,
+                    ins=ins,
+                    now=now,
+                    message_id=message_id,
+                    close=close,
+                    opened_by="professional",
+                )
+                ctx.audit(
+                    ConversationChanged(
+                        person=principal.person_id,
+                        box=box,
+                        ins=ins,
+                        change=change,
+                        by="professional",
+                        message_id=message_id,
+                    )
+                )
+
+        return record
+
     async def handle_MAIL(
         self,
         server: RelaySMTP,
@@ -594,6 +719,9 @@ class SubmissionHandler(BaseHandler):
         limit = self.runtime.config.limits.max_recipients
         if len(envelope.rcpt_tos) >= limit:
             return replies.TOO_MANY_RECIPIENTS.format(limit=limit)
+        patient_reply = await self.check_patient_recipient(session, envelope, address)
+        if patient_reply is not None:
+            return patient_reply
         kind, reply = self.classify_recipient(address)
         rule = "recipient.unknown-box"
         if kind == "remote":
@@ -661,13 +789,22 @@ class SubmissionHandler(BaseHandler):
             headers.add("Message-ID", f"<{secrets.token_hex(12)}@{config.server.hostname}>")
         if not headers.has("Date"):
             headers.add("Date", email.utils.format_datetime(self.runtime.clock().astimezone()))
-        raw = headers.render() + headers.body
+        raw = bytearray(headers.render())
+        raw += headers.body
+        headers.body = b""  # release the view: the received buffer can go now
+        envelope.original_content = envelope.content = None
         local: list[str] = []
         remote: list[str] = []
         for rcpt in envelope.rcpt_tos:
             kind, _ = self.classify_recipient(rcpt)
             (local if kind == "local" else remote).append(rcpt.lower() if kind == "local" else rcpt)
         protocol_name = "ESMTPSA" if state.tls.version else "ESMTPA"
+        extra = None
+        if _patients(envelope):
+            outcome = await self.check_patient_message(session, envelope, raw, headers)
+            if isinstance(outcome, str):
+                return outcome
+            extra = outcome
         return await self.accept(
             server,
             raw=raw,
@@ -676,6 +813,7 @@ class SubmissionHandler(BaseHandler):
             person=principal.person_id,
             box=state.sender_box,
             protocol_name=protocol_name,
+            extra=extra,
         )
 
 
@@ -737,13 +875,20 @@ class InboundHandler(BaseHandler):
             )
         domain = _domain(sender)
         entry = await store.trust_space_lookup(domain)
+        rules = self.runtime.policies.mssante
+        if entry is None and not rules.inbound_requires_listed_domain:
+            return None, None
         if entry is None:
             return (
                 f"550 5.7.1 Sender domain {domain} is not in the MSSanté trust space",
                 "trust.domain-not-listed",
             )
         expected_dn = entry.certificate_dn
-        if expected_dn and not dn_equal(expected_dn, cert.subject):
+        if (
+            expected_dn
+            and rules.inbound_requires_matching_dn
+            and not dn_equal(expected_dn, cert.subject)
+        ):
             return (
                 f"550 5.7.1 Certificate subject does not match the trust space entry for {domain}",
                 "trust.dn-mismatch",
@@ -768,6 +913,8 @@ class InboundHandler(BaseHandler):
             rule = "recipient.relay-denied"
         else:
             rule = "recipient.unknown-box"
+        if reply is None:
+            reply, rule = await self.check_patient_sender(envelope, address)
         if reply is not None:
             await self.audit_refusal(
                 session,
@@ -784,15 +931,73 @@ class InboundHandler(BaseHandler):
 
     async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         assert envelope.original_content is not None
+        raw, envelope.original_content = envelope.original_content, None
         return await self.accept(
             server,
-            raw=envelope.original_content,
+            raw=raw,
             local=list(envelope.rcpt_tos),
             remote=[],
             person=None,
             box=None,
             protocol_name="ESMTPS",
+            extra=self.patient_reply_recorder(envelope),
         )
+
+    async def check_patient_sender(
+        self, envelope: Envelope, box_address: str
+    ) -> tuple[str | None, str]:
+        """Mail from a patient: only a reply inside an open conversation, or a first
+        message to a pharmacy's box (MSSANTE.md, patient messaging)."""
+        policy = self.runtime.policies.patient
+        ins, decision = patient.patient_of(policy, envelope.mail_from or "")
+        if not decision.allowed:
+            return decision.reply.replace("5.1.3", "5.1.7", 1), decision.rule
+        if ins is None:
+            return None, ""
+        box = self.runtime.config.mailbox(box_address)
+        assert box is not None  # classify_recipient found it
+        found = await conversations.get(self.runtime.store, box.address, ins.matricule)
+        decision = patient.patient_may_write(policy, box, ins, found.state if found else None)
+        return (None, "") if decision.allowed else (decision.reply, decision.rule)
+
+    def patient_reply_recorder(
+        self, envelope: Envelope
+    ) -> Callable[[AsyncConnection, TxContext], Awaitable[None]] | None:
+        policy = self.runtime.policies.patient
+        try:
+            ins = parse_patient_address(envelope.mail_from or "", policy.domain)
+        except InsError:
+            return None
+        if ins is None:
+            return None
+        boxes = list(envelope.rcpt_tos)
+        now = self.runtime.clock()
+        headers = HeaderBlock.parse(envelope.original_content or b"")
+        message_ids = headers.values("Message-ID")
+        message_id = message_ids[0] if message_ids else None
+
+        async def record(conn: AsyncConnection, ctx: TxContext) -> None:
+            for box in boxes:
+                change = await conversations.record(
+                    conn,
+                    box=box,
+                    ins=ins.matricule,
+                    now=now,
+                    message_id=message_id,
+                    close=False,
+                    opened_by="patient",
+                )
+                ctx.audit(
+                    ConversationChanged(
+                        box=box,
+                        ins=ins.matricule,
+                        change=change,
+                        by="patient",
+                        message_id=message_id,
+                    )
+                )
+
+        return record
 
 
 class SmtpListener:

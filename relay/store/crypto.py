@@ -53,7 +53,7 @@ class BlobCipher:
             raise StoreError(f"blob key must be {KEY_BYTES} bytes")
         self._aead = AESGCM(key)
 
-    def seal(self, blob_id: str, plaintext: bytes) -> bytes:
+    def seal(self, blob_id: str, plaintext: bytes | bytearray) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
         return _VERSION + nonce + self._aead.encrypt(nonce, plaintext, blob_id.encode())
 

@@ -76,6 +76,7 @@ async def test_submission_delivers_with_trace_and_headers_intact(daemon: Running
     assert head.startswith(b"Received: from cabinet.example ([127.0.0.1])")
     trace = stored.raw[: stored.raw.index(b"From: Dr Martin")]
     assert b"with ESMTPSA" in trace and b"TLSv1.3" in trace
+    assert msg.split()[-1] in trace  # the id of the 250 reply is the Received: id
     # every header the client sent follows byte for byte, then the MSA adds the missing
     # Date (RFC 6409 §8.1); the body is intact (smtplib dot-stuffs, we unstuff)
     head_sent, _, body_sent = data.partition(b"\r\n\r\n")
