@@ -423,6 +423,41 @@ class BaseHandler:
             )
         )
 
+    async def handle_RCPT(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        assert isinstance(session, RelaySession)
+        limit = self.runtime.config.limits.max_recipients
+        if len(envelope.rcpt_tos) >= limit:
+            return replies.TOO_MANY_RECIPIENTS.format(limit=limit)
+        reply, rule = await self.check_recipient(session, envelope, address)
+        if reply is not None:
+            await self.audit_refusal(
+                session,
+                stage="rcpt",
+                reason=reply,
+                sender=envelope.mail_from,
+                recipient=address,
+                rule=rule,
+            )
+            return reply
+        # Local boxes are stored lower-cased; remote addresses travel as written.
+        kind, _ = self.classify_recipient(address)
+        envelope.rcpt_tos.append(address.lower() if kind == "local" else address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Recipient ok"
+
+    async def check_recipient(
+        self, session: RelaySession, envelope: Envelope, address: str
+    ) -> tuple[str | None, str]:
+        """(None, "") to accept RCPT; else the reply and the rule's name."""
+        raise NotImplementedError
+
     def classify_recipient(self, address: str) -> tuple[str, str | None]:
         """('local', None) / ('remote', None) / ('refused', reply)."""
         config = self.runtime.config
@@ -584,9 +619,7 @@ class SubmissionHandler(BaseHandler):
         )
         return AuthResult(success=False, handled=False, message=reply)
 
-    async def check_patient_recipient(
-        self, session: RelaySession, envelope: Envelope, address: str
-    ) -> str | None:
+    def check_patient_recipient(self, envelope: Envelope, address: str) -> tuple[str | None, str]:
         """RCPT to <INS>@patient domain: a valid INS, one patient, a size that fits."""
         policy = self.runtime.policies.patient
         ins, decision = patient.patient_of(policy, address)
@@ -596,18 +629,10 @@ class SubmissionHandler(BaseHandler):
             if decision.allowed and declared is not None:
                 decision = patient.size(policy, declared)
         if not decision.allowed:
-            await self.audit_refusal(
-                session,
-                stage="rcpt",
-                reason=decision.reply,
-                sender=envelope.mail_from,
-                recipient=address,
-                rule=decision.rule,
-            )
-            return decision.reply
+            return decision.reply, decision.rule
         if ins is not None:
             _patients(envelope)[ins.matricule] = address
-        return None
+        return None, ""
 
     async def check_patient_message(
         self,
@@ -707,21 +732,12 @@ class SubmissionHandler(BaseHandler):
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Sender ok"
 
-    async def handle_RCPT(
-        self,
-        server: RelaySMTP,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        rcpt_options: list[str],
-    ) -> str:
-        assert isinstance(session, RelaySession)
-        limit = self.runtime.config.limits.max_recipients
-        if len(envelope.rcpt_tos) >= limit:
-            return replies.TOO_MANY_RECIPIENTS.format(limit=limit)
-        patient_reply = await self.check_patient_recipient(session, envelope, address)
-        if patient_reply is not None:
-            return patient_reply
+    async def check_recipient(
+        self, session: RelaySession, envelope: Envelope, address: str
+    ) -> tuple[str | None, str]:
+        reply, rule = self.check_patient_recipient(envelope, address)
+        if reply is not None:
+            return reply, rule
         kind, reply = self.classify_recipient(address)
         rule = "recipient.unknown-box"
         if kind == "remote":
@@ -729,19 +745,7 @@ class SubmissionHandler(BaseHandler):
             route = await resolve_recipient(self.runtime.store, self.runtime.config.routes, address)
             if isinstance(route, Unroutable):
                 reply, rule = route.reply, "recipient.no-route"
-        if reply is not None:
-            await self.audit_refusal(
-                session,
-                stage="rcpt",
-                reason=reply,
-                sender=envelope.mail_from,
-                recipient=address,
-                rule=rule,
-            )
-            return reply
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 Recipient ok"
+        return reply, rule
 
     async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         assert isinstance(session, RelaySession) and envelope.original_content is not None
@@ -895,39 +899,15 @@ class InboundHandler(BaseHandler):
             )
         return None, None
 
-    async def handle_RCPT(
-        self,
-        server: RelaySMTP,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        rcpt_options: list[str],
-    ) -> str:
-        assert isinstance(session, RelaySession)
-        limit = self.runtime.config.limits.max_recipients
-        if len(envelope.rcpt_tos) >= limit:
-            return replies.TOO_MANY_RECIPIENTS.format(limit=limit)
+    async def check_recipient(
+        self, session: RelaySession, envelope: Envelope, address: str
+    ) -> tuple[str | None, str]:
         kind, reply = self.classify_recipient(address)
         if kind == "remote":
-            reply = replies.RELAY_DENIED.format(address=address)
-            rule = "recipient.relay-denied"
-        else:
-            rule = "recipient.unknown-box"
-        if reply is None:
-            reply, rule = await self.check_patient_sender(envelope, address)
+            return replies.RELAY_DENIED.format(address=address), "recipient.relay-denied"
         if reply is not None:
-            await self.audit_refusal(
-                session,
-                stage="rcpt",
-                reason=reply,
-                sender=envelope.mail_from,
-                recipient=address,
-                rule=rule,
-            )
-            return reply
-        envelope.rcpt_tos.append(address.lower())
-        envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 Recipient ok"
+            return reply, "recipient.unknown-box"
+        return await self.check_patient_sender(envelope, address)
 
     async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         assert envelope.original_content is not None
