@@ -184,6 +184,7 @@ class Daemon:
             runtime.reload_hooks.append(lambda _old, _new: self._wake_crl_refresher())
             self.worker = DeliveryWorker(runtime, self.crl_refresher)
             await self.worker.start()
+            store.on_queued(self.worker.wake)
             await store.record(DaemonStarted(version=VERSION, config_file=str(self.config_path)))
         except BaseException:
             await self.stop("start failed")

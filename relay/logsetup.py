@@ -26,3 +26,7 @@ def setup_logging(fmt: str = "json", level: int = logging.INFO) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    # aiosmtpd warns on every connection of a listener that requires client
+    # certificates ("tls_context.verify_mode not in ..."): for the inbound relay that
+    # is the point. Its errors still show.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)

@@ -35,6 +35,7 @@ import hashlib
 import os
 import re
 import ssl
+import tempfile
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -197,9 +198,9 @@ def _cache_name(url: str) -> str:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -223,6 +224,7 @@ class CrlRefresher:
         self.effective_tls: TlsConfig = runtime.config.tls
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()  # one refresh at a time (loop, reload, operator)
         self.refreshes = 0
 
     # --- what other components use ------------------------------------------------
@@ -284,6 +286,10 @@ class CrlRefresher:
 
     async def refresh(self, *, fetch: bool = True, initial: bool = False) -> None:
         """Gather, verify, select, apply and check freshness (see the module docstring)."""
+        async with self._lock:
+            await self._refresh(fetch=fetch, initial=initial)
+
+    async def _refresh(self, *, fetch: bool, initial: bool) -> None:
         tls = self._tls_base()
         self.refreshes += 1
         events: list[AuditEvent] = []

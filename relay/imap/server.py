@@ -20,12 +20,12 @@ import structlog
 
 from relay.audit.events import ImapAccessRevoked
 from relay.config import lost_access
-from relay.config.model import Config, ListenerConfig, TlsMode
+from relay.config.model import Config, ListenerConfig, TlsConfig, TlsMode
 from relay.imap import response as r
 from relay.imap.session import Session
 from relay.imap.state import State
 from relay.store.mailstore import MailStore
-from relay.tls.context import server_context
+from relay.tls.context import ListenerContext
 
 if TYPE_CHECKING:
     from relay.app import Runtime
@@ -60,13 +60,23 @@ class ImapService:
         self.runtime = runtime
         self.listener = listener
         self.mail = MailStore(runtime.store)
-        self.tls_context: ssl.SSLContext | None = None
+        self._tls: ListenerContext | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.sessions: set[Session] = set()
         self._watchers: dict[int, set[Session]] = {}
         runtime.store.on_commit(self._on_commit)
         runtime.reload_hooks.append(self._on_reload)
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The newest server context (STARTTLS and new implicit-TLS handshakes)."""
+        return self._tls.current if self._tls is not None else None
+
+    def replace_tls(self, tls: TlsConfig) -> None:
+        """New CRLs (the refresher calls this): new connections get the new context."""
+        if self._tls is not None:
+            self._tls.replace(tls)
 
     @property
     def description(self) -> str:
@@ -89,7 +99,7 @@ class ImapService:
     async def start(self) -> None:
         lc = self.listener
         if lc.tls is not TlsMode.NONE:
-            self.tls_context = server_context(
+            self._tls = ListenerContext(
                 self.runtime.config.tls, require_client_certificate=lc.require_client_certificate
             )
         self._server = await asyncio.start_server(

@@ -49,7 +49,7 @@ from relay.smtp import replies
 from relay.smtp.headers import HeaderBlock
 from relay.store import conversations
 from relay.store.store import Acceptance, TxContext
-from relay.tls.context import server_context
+from relay.tls.context import ListenerContext
 from relay.tls.peer import PeerCertificate, dn_equal, peer_from_ssl_object
 
 if TYPE_CHECKING:
@@ -990,7 +990,7 @@ class SmtpListener:
         self._sessions: set[RelaySMTP] = set()
         # Read at each new connection: `replace_tls` swaps it (fresh CRLs) while open
         # sessions keep the context they started with.
-        self._context: ssl.SSLContext | None = None
+        self._tls: ListenerContext | None = None
         handler_cls = SubmissionHandler if lc.kind is ListenerKind.SUBMISSION else InboundHandler
         self.handler = handler_cls(runtime, lc)
 
@@ -1025,41 +1025,25 @@ class SmtpListener:
         return smtp
 
     async def start(self) -> None:
-        config = self.runtime.config
-        ctx: ssl.SSLContext | None = None
         if self.lc.tls is not TlsMode.NONE:
-            ctx = server_context(
-                config.tls, require_client_certificate=self.lc.require_client_certificate
+            self._tls = ListenerContext(
+                self.runtime.config.tls,
+                require_client_certificate=self.lc.require_client_certificate,
             )
-        self._context = ctx
-        if ctx is not None and self.lc.tls is TlsMode.IMPLICIT:
-            ctx.sni_callback = self._newest_context
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: self._protocol(self._context),
+            lambda: self._protocol(self._tls.current if self._tls else None),
             host=self.lc.host,
             port=self.lc.port,
-            ssl=ctx if self.lc.tls is TlsMode.IMPLICIT else None,
+            ssl=self._tls.current if self._tls and self.lc.tls is TlsMode.IMPLICIT else None,
             reuse_address=True,
         )
 
     def replace_tls(self, tls: TlsConfig) -> None:
         """Serve new connections with a context built from `tls` (the CRL refresher
         calls this); connections already open are not touched."""
-        if self.lc.tls is TlsMode.NONE:
-            return
-        self._context = server_context(
-            tls, require_client_certificate=self.lc.require_client_certificate
-        )
-
-    def _newest_context(
-        self, ssl_obj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext
-    ) -> None:
-        # Implicit TLS: asyncio keeps the context create_server was given, so each
-        # handshake switches to the newest one from the SNI callback, which OpenSSL
-        # calls for every ClientHello (SSL_set_SSL_CTX: certificate and trust store).
-        if self._context is not None and self._context is not ctx:
-            ssl_obj.context = self._context
+        if self._tls is not None:
+            self._tls.replace(tls)
 
     async def stop(self, grace_seconds: float) -> None:
         if self._server is None:

@@ -189,6 +189,7 @@ class Store:
         self._writer: asyncio.Task[None] | None = None
         self._folder_ids: dict[tuple[str, str], int] = {}
         self._listeners: list[Callable[[frozenset[int]], None]] = []
+        self._queue_listeners: list[Callable[[], None]] = []
         self.commits = 0  # number of group commits (for benchmarks and tests)
         self._thread_writer: _ThreadWriter | None = None
         self.node_id = secrets.token_hex(6)
@@ -263,6 +264,10 @@ class Store:
         await self._read.dispose()
         if self._write is not self._read:
             await self._write.dispose()
+
+    def on_queued(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after each commit that put remote recipients in the queue."""
+        self._queue_listeners.append(listener)
 
     def on_commit(self, listener: Callable[[frozenset[int]], None]) -> None:
         """Call `listener` with the ids of the folders each commit changed."""
@@ -635,7 +640,11 @@ class Store:
             ctx.audit(a.audit(queue_id))
             return AcceptResult(queue_id, blob_id, tuple(deliveries), len(a.remote_recipients))
 
-        return await self.transact(unit)
+        result = await self.transact(unit)
+        if result.queued:
+            for listener in self._queue_listeners:
+                listener()
+        return result
 
     # --- reading ------------------------------------------------------------------
 

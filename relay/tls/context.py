@@ -223,3 +223,29 @@ def crl_status(tls: TlsConfig, now: dt.datetime) -> list[CrlStatus]:
                 )
             )
     return result
+
+
+class ListenerContext:
+    """A listener's current server context, replaced when CRLs are refreshed.
+
+    New connections get the newest context; open ones keep theirs. With implicit TLS
+    asyncio holds on to the context the server was created with, so every handshake
+    switches to the newest one from the SNI callback, which OpenSSL calls for each
+    ClientHello (SSL_set_SSL_CTX: certificate and trust store, CRLs included).
+    """
+
+    def __init__(self, tls: TlsConfig, *, require_client_certificate: bool) -> None:
+        self._require = require_client_certificate
+        self.current = self._build(tls)
+
+    def _build(self, tls: TlsConfig) -> ssl.SSLContext:
+        ctx = server_context(tls, require_client_certificate=self._require)
+        ctx.sni_callback = self._newest
+        return ctx
+
+    def replace(self, tls: TlsConfig) -> None:
+        self.current = self._build(tls)
+
+    def _newest(self, ssl_obj: ssl.SSLObject, _name: str | None, ctx: ssl.SSLContext) -> None:
+        if ctx is not self.current:
+            ssl_obj.context = self.current

@@ -95,6 +95,8 @@ class FakePeer:
         self.got_data.set()
         if self.stall is not None:
             await self.stall.wait()
+            if server.transport is None or server.transport.is_closing():
+                return "421 4.4.2 the client is gone"  # nobody hears it: not accepted
         reply = self.data_replies.pop(0) if self.data_replies else "250 2.0.0 OK"
         if reply.startswith("250"):
             self.accepted.append(got)
