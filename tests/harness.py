@@ -7,6 +7,9 @@ import datetime as dt
 import functools
 import socket
 import ssl
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,3 +237,31 @@ async def start_daemon(
     daemon = Daemon(path, load_for_serving(path))
     runtime = await daemon.start()
     return RunningDaemon(daemon, runtime, ports, path, pki)
+
+
+def start_process(config: Path) -> subprocess.Popen[str]:
+    """`mss-relay serve` as a real process; returns once it printed that it is ready."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay.cli", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if "mss-relay: ready" in line:
+            return proc
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError("daemon did not become ready")
+
+
+def kill_process(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL: no shutdown code runs."""
+    proc.kill()
+    proc.wait(timeout=10)
+    if proc.stdout is not None:
+        proc.stdout.close()

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -17,35 +14,17 @@ from relay.store.queue import QueueStore
 from relay.store.store import AuditFilter, Store, TrustEntry
 from relay.tls.pki import DevPki
 from tests.delivery.conftest import DR_X, FakePeer, letter, route, submit_sync, wait_until
-from tests.harness import LISTENER_NAMES, MARTIN_BOX, PEER_DOMAIN, free_ports, write_config
+from tests.harness import (
+    LISTENER_NAMES,
+    MARTIN_BOX,
+    PEER_DOMAIN,
+    free_ports,
+    kill_process,
+    start_process,
+    write_config,
+)
 
 Peers = Callable[..., Awaitable[FakePeer]]
-
-
-def start(config: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "relay.cli", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if "mss-relay: ready" in line:
-            return proc
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError("daemon did not become ready")
-
-
-def kill(proc: subprocess.Popen[str]) -> None:
-    proc.kill()  # SIGKILL: no shutdown code runs
-    proc.wait(timeout=10)
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 async def test_sigkill_mid_delivery_then_delivered_after_restart(
@@ -70,7 +49,7 @@ async def test_sigkill_mid_delivery_then_delivered_after_restart(
     )
     await setup.close()
 
-    proc = await asyncio.to_thread(start, config)
+    proc = await asyncio.to_thread(start_process, config)
     try:
         code, _ = await asyncio.to_thread(
             submit_sync, ports["submission"], dev_pki.ca_bundle, [DR_X], letter(MARTIN_BOX, DR_X)
@@ -78,15 +57,15 @@ async def test_sigkill_mid_delivery_then_delivered_after_restart(
         assert code == 250
         # the daemon has sent the whole message; the peer holds its reply
         await asyncio.wait_for(peer.got_data.wait(), 20)
-        await asyncio.to_thread(kill, proc)
+        await asyncio.to_thread(kill_process, proc)
     except BaseException:
-        await asyncio.to_thread(kill, proc)
+        await asyncio.to_thread(kill_process, proc)
         raise
     assert peer.accepted == []
     stall.set()  # the peer now answers 250 at once (the old connection is dead)
     peer.stall = None
 
-    proc = await asyncio.to_thread(start, config)
+    proc = await asyncio.to_thread(start_process, config)
     store = await Store.open(storage, migrate=False)
     try:
 
@@ -101,4 +80,4 @@ async def test_sigkill_mid_delivery_then_delivered_after_restart(
         assert event["recipient"] == DR_X and event["attempts"] == 2
     finally:
         await store.close()
-        await asyncio.to_thread(kill, proc)
+        await asyncio.to_thread(kill_process, proc)

@@ -9,8 +9,6 @@ import os
 import signal
 import smtplib
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,37 +17,20 @@ from relay.config import load
 from relay.config.model import StorageConfig
 from relay.store.store import Store
 from relay.tls.pki import DevPki
-from tests.harness import LISTENER_NAMES, MARTIN_BOX, PASSWORDS, SHARED, free_ports, write_config
+from tests.harness import (
+    LISTENER_NAMES,
+    MARTIN_BOX,
+    PASSWORDS,
+    SHARED,
+    free_ports,
+    kill_process,
+    start_process,
+    write_config,
+)
 
 SESSIONS = 8
 PER_SESSION = 60  # upper bound; the kill comes long before
 KILL_AFTER_ACCEPTED = 40
-
-
-def start(config: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "relay.cli", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if "mss-relay: ready" in line:
-            return proc
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError("daemon did not become ready")
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.kill()
-    proc.wait(timeout=10)
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 def body(session: int, n: int) -> tuple[str, bytes]:
@@ -90,7 +71,7 @@ async def test_sigkill_mid_burst_loses_no_accepted_message(
 ) -> None:
     ports = dict(zip(LISTENER_NAMES, free_ports(len(LISTENER_NAMES)), strict=True))
     config_path = write_config(tmp_path, dev_pki, storage, ports)
-    proc = await asyncio.to_thread(start, config_path)
+    proc = await asyncio.to_thread(start_process, config_path)
     accepted: list[tuple[str, bytes]] = []
     lock = threading.Lock()
     try:
@@ -107,14 +88,14 @@ async def test_sigkill_mid_burst_loses_no_accepted_message(
         os.kill(proc.pid, signal.SIGKILL)
         await sender
     finally:
-        stop(proc)
+        kill_process(proc)
     assert len(accepted) >= KILL_AFTER_ACCEPTED
 
     # restart: the daemon comes up on the same store (recovery, migrations) ...
-    proc = await asyncio.to_thread(start, config_path)
+    proc = await asyncio.to_thread(start_process, config_path)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
-    stop(proc)
+    kill_process(proc)
 
     # ... and every 250'd message is there, whole, exactly once
     store = await Store.open(load(config_path).storage)
