@@ -39,7 +39,10 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
-	@echo "see bench/README.md"
+	$(BIN)/python -m bench.store_load --engine sqlite
+	$(BIN)/python -m bench.smtp_load --engine sqlite --messages 2000 --size 10240 --concurrency 10 --mode plain
+	$(BIN)/python -m bench.smtp_load --engine sqlite --messages 500 --mode starttls --big-message-mb 25
+	@echo "more: bench/README.md"
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
