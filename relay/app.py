@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import importlib
 import os
 import signal
 import socket
@@ -84,18 +83,16 @@ class Runtime:
 
 
 def listener_factories() -> dict[ListenerKind, ListenerFactory]:
-    """The listener implementations, by kind. Imported lazily so each protocol module
-    stays independent of the others."""
-    factories: dict[ListenerKind, ListenerFactory] = {}
-    with contextlib.suppress(ImportError):
-        from relay.smtp.server import make_listener as smtp_listener
+    """The listener implementations, by kind (imported here: the protocol modules
+    import this one for its types)."""
+    from relay.imap.server import make_listener as imap_listener
+    from relay.smtp.server import make_listener as smtp_listener
 
-        factories[ListenerKind.SUBMISSION] = smtp_listener
-        factories[ListenerKind.INBOUND] = smtp_listener
-    with contextlib.suppress(ImportError):
-        imap = importlib.import_module("relay.imap.server")
-        factories[ListenerKind.IMAP] = imap.make_listener
-    return factories
+    return {
+        ListenerKind.SUBMISSION: smtp_listener,
+        ListenerKind.INBOUND: smtp_listener,
+        ListenerKind.IMAP: imap_listener,
+    }
 
 
 def sd_notify(message: str) -> bool:
@@ -169,11 +166,7 @@ class Daemon:
                 await store.record(KeyCreated(key_file=str(config.storage.key_file)))
             factories = listener_factories()
             for lc in config.listeners:
-                factory = factories.get(lc.kind)
-                if factory is None:
-                    log.warning("listener.not_available", kind=lc.kind.value, port=lc.port)
-                    continue
-                listener = factory(runtime, lc)
+                listener = factories[lc.kind](runtime, lc)
                 await listener.start()
                 self.listeners.append(listener)
             from relay.delivery.crl import CrlRefresher
