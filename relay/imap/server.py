@@ -5,6 +5,9 @@
 implicit TLS (port 993, RFC 8314). The service keeps, per folder id, the sessions
 that have it selected; `Store.on_commit` tells it which folders a commit touched, and
 it wakes those sessions (IDLE pushes at once, others before their next tagged reply).
+The woken sessions then ask `ImapService.changes`, which reads the change set once per
+folder, person and commit for all of them (RFC 7162 MODSEQ: from the lowest MODSEQ a
+watcher has seen) and hands each its part, instead of one query per session.
 A config reload that withdraws a person's access to a box closes that person's
 sessions on it with ``BYE`` (`relay.config.lost_access`).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
@@ -24,7 +28,7 @@ from relay.config.model import Config, ListenerConfig, TlsConfig, TlsMode
 from relay.imap import response as r
 from relay.imap.session import Session
 from relay.imap.state import State
-from relay.store.mailstore import MailStore
+from relay.store.mailstore import Changes, MailStore
 from relay.tls.context import ListenerContext
 
 if TYPE_CHECKING:
@@ -52,6 +56,26 @@ EXTENSIONS: tuple[str, ...] = (
     "CONDSTORE",  # RFC 7162
 )
 
+# A shared change set is read from the lowest MODSEQ of the folder's watchers, but not
+# from further back than this below the asking session's: a session that has not
+# refreshed for long does not make every read return half the folder.
+SHARED_CHANGES_WINDOW = 1000
+
+
+@dataclass
+class _ChangeSet:
+    """One read of a folder's changes, for the sessions at or above `since`."""
+
+    generation: int  # the folder's commit count when the read started
+    since: int
+    read: asyncio.Future[Changes]
+
+
+def _consume(future: asyncio.Future[Changes]) -> None:
+    # Every asker may have gone (cancelled): the outcome is still retrieved.
+    if not future.cancelled():
+        future.exception()
+
 
 class ImapService:
     """One IMAP listener and the sessions it serves."""
@@ -65,6 +89,8 @@ class ImapService:
         self._tasks: set[asyncio.Task[None]] = set()
         self.sessions: set[Session] = set()
         self._watchers: dict[int, set[Session]] = {}
+        self._generation: dict[int, int] = {}  # watched folder id -> commits seen
+        self._change_sets: dict[tuple[int, str | None], _ChangeSet] = {}
         runtime.store.on_commit(self._on_commit)
         runtime.reload_hooks.append(self._on_reload)
 
@@ -159,11 +185,47 @@ class ImapService:
             watchers.discard(s)
             if not watchers:
                 del self._watchers[folder_id]
+                self._generation.pop(folder_id, None)
+                for key in [k for k in self._change_sets if k[0] == folder_id]:
+                    del self._change_sets[key]
 
     def _on_commit(self, folder_ids: frozenset[int]) -> None:
         for fid in folder_ids:
-            for s in list(self._watchers.get(fid, ())):
+            watchers = self._watchers.get(fid)
+            if not watchers:
+                continue
+            # First: a change set read from now on sees this commit.
+            self._generation[fid] = self._generation.get(fid, 0) + 1
+            for s in list(watchers):
                 s.notify(fid)
+
+    async def changes(self, folder_id: int, since: int, person: str | None) -> Changes:
+        """What changed in a watched folder above MODSEQ `since`, as `person` sees it.
+
+        One read serves every session of the folder (and person) until the next commit
+        that touches it: a read started after the commit that woke the asker, from a
+        MODSEQ at or below the asker's, holds everything the asker must learn; it gets
+        the part above its own MODSEQ (`Changes.since`)."""
+        generation = self._generation.get(folder_id, 0)
+        key = (folder_id, person)
+        cs = self._change_sets.get(key)
+        if cs is None or cs.generation != generation or cs.since > since:
+            base = since
+            for w in self._watchers.get(folder_id, ()):
+                sel = w.selected
+                if (
+                    sel is not None
+                    and sel.folder.id == folder_id
+                    and sel.seen_person == person
+                    and since - SHARED_CHANGES_WINDOW <= sel.highestmodseq < base
+                ):
+                    base = sel.highestmodseq
+            read = asyncio.ensure_future(self.mail.changes(folder_id, base, person))
+            read.add_done_callback(_consume)
+            cs = _ChangeSet(generation, base, read)
+            self._change_sets[key] = cs
+        changes = await asyncio.shield(cs.read)
+        return changes if cs.since == since else changes.since(since)
 
     def _on_reload(self, old: Config, new: Config) -> None:
         """Close the sessions of people who lost access to the box they use."""

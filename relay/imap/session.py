@@ -10,9 +10,10 @@ traceback — exception text never reaches the client (STYLE.md §4).
 
 Snapshot: after SELECT the session holds every message's UID, MODSEQ and flags in
 memory. Commits that touch the folder (this process: `Store.on_commit`) mark it dirty;
-before each tagged response, and at once while IDLE, the session asks the store what
-changed since its MODSEQ and sends EXISTS / EXPUNGE / FETCH (RFC 3501 §7.3.1, §7.4.1;
-EXPUNGE is held back during FETCH, STORE and SEARCH, RFC 3501 §7.4.1).
+before each tagged response, and at once while IDLE, the session asks the service what
+changed since its MODSEQ (one read per folder and commit, shared by the folder's
+sessions) and sends EXISTS / EXPUNGE / FETCH (RFC 3501 §7.3.1, §7.4.1; EXPUNGE is held
+back during FETCH, STORE and SEARCH, RFC 3501 §7.4.1).
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class Session:
         self.out = bytearray()
         self.bad_in_a_row = 0
         self.wake = asyncio.Event()
+        self.idling = False  # in IDLE, waiting: commits wake the session at once
         self.revoked: str | None = None  # why the session must end (access withdrawn)
         self._read_task: asyncio.Task[bytes] | None = None
         self.id = secrets.token_hex(4)
@@ -137,12 +139,22 @@ class Session:
         """Next bytes from the client; None on end of stream. Raises TimeoutError.
 
         Returns b"" when woken by a notification (`wake_on_notify`, IDLE) and on
-        revocation raises Closing after emitting BYE.
+        revocation raises Closing after emitting BYE. Only an idling session is woken
+        by commits (`notify`); the others learn of them before their next tagged reply.
         """
+        self.idling = wake_on_notify
+        try:
+            return await self._receive(limit_seconds, wake_on_notify)
+        finally:
+            self.idling = False
+
+    async def _receive(self, limit_seconds: float | None, wake_on_notify: bool) -> bytes | None:
         await self.flush()
         deadline = asyncio.get_running_loop().time() + (limit_seconds or self._timeout())
         while True:
             self._check_revoked()
+            if wake_on_notify and self.selected is not None and self.selected.dirty:
+                return b""  # a commit came before this wait began
             if self._read_task is None:
                 self._read_task = asyncio.ensure_future(self.stream.read(READ_CHUNK))
             waiter = asyncio.ensure_future(self.wake.wait())
@@ -330,7 +342,8 @@ class Session:
         """Called after a commit touched `folder_id` (the selected folder)."""
         if self.selected is not None and self.selected.folder.id == folder_id:
             self.selected.dirty = True
-            self.wake.set()
+            if self.idling:
+                self.wake.set()
 
     def revoke(self, reason: str) -> None:
         """End the session at once (access withdrawn by a config reload)."""
@@ -346,9 +359,7 @@ class Session:
             return
         if sel.dirty:
             sel.dirty = False
-            changes = await self.service.mail.changes(
-                sel.folder.id, sel.highestmodseq, sel.seen_person
-            )
+            changes = await self.service.changes(sel.folder.id, sel.highestmodseq, sel.seen_person)
             for uid in changes.expunged:
                 if uid in sel.flags:
                     sel.pending_expunge.add(uid)

@@ -1,8 +1,8 @@
 """Every SQL statement the IMAP server needs, over the `Store`.
 
-Reads go through the store's read engine; every change is a unit handed to the
-group-committing writer, with its audit event in the same transaction and the folders
-it changed marked (`ctx.touch`), so IDLE sessions hear of it after the commit.
+Reads go through `Store.read` (one read transaction each); every change is a unit
+handed to the group-committing writer, with its audit event in the same transaction and
+the folders it changed marked (`ctx.touch`), so IDLE sessions hear of it after the commit.
 
 MODSEQ (RFC 7162): each folder carries `highestmodseq`; a change to a folder takes the
 next value and stamps it on every message it changed (new message, flag change) and on
@@ -17,8 +17,9 @@ table (one row per person and message) for boxes with per-person \\Seen; callers
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,20 @@ class Changes:
     uidnext: int
     changed: tuple[Flagged, ...]
     expunged: tuple[int, ...]
+    # (uid, modseq of its removal), in UID order: lets one change set serve every
+    # session whose MODSEQ is at or above the one it was read for (`since`).
+    expunged_at: tuple[tuple[int, int], ...] = ()
+
+    def since(self, modseq: int) -> Changes:
+        """The part of this change set above `modseq` (read for a lower or equal one)."""
+        gone = tuple((u, m) for u, m in self.expunged_at if m > modseq)
+        return Changes(
+            highestmodseq=self.highestmodseq,
+            uidnext=self.uidnext,
+            changed=tuple(f for f in self.changed if f.modseq > modseq),
+            expunged=tuple(u for u, _ in gone),
+            expunged_at=gone,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +155,9 @@ class MailStore:
     """IMAP data access: folders, snapshots, flags, copies, appends, subscriptions."""
 
     def __init__(self, store: Store) -> None:
+        # Reads go through `Store.read`: one transaction each, never behind the writer
+        # (SQLite WAL; on SQLite in a reader thread without aiosqlite's hand-offs).
         self.store = store
-        # The store's read engine: readers never wait behind the writer (SQLite WAL).
-        self._read = store._read
         self._meta_cache: dict[str, MessageMeta] = {}
 
     # --- folders ------------------------------------------------------------------
@@ -157,8 +172,7 @@ class MailStore:
             .where(t.mailboxes.c.address.in_([b.lower() for b in boxes]))
             .order_by(t.mailboxes.c.address, t.folders.c.name)
         )
-        async with self._read.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self.store.read(_all(stmt))
         return [_folder(r) for r in rows]
 
     async def folder(self, box: str, name: str) -> FolderInfo | None:
@@ -167,9 +181,8 @@ class MailStore:
             .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
             .where(and_(t.mailboxes.c.address == box.lower(), t.folders.c.name == name))
         )
-        async with self._read.connect() as conn:
-            row = (await conn.execute(stmt)).one_or_none()
-        return None if row is None else _folder(row)
+        rows = await self.store.read(_all(stmt))
+        return _folder(rows[0]) if rows else None
 
     # --- reading a folder -----------------------------------------------------------
 
@@ -200,48 +213,40 @@ class MailStore:
     ) -> tuple[FolderInfo, list[Flagged]]:
         """The folder and all its messages in UID order, as `person` sees their flags
         (`person` None: shared \\Seen). One read transaction: a consistent view."""
-        async with self._read.connect() as conn, conn.begin():
+
+        async def read(conn: AsyncConnection) -> tuple[FolderInfo, Sequence[Any]]:
             folder = await self._folder_in(conn, box, name)
             rows = (
                 await conn.execute(self._flag_query(folder.id, person).order_by(t.messages.c.uid))
             ).all()
+            return folder, rows
+
+        folder, rows = await self.store.read(read)
         return folder, [self._flagged(r, person) for r in rows]
 
     async def changes(self, folder_id: int, since: int, person: str | None) -> Changes:
         """Messages changed or added, and UIDs expunged, with MODSEQ above `since`."""
-        async with self._read.connect() as conn, conn.begin():
-            head = (
-                await conn.execute(
-                    select(t.folders.c.highestmodseq, t.folders.c.uidnext).where(
-                        t.folders.c.id == folder_id
-                    )
-                )
-            ).one_or_none()
+
+        async def read(conn: AsyncConnection) -> tuple[Any, Sequence[Any], Sequence[Any]]:
+            params = {"folder_id": folder_id, "since": since, "person": person}
+            head = (await conn.execute(_HEAD, params)).one_or_none()
             if head is None:
                 raise FolderMissing("folder deleted")
-            rows = (
-                await conn.execute(
-                    self._flag_query(folder_id, person)
-                    .where(t.messages.c.modseq > since)
-                    .order_by(t.messages.c.uid)
-                )
-            ).all()
-            gone = (
-                await conn.execute(
-                    select(t.expunged.c.uid).where(
-                        and_(t.expunged.c.folder_id == folder_id, t.expunged.c.modseq > since)
-                    )
-                )
-            ).all()
+            rows = (await conn.execute(_changed_stmt(person is not None), params)).all()
+            gone = (await conn.execute(_GONE, params)).all()
+            return head, rows, gone
+
+        head, rows, gone = await self.store.read(read)
         return Changes(
             highestmodseq=int(head.highestmodseq),
             uidnext=int(head.uidnext),
             changed=tuple(self._flagged(r, person) for r in rows),
             expunged=tuple(sorted(int(r.uid) for r in gone)),
+            expunged_at=tuple(sorted((int(r.uid), int(r.modseq)) for r in gone)),
         )
 
     async def status(self, folder_id: int, person: str | None) -> FolderStatus:
-        async with self._read.connect() as conn, conn.begin():
+        async def read(conn: AsyncConnection) -> tuple[Any, Any, Any, Any]:
             head = (
                 await conn.execute(select(t.folders).where(t.folders.c.id == folder_id))
             ).one_or_none()
@@ -275,6 +280,9 @@ class MailStore:
                         .where(and_(t.messages.c.folder_id == folder_id, t.seen.c.person == person))
                     )
                 ).scalar_one()
+            return head, count, size, seen
+
+        head, count, size, seen = await self.store.read(read)
         return FolderStatus(
             messages=int(count),
             unseen=int(count) - int(seen),
@@ -301,8 +309,7 @@ class MailStore:
             stmt = stmt.where(t.messages.c.uid.between(min(uids), max(uids)))
         else:
             stmt = stmt.where(t.messages.c.uid.in_(list(wanted)))
-        async with self._read.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self.store.read(_all(stmt))
         return {
             int(r.uid): MessageRow(
                 int(r.uid), r.blob_id, int(r.size), _aware(r.internal_date), r.message_id
@@ -326,13 +333,22 @@ class MailStore:
         ids = list(dict.fromkeys(blob_ids))
         out: dict[str, MessageMeta] = {i: m for i in ids if (m := self._meta_cache.get(i))}
         missing = [i for i in ids if i not in out]
-        async with self._read.connect() as conn:
+        if not missing:
+            return out
+
+        async def read(conn: AsyncConnection) -> list[Any]:
+            found: list[Any] = []
             for i in range(0, len(missing), _IN_LIMIT):
                 chunk = missing[i : i + _IN_LIMIT]
-                for r in await conn.execute(
-                    select(t.blobs.c.id, t.blobs.c.meta).where(t.blobs.c.id.in_(chunk))
-                ):
-                    out[r.id] = self._meta(r.id, bytes(r.meta))
+                found += (
+                    await conn.execute(
+                        select(t.blobs.c.id, t.blobs.c.meta).where(t.blobs.c.id.in_(chunk))
+                    )
+                ).all()
+            return found
+
+        for r in await self.store.read(read):
+            out[r.id] = self._meta(r.id, bytes(r.meta))
         return out
 
     async def fetch_data(
@@ -342,26 +358,11 @@ class MailStore:
         query (the metadata of many messages comes from the cache)."""
         if not uids:
             return {}, {}, {}
-        cols = [
-            t.messages.c.uid,
-            t.messages.c.blob_id,
-            t.messages.c.size,
-            t.messages.c.internal_date,
-            t.messages.c.message_id,
-        ]
-        if raw:
-            cols += [t.blobs.c.meta, t.blobs.c.data]
-        stmt = select(*cols)
-        if raw:
-            stmt = stmt.select_from(t.messages.join(t.blobs, t.blobs.c.id == t.messages.c.blob_id))
-        stmt = stmt.where(t.messages.c.folder_id == folder_id)
         wanted = set(uids)
-        if len(wanted) > _IN_LIMIT:
-            stmt = stmt.where(t.messages.c.uid.between(min(wanted), max(wanted)))
-        else:
-            stmt = stmt.where(t.messages.c.uid.in_(list(wanted)))
-        async with self._read.connect() as conn:
-            result = (await conn.execute(stmt)).all()
+        by_range = len(wanted) > _IN_LIMIT
+        result = await self.store.read(
+            _all(_fetch_stmt(raw, by_range), _uid_params(folder_id, wanted, by_range))
+        )
         rows: dict[int, MessageRow] = {}
         metas: dict[str, MessageMeta] = {}
         raws: dict[str, bytes] = {}
@@ -383,13 +384,11 @@ class MailStore:
         """Decrypted message bytes of the given blobs."""
         ids = list(dict.fromkeys(blob_ids))
         out: dict[str, bytes] = {}
-        async with self._read.connect() as conn:
-            for i in range(0, len(ids), 50):
-                chunk = ids[i : i + 50]
-                for r in await conn.execute(
-                    select(t.blobs.c.id, t.blobs.c.data).where(t.blobs.c.id.in_(chunk))
-                ):
-                    out[r.id] = self.store.cipher.open(r.id, bytes(r.data))
+        for i in range(0, len(ids), 50):
+            chunk = ids[i : i + 50]
+            stmt = select(t.blobs.c.id, t.blobs.c.data).where(t.blobs.c.id.in_(chunk))
+            for r in await self.store.read(_all(stmt)):
+                out[r.id] = self.store.cipher.open(r.id, bytes(r.data))
         return out
 
     # --- changing a folder ----------------------------------------------------------
@@ -398,17 +397,7 @@ class MailStore:
     async def _bump(conn: AsyncConnection, folder_id: int, uids: int = 0) -> tuple[int, int, int]:
         """Take the next MODSEQ (and `uids` new UIDs) of a folder; the UPDATE locks the
         folder row until commit. Returns (modseq, first new uid, uidvalidity)."""
-        row = (
-            await conn.execute(
-                update(t.folders)
-                .where(t.folders.c.id == folder_id)
-                .values(
-                    uidnext=t.folders.c.uidnext + uids,
-                    highestmodseq=t.folders.c.highestmodseq + 1,
-                )
-                .returning(t.folders.c.highestmodseq, t.folders.c.uidnext, t.folders.c.uidvalidity)
-            )
-        ).one_or_none()
+        row = (await conn.execute(_BUMP, {"folder_id": folder_id, "n": uids})).one_or_none()
         if row is None:
             raise FolderMissing("folder deleted")
         return int(row.highestmodseq), int(row.uidnext) - uids, int(row.uidvalidity)
@@ -480,24 +469,13 @@ class MailStore:
         self, conn: AsyncConnection, folder_id: int, uids: Sequence[int], person: str | None
     ) -> list[tuple[int, int, int, frozenset[str]]]:
         """(message id, uid, modseq, flags as `person` sees them) of the given UIDs."""
-        cols = [t.messages.c.id, t.messages.c.uid, t.messages.c.modseq, t.messages.c.flags]
-        if person is None:
-            stmt = select(*cols)
-        else:
-            stmt = select(*cols, t.seen.c.person).select_from(
-                t.messages.outerjoin(
-                    t.seen,
-                    and_(t.seen.c.message_id == t.messages.c.id, t.seen.c.person == person),
-                )
-            )
-        stmt = stmt.where(t.messages.c.folder_id == folder_id)
         wanted = set(uids)
-        if len(wanted) > _IN_LIMIT:
-            stmt = stmt.where(t.messages.c.uid.between(min(wanted), max(wanted)))
-        else:
-            stmt = stmt.where(t.messages.c.uid.in_(list(wanted)))
+        by_range = len(wanted) > _IN_LIMIT
+        params = _uid_params(folder_id, wanted, by_range)
+        params["person"] = person
         out = []
-        for r in (await conn.execute(stmt.order_by(t.messages.c.uid))).all():
+        stmt = _current_stmt(person is not None, by_range)
+        for r in (await conn.execute(stmt, params)).all():
             if int(r.uid) not in wanted:
                 continue
             flags = parse_flags(r.flags)
@@ -794,14 +772,13 @@ class MailStore:
     # --- subscriptions (RFC 3501 §6.3.6, §6.3.7) --------------------------------------
 
     async def subscriptions(self, person: str) -> set[tuple[str, str]]:
-        async with self._read.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(t.subscriptions.c.mailbox, t.subscriptions.c.folder).where(
-                        t.subscriptions.c.person == person
-                    )
+        rows = await self.store.read(
+            _all(
+                select(t.subscriptions.c.mailbox, t.subscriptions.c.folder).where(
+                    t.subscriptions.c.person == person
                 )
-            ).all()
+            )
+        )
         return {(r.mailbox, r.folder) for r in rows}
 
     async def subscribe(self, person: str, box: str, folder: str, on: bool) -> None:
@@ -820,6 +797,106 @@ class MailStore:
                 )
 
         await self.store.transact(unit)
+
+
+def _all(
+    stmt: Any, params: dict[str, Any] | None = None
+) -> Callable[[AsyncConnection], Coroutine[Any, Any, Sequence[Any]]]:
+    """A read (for `Store.read`) giving every row of `stmt`."""
+
+    async def read(conn: AsyncConnection) -> Sequence[Any]:
+        return (await conn.execute(stmt, params)).all()
+
+    return read
+
+
+# Hot statements, built once with bound parameters (building a statement costs more
+# than running it from SQLAlchemy's compiled cache).
+
+_HEAD = select(t.folders.c.highestmodseq, t.folders.c.uidnext).where(
+    t.folders.c.id == bindparam("folder_id")
+)
+_GONE = select(t.expunged.c.uid, t.expunged.c.modseq).where(
+    and_(
+        t.expunged.c.folder_id == bindparam("folder_id"),
+        t.expunged.c.modseq > bindparam("since"),
+    )
+)
+_BUMP = (
+    update(t.folders)
+    .where(t.folders.c.id == bindparam("folder_id"))
+    .values(
+        uidnext=t.folders.c.uidnext + bindparam("n"),
+        highestmodseq=t.folders.c.highestmodseq + 1,
+    )
+    .returning(t.folders.c.highestmodseq, t.folders.c.uidnext, t.folders.c.uidvalidity)
+)
+
+
+def _with_seen(cols: list[Any], per_person: bool) -> Any:
+    """SELECT `cols` of messages, with the person's `seen` row when `per_person`."""
+    if not per_person:
+        return select(*cols)
+    return select(*cols, t.seen.c.person).select_from(
+        t.messages.outerjoin(
+            t.seen,
+            and_(
+                t.seen.c.message_id == t.messages.c.id,
+                t.seen.c.person == bindparam("person"),
+            ),
+        )
+    )
+
+
+def _by_uid(stmt: Any, by_range: bool) -> Any:
+    stmt = stmt.where(t.messages.c.folder_id == bindparam("folder_id"))
+    if by_range:
+        return stmt.where(t.messages.c.uid.between(bindparam("lo"), bindparam("hi")))
+    return stmt.where(t.messages.c.uid.in_(bindparam("uids", expanding=True)))
+
+
+def _uid_params(folder_id: int, wanted: set[int], by_range: bool) -> dict[str, Any]:
+    if by_range:
+        return {"folder_id": folder_id, "lo": min(wanted), "hi": max(wanted)}
+    return {"folder_id": folder_id, "uids": list(wanted)}
+
+
+@functools.cache
+def _changed_stmt(per_person: bool) -> Any:
+    cols = [t.messages.c.uid, t.messages.c.modseq, t.messages.c.flags]
+    return (
+        _with_seen(cols, per_person)
+        .where(
+            and_(
+                t.messages.c.folder_id == bindparam("folder_id"),
+                t.messages.c.modseq > bindparam("since"),
+            )
+        )
+        .order_by(t.messages.c.uid)
+    )
+
+
+@functools.cache
+def _current_stmt(per_person: bool, by_range: bool) -> Any:
+    cols = [t.messages.c.id, t.messages.c.uid, t.messages.c.modseq, t.messages.c.flags]
+    return _by_uid(_with_seen(cols, per_person), by_range).order_by(t.messages.c.uid)
+
+
+@functools.cache
+def _fetch_stmt(raw: bool, by_range: bool) -> Any:
+    cols = [
+        t.messages.c.uid,
+        t.messages.c.blob_id,
+        t.messages.c.size,
+        t.messages.c.internal_date,
+        t.messages.c.message_id,
+    ]
+    if not raw:
+        return _by_uid(select(*cols), by_range)
+    stmt = select(*cols, t.blobs.c.meta, t.blobs.c.data).select_from(
+        t.messages.join(t.blobs, t.blobs.c.id == t.messages.c.blob_id)
+    )
+    return _by_uid(stmt, by_range)
 
 
 def _bind(name: str) -> Any:

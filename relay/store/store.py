@@ -48,6 +48,9 @@ DEFAULT_FOLDERS: tuple[tuple[str, str | None], ...] = (
 )
 
 MAX_BATCH_UNITS = 256
+# SQLite readers: threads with their own synchronous connection (WAL: they never wait
+# behind the writer). Two shared cores: more threads would only contend for the GIL.
+READ_THREADS = 2
 RETRIES_ON_CONFLICT = 5
 
 
@@ -192,11 +195,13 @@ class Store:
         self._queue_listeners: list[Callable[[], None]] = []
         self.commits = 0  # number of group commits (for benchmarks and tests)
         self._thread_writer: _ThreadWriter | None = None
+        self._thread_readers: _ThreadReaders | None = None
         self.node_id = secrets.token_hex(6)
         self.notify_channel = "relay_folders"
         self._listen_conn: Any = None
         if self.dialect == "sqlite":
             self._thread_writer = _ThreadWriter(str(write_engine.url))
+            self._thread_readers = _ThreadReaders(str(read_engine.url), READ_THREADS)
         self.created_key = False
 
     # --- lifecycle ----------------------------------------------------------------
@@ -258,6 +263,8 @@ class Store:
             self._writer = None
         if self._thread_writer is not None:
             self._thread_writer.close()
+        if self._thread_readers is not None:
+            self._thread_readers.close()
         if self._listen_conn is not None:
             await self._listen_conn.close()
             self._listen_conn = None
@@ -648,6 +655,20 @@ class Store:
 
     # --- reading ------------------------------------------------------------------
 
+    async def read(self, fn: Callable[[AsyncConnection], Coroutine[Any, Any, T]]) -> T:
+        """Run `fn(conn)` in one read transaction (a consistent view) and return its
+        result. `fn` must await nothing but `conn`: on SQLite it runs to completion in
+        a reader thread on a synchronous connection (one hand-off for the whole read
+        instead of several per statement through aiosqlite)."""
+        readers = self._thread_readers
+        if readers is not None:
+            result: T = await asyncio.get_running_loop().run_in_executor(
+                readers.executor, readers.run, fn
+            )
+            return result
+        async with self._read.connect() as conn, conn.begin():
+            return await fn(conn)
+
     def seal_meta(self, blob_id: str, meta: dict[str, Any]) -> bytes:
         return self.cipher.seal(blob_id + ":meta", json.dumps(meta, separators=(",", ":")).encode())
 
@@ -868,6 +889,27 @@ class _ThreadWriter:
                 "journal_mode": conn.exec_driver_sql("PRAGMA journal_mode").scalar(),
                 "synchronous": conn.exec_driver_sql("PRAGMA synchronous").scalar(),
             }
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.engine.dispose()
+
+
+class _ThreadReaders:
+    """SQLite's readers for `Store.read`: a few threads, each read one transaction on a
+    synchronous connection (deferred BEGIN: a WAL snapshot, never the write lock)."""
+
+    def __init__(self, async_url: str, threads: int) -> None:
+        url = async_url.replace("sqlite+aiosqlite:", "sqlite+pysqlite:", 1)
+        self.engine = create_engine(
+            url, pool_size=threads, max_overflow=0, connect_args={"check_same_thread": False}
+        )
+        _sqlite_setup(self.engine, begin="BEGIN")
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store-reader")
+
+    def run(self, fn: Callable[[AsyncConnection], Coroutine[Any, Any, T]]) -> T:
+        with self.engine.connect() as conn, conn.begin():
+            return _drive(fn(cast(AsyncConnection, _ThreadConnection(conn))))
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
