@@ -33,7 +33,7 @@ import re
 import secrets
 import ssl
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import structlog
 
@@ -364,38 +364,25 @@ class DeliveryWorker:
         subject: str | None,
     ) -> Outcome:
         now = self.runtime.clock()
-        request = f"MAIL FROM:<{item.sender}> RCPT TO:<{item.recipient}>"
+        common: dict[str, Any] = {
+            "person": item.person,
+            "box": item.box,
+            "peer": peer,
+            "request": f"MAIL FROM:<{item.sender}> RCPT TO:<{item.recipient}>",
+            "answer": reply,
+            "queue_id": item.queue_id,
+            "recipient": item.recipient,
+            "sender": item.sender,
+            "message_id": item.message_id,
+            "attempts": item.attempts,
+            "certificate_subject": subject,
+        }
         event: AuditEvent
         if status == "delivered":
-            event = DeliveryDelivered(
-                person=item.person,
-                box=item.box,
-                peer=peer,
-                request=request,
-                answer=reply,
-                queue_id=item.queue_id,
-                recipient=item.recipient,
-                sender=item.sender,
-                message_id=item.message_id,
-                attempts=item.attempts,
-                certificate_subject=subject,
-            )
+            event = DeliveryDelivered(**common)
             log.info("delivery.delivered", queue_id=item.queue_id, peer=peer)
         else:
-            event = DeliveryBounced(
-                person=item.person,
-                box=item.box,
-                peer=peer,
-                request=request,
-                answer=reply,
-                queue_id=item.queue_id,
-                recipient=item.recipient,
-                sender=item.sender,
-                message_id=item.message_id,
-                attempts=item.attempts,
-                reason=reply,
-                certificate_subject=subject,
-            )
+            event = DeliveryBounced(**common, reason=reply)
             log.info("delivery.bounced", queue_id=item.queue_id, peer=peer, reason=reply)
         return Outcome(item, status, reply, now, event)
 

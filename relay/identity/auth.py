@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relay.config.model import Config, Mailbox, Person, Right
+from relay.config.model import Config, Person, Right
 from relay.errors import AuthenticationFailed, PermissionDenied, TemporarilyLocked
 from relay.identity.passwords import verify_password
 
@@ -198,8 +198,3 @@ class Authenticator:
                 self._verified.clear()
             self._verified[key] = now + VERIFIED_CACHE_SECONDS
         return ok
-
-
-def sendable_boxes(config: Config, person_id: str, day: dt.date) -> list[Mailbox]:
-    """Boxes `person_id` may send as on `day`: owned ones and co-held with `send`."""
-    return [m for m in config.mailboxes if Right.SEND in m.rights_of(person_id, day)]

@@ -349,7 +349,7 @@ class BaseHandler:
         session.host_name = hostname
         lines = [r[4:] for r in responses if not r.endswith("HELP")]
         lines = [ln for ln in lines if self.advertise(server, ln)]
-        lines += ["PIPELINING", "ENHANCEDSTATUSCODES", "CHUNKING"][:2]
+        lines += ["PIPELINING", "ENHANCEDSTATUSCODES"]  # RFC 2920, RFC 2034
         return [f"250-{ln}" for ln in lines[:-1]] + [f"250 {lines[-1]}"]
 
     def advertise(self, server: RelaySMTP, capability: str) -> bool:
@@ -447,8 +447,8 @@ class BaseHandler:
             )
             return reply
         # Local boxes are stored lower-cased; remote addresses travel as written.
-        kind, _ = self.classify_recipient(address)
-        envelope.rcpt_tos.append(address.lower() if kind == "local" else address)
+        local = _domain(address) in self.runtime.config.server.local_domains
+        envelope.rcpt_tos.append(address.lower() if local else address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient ok"
 
@@ -546,16 +546,6 @@ class SubmissionHandler(BaseHandler):
     """Port 587/465: authenticated practice software and mail clients (RFC 6409)."""
 
     protocol = "smtp-submission"
-
-    def advertise(self, server: RelaySMTP, capability: str) -> bool:
-        if capability.startswith("AUTH"):
-            # AUTH only once TLS is up (aiosmtpd already hides it before STARTTLS);
-            # EXTERNAL only when the client presented a certificate.
-            session = server.session
-            assert isinstance(session, RelaySession)
-            if session.relay.tls.peer is None:
-                return "EXTERNAL" not in capability or True
-        return True
 
     async def auth_password(
         self, server: RelaySMTP, mechanism: str, login: str, password: str, authzid: str | None
@@ -828,11 +818,6 @@ class InboundHandler(BaseHandler):
 
     def advertise(self, server: RelaySMTP, capability: str) -> bool:
         return not capability.startswith("AUTH")
-
-    def handle_STARTTLS(self, server: RelaySMTP, session: Session, envelope: Envelope) -> bool:
-        assert isinstance(session, RelaySession)
-        session.relay.tls = _tls_facts(server.transport)
-        return True
 
     async def handle_MAIL(
         self,

@@ -43,7 +43,7 @@ def _row(r: object) -> Conversation:
 
 
 async def get(store: Store, box: str, ins: str) -> Conversation | None:
-    async with store._read.connect() as conn:
+    async def read(conn: AsyncConnection) -> Conversation | None:
         row = (
             await conn.execute(
                 select(t.conversations).where(
@@ -51,11 +51,13 @@ async def get(store: Store, box: str, ins: str) -> Conversation | None:
                 )
             )
         ).one_or_none()
-    return _row(row) if row is not None else None
+        return _row(row) if row is not None else None
+
+    return await store.read(read)
 
 
 async def for_box(store: Store, box: str) -> list[Conversation]:
-    async with store._read.connect() as conn:
+    async def read(conn: AsyncConnection) -> list[Conversation]:
         rows = (
             await conn.execute(
                 select(t.conversations)
@@ -63,7 +65,9 @@ async def for_box(store: Store, box: str) -> list[Conversation]:
                 .order_by(t.conversations.c.updated_at.desc())
             )
         ).all()
-    return [_row(r) for r in rows]
+        return [_row(r) for r in rows]
+
+    return await store.read(read)
 
 
 async def record(

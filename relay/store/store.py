@@ -751,15 +751,21 @@ class Store:
     # --- trust space (ANS whitelist) --------------------------------------------
 
     async def trust_space_lookup(self, domain: str) -> TrustEntry | None:
-        async with self._read.connect() as conn:
+        """Every inbound MAIL and remote RCPT asks: one reader hand-off (see `read`)."""
+
+        async def read(conn: AsyncConnection) -> TrustEntry | None:
             row = (
                 await conn.execute(
                     select(t.trust_space).where(t.trust_space.c.domain == domain.lower())
                 )
             ).one_or_none()
-        if row is None:
-            return None
-        return TrustEntry(row.domain, row.name, row.certificate_dn, row.description, row.updated)
+            if row is None:
+                return None
+            return TrustEntry(
+                row.domain, row.name, row.certificate_dn, row.description, row.updated
+            )
+
+        return await self.read(read)
 
     async def trust_space_dns(self) -> list[str]:
         async with self._read.connect() as conn:
