@@ -34,12 +34,12 @@ from pathlib import Path
 import asyncpg
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from relay.app import Runtime
 from relay.audit.events import AuditEvent, MessageAccepted, TrustSpaceImported
 from relay.config import load
 from relay.delivery.crl import CrlRefresher
 from relay.delivery.worker import DeliveryWorker
 from relay.logsetup import setup_logging
+from relay.runtime import Runtime
 from relay.store.queue import QueueStore
 from relay.store.store import Acceptance, Store, TrustEntry
 from relay.tls.pki import DevPki, generate_dev_pki

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -32,14 +28,14 @@ from relay.audit.events import (
     KeyCreated,
 )
 from relay.config import ConfigError, check_files, diff, load
-from relay.config.model import Config, ListenerConfig, ListenerKind
-from relay.identity.auth import Authenticator
-from relay.policy.model import Policies, PolicyError, load_policies
+from relay.config.model import Config, ListenerKind
+from relay.delivery.crl import CrlRefresher
+from relay.delivery.worker import DeliveryWorker
+from relay.imap.server import make_listener as imap_listener
+from relay.policy.model import PolicyError, load_policies
+from relay.runtime import Listener, ListenerFactory, Runtime
+from relay.smtp.listener import make_listener as smtp_listener
 from relay.store.store import Store
-
-if TYPE_CHECKING:
-    from relay.delivery.crl import CrlRefresher
-    from relay.delivery.worker import DeliveryWorker
 
 log = structlog.get_logger("relay.app")
 
@@ -47,47 +43,8 @@ VERSION = "0.1.0"
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
-class Listener(Protocol):
-    """A network service started by the daemon (SMTP submission, inbound, IMAP)."""
-
-    @property
-    def description(self) -> str: ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self, grace_seconds: float) -> None:
-        """Stop accepting, let sessions finish for up to `grace_seconds`, then close."""
-        ...
-
-
-ListenerFactory = Callable[["Runtime", ListenerConfig], Listener]
-
-
-@dataclass
-class Runtime:
-    """What the running components share. `config` is replaced on reload; components
-    read it at each use so a reload takes effect at once."""
-
-    config: Config
-    store: Store
-    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
-    reload_hooks: list[Callable[[Config, Config], None]] = field(default_factory=list)
-    policies: Policies = field(default_factory=Policies)
-    authenticator: Authenticator = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.authenticator = Authenticator(lambda: self.config, today=self.today)
-
-    def today(self) -> dt.date:
-        return self.clock().astimezone().date()
-
-
 def listener_factories() -> dict[ListenerKind, ListenerFactory]:
-    """The listener implementations, by kind (imported here: the protocol modules
-    import this one for its types)."""
-    from relay.imap.server import make_listener as imap_listener
-    from relay.smtp.server import make_listener as smtp_listener
-
+    """The listener implementations, by kind."""
     return {
         ListenerKind.SUBMISSION: smtp_listener,
         ListenerKind.INBOUND: smtp_listener,
@@ -169,9 +126,6 @@ class Daemon:
                 listener = factories[lc.kind](runtime, lc)
                 await listener.start()
                 self.listeners.append(listener)
-            from relay.delivery.crl import CrlRefresher
-            from relay.delivery.worker import DeliveryWorker
-
             self.crl_refresher = CrlRefresher(runtime, lambda: self.listeners)
             await self.crl_refresher.start()
             runtime.reload_hooks.append(lambda _old, _new: self._wake_crl_refresher())

@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from relay.app import Daemon, Runtime, load_for_serving
+from relay.app import Daemon, load_for_serving
 from relay.config.model import StorageConfig
 from relay.identity.passwords import hash_password
+from relay.runtime import Runtime
 from relay.store.store import Store, TrustEntry
 from relay.tls.pki import DevPki
 

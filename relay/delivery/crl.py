@@ -40,7 +40,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import structlog
 from cryptography import x509
@@ -50,10 +50,8 @@ from cryptography.x509.oid import ExtensionOID
 
 from relay.audit.events import AuditEvent, CrlRejected, CrlStale, CrlUpdated
 from relay.config.model import TlsConfig
+from relay.runtime import Runtime
 from relay.tls.context import TlsError, client_context
-
-if TYPE_CHECKING:
-    from relay.app import Runtime
 
 __all__ = [
     "MAX_CRL_BYTES",

@@ -50,12 +50,12 @@ from relay.delivery.routing import Destination, Unroutable, recipient_domain, ro
 from relay.delivery.schedule import RetryPolicy, expires_at, next_attempt, should_warn_delay
 from relay.errors import StoreError
 from relay.message.analysis import analyse
+from relay.runtime import Runtime
 from relay.store.queue import Outcome, QueueItem, QueueStore
 from relay.store.store import Acceptance, Store, Unit
 from relay.tls.context import TlsError
 
 if TYPE_CHECKING:
-    from relay.app import Runtime
     from relay.config.model import Route
 
 __all__ = ["ClientContexts", "DeliveryWorker", "resolve_recipient"]

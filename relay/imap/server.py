@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import structlog
 
@@ -28,11 +27,9 @@ from relay.config.model import Config, ListenerConfig, TlsConfig, TlsMode
 from relay.imap import response as r
 from relay.imap.session import Session
 from relay.imap.state import State
+from relay.runtime import Runtime
 from relay.store.mailstore import Changes, MailStore
 from relay.tls.context import ListenerContext
-
-if TYPE_CHECKING:
-    from relay.app import Runtime
 
 log = structlog.get_logger("relay.imap")
 

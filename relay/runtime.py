@@ -1,0 +1,54 @@
+"""What the running components share: the config of the moment, the store, the clock,
+the policies, the authenticator, and the shape of a listener.
+
+This module sits below every server and worker (they import it for its types), and
+above nothing but config, store, identity and policy: the composition root
+(`relay.app`) builds a `Runtime` and hands it to each component.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from relay.config.model import Config, ListenerConfig
+from relay.identity.auth import Authenticator
+from relay.policy.model import Policies
+from relay.store.store import Store
+
+
+class Listener(Protocol):
+    """A network service started by the daemon (SMTP submission, inbound, IMAP)."""
+
+    @property
+    def description(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop accepting, let sessions finish for up to `grace_seconds`, then close."""
+        ...
+
+
+ListenerFactory = Callable[["Runtime", ListenerConfig], Listener]
+
+
+@dataclass
+class Runtime:
+    """What the running components share. `config` is replaced on reload; components
+    read it at each use so a reload takes effect at once."""
+
+    config: Config
+    store: Store
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    reload_hooks: list[Callable[[Config, Config], None]] = field(default_factory=list)
+    policies: Policies = field(default_factory=Policies)
+    authenticator: Authenticator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.authenticator = Authenticator(lambda: self.config, today=self.today)
+
+    def today(self) -> dt.date:
+        return self.clock().astimezone().date()

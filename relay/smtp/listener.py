@@ -1,0 +1,108 @@
+"""An SMTP listener: one listening socket, its TLS context, and the sessions it serves.
+
+`make_listener(runtime, listener_config)` is what `relay.app` starts for each
+``kind = "submission"`` or ``kind = "inbound"`` listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+
+from relay.config.model import ListenerConfig, ListenerKind, TlsConfig, TlsMode
+from relay.runtime import Runtime
+from relay.smtp.inbound import InboundHandler
+from relay.smtp.session import COMMAND_CALL_LIMITS, RelaySMTP
+from relay.smtp.submission import SubmissionHandler
+from relay.tls.context import ListenerContext
+
+
+class SmtpListener:
+    """One listening socket and the sessions it serves."""
+
+    def __init__(self, runtime: Runtime, lc: ListenerConfig) -> None:
+        self.runtime = runtime
+        self.lc = lc
+        self._server: asyncio.Server | None = None
+        self._sessions: set[RelaySMTP] = set()
+        # Read at each new connection: `replace_tls` swaps it (fresh CRLs) while open
+        # sessions keep the context they started with.
+        self._tls: ListenerContext | None = None
+        handler_cls = SubmissionHandler if lc.kind is ListenerKind.SUBMISSION else InboundHandler
+        self.handler = handler_cls(runtime, lc)
+
+    @property
+    def description(self) -> str:
+        return (
+            f"smtp {self.lc.kind.value} on {self.lc.host}:{self.lc.port} (tls {self.lc.tls.value})"
+        )
+
+    def _protocol(self, ctx: ssl.SSLContext | None) -> RelaySMTP:
+        config = self.runtime.config
+        limits = config.limits
+        inbound = self.lc.kind is ListenerKind.INBOUND
+        smtp = RelaySMTP(
+            self.handler,
+            hostname=config.server.hostname,
+            ident="mss-relay ESMTP",
+            data_size_limit=limits.max_message_bytes,
+            enable_SMTPUTF8=True,
+            tls_context=ctx if self.lc.tls is TlsMode.STARTTLS else None,
+            require_starttls=self.lc.tls is TlsMode.STARTTLS,
+            timeout=limits.smtp_command_timeout_seconds,
+            auth_required=not inbound,
+            auth_require_tls=self.lc.tls is not TlsMode.NONE,
+            command_call_limit=COMMAND_CALL_LIMITS,
+            loop=asyncio.get_running_loop(),
+        )
+        if inbound:
+            for name in list(smtp._auth_methods):
+                smtp._auth_methods.pop(name)
+        self._sessions.add(smtp)
+        return smtp
+
+    async def start(self) -> None:
+        if self.lc.tls is not TlsMode.NONE:
+            self._tls = ListenerContext(
+                self.runtime.config.tls,
+                require_client_certificate=self.lc.require_client_certificate,
+            )
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: self._protocol(self._tls.current if self._tls else None),
+            host=self.lc.host,
+            port=self.lc.port,
+            ssl=self._tls.current if self._tls and self.lc.tls is TlsMode.IMPLICIT else None,
+            reuse_address=True,
+        )
+
+    def replace_tls(self, tls: TlsConfig) -> None:
+        """Serve new connections with a context built from `tls` (the CRL refresher
+        calls this); connections already open are not touched."""
+        if self._tls is not None:
+            self._tls.replace(tls)
+
+    async def stop(self, grace_seconds: float) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        deadline = asyncio.get_running_loop().time() + grace_seconds
+        while any(s.transport is not None for s in self._sessions):
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+            self._sessions = {s for s in self._sessions if s.transport is not None}
+        for s in self._sessions:
+            if s.transport is not None:
+                with contextlib.suppress(Exception):
+                    s.transport.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+
+def make_listener(runtime: Runtime, lc: ListenerConfig) -> SmtpListener:
+    return SmtpListener(runtime, lc)
+
+
+__all__ = ["SmtpListener", "make_listener"]

@@ -1,0 +1,296 @@
+"""The SMTP protocol object on aiosmtpd: our session state, DATA reader, AUTH
+mechanisms, pipelined replies and the one exception reply.
+
+The aiosmtpd quirks DESIGN.md names are handled here: with implicit TLS `session.ssl`
+is None (we read the transport's ssl_object); its PLAIN drops the authorization
+identity and its authenticator is synchronous (we override `auth_PLAIN`/`auth_LOGIN`
+and verify in a thread); its error reply echoes exception text (`handle_exception`
+answers 451 4.3.0 with a reference instead). DATA is read by our own `smtp_DATA`: one
+growing buffer instead of a list of lines (memory), bare CR/LF refused (SMTP
+smuggling), the idle timer reset while data flows.
+
+What a listener's rules are (submission, inbound) lives in the handlers; this module
+only calls them through `Hooks`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import ssl
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+from aiosmtpd.smtp import SMTP, AuthResult, Session
+
+from relay.identity.auth import Principal
+from relay.smtp import replies
+from relay.tls.peer import PeerCertificate, peer_from_ssl_object
+
+# Per-session command budgets (aiosmtpd `command_call_limit`): generous for real
+# clients, a wall for loops. MAIL is per message, so a long session may send many.
+COMMAND_CALL_LIMITS: dict[str, int] = {
+    "*": 20_000,
+    "EHLO": 10,
+    "HELO": 10,
+    "STARTTLS": 2,
+    "AUTH": 10,
+    "NOOP": 100,
+    "VRFY": 5,
+    "HELP": 5,
+    "EXPN": 5,
+}
+
+
+# Replies after which the client waits for us: never held back (see RelaySMTP.push).
+_FLUSH_NOW = frozenset({b"220", b"221", b"235", b"334", b"354", b"421", b"535", b"454"})
+
+
+@dataclass
+class TlsFacts:
+    version: str | None = None
+    cipher: str | None = None
+    peer: PeerCertificate | None = None
+
+
+@dataclass
+class SessionState:
+    """What we know of a session beyond aiosmtpd's Session."""
+
+    peer_ip: str
+    tls: TlsFacts = field(default_factory=TlsFacts)
+    principal: Principal | None = None
+    sender_box: str | None = None  # submission: the box MAIL FROM named
+
+
+class RelaySession(Session):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        # Filled in by connection_made; aiosmtpd calls the STARTTLS hook on a fresh
+        # session before our connection_made has run.
+        self.relay = SessionState(peer_ip="")
+
+    # aiosmtpd sets the deprecated `login_data` on every AUTH and logs a warning each
+    # time; we keep the principal in `relay` and ignore it.
+    @property
+    def login_data(self) -> Any:
+        return None
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        pass
+
+
+def _tls_facts(transport: asyncio.BaseTransport | None) -> TlsFacts:
+    if transport is None:
+        return TlsFacts()
+    obj = transport.get_extra_info("ssl_object")
+    if not isinstance(obj, ssl.SSLObject | ssl.SSLSocket):
+        return TlsFacts()
+    cipher = obj.cipher()
+    return TlsFacts(
+        version=obj.version(),
+        cipher=cipher[0] if cipher else None,
+        peer=peer_from_ssl_object(obj),
+    )
+
+
+class Hooks(Protocol):
+    """What `RelaySMTP` asks of the handler beyond aiosmtpd's own `handle_*` hooks."""
+
+    @property
+    def max_line_bytes(self) -> int: ...
+
+    async def handle_exception(self, error: Exception, server: RelaySMTP | None = None) -> str: ...
+
+    async def auth_password(
+        self, server: RelaySMTP, mechanism: str, login: str, password: str, authzid: str | None
+    ) -> AuthResult: ...
+
+    async def auth_external(self, server: RelaySMTP, authzid: str | None) -> AuthResult: ...
+
+    async def refused_data(self, server: RelaySMTP, reply: str) -> None: ...
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's SMTP with our DATA reader, AUTH mechanisms and reply codes."""
+
+    # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with CRLF. aiosmtpd sizes
+    # its StreamReader with this; DATA lines are then checked against the config.
+    line_length_limit = 1001
+
+    def __init__(self, handler: Hooks, **kwargs: Any) -> None:
+        self.relay_handler = handler
+        self._pending_replies: list[bytes] = []
+        super().__init__(handler, **kwargs)
+
+    # --- session and TLS --------------------------------------------------------
+
+    def _create_session(self) -> Session:
+        return RelaySession(self.loop)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        session = self.session
+        assert isinstance(session, RelaySession)
+        peer = session.peer
+        ip = peer[0] if isinstance(peer, tuple) else str(peer)
+        session.relay = SessionState(peer_ip=ip, tls=_tls_facts(self.transport))
+        if session.relay.tls.version is not None and self._tls_protocol is None:
+            # Implicit TLS (port 465): aiosmtpd only knows STARTTLS and would neither
+            # advertise nor accept AUTH; the connection is encrypted, so allow it.
+            self._auth_require_tls = False
+
+    async def push(self, status: Any) -> None:
+        data = replies.enhance(status) if isinstance(status, str) else status
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self._pending_replies.append(data + b"\r\n")
+        # RFC 2920 §3.1: a pipelining client has sent the next commands already; answer
+        # them in one write instead of one packet per reply. Only while a whole command
+        # line is buffered (so the reply is never held while we wait for the client),
+        # and never for replies after which the client must wait (220 before TLS, 354,
+        # 334 challenges, 221/421 before closing).
+        buffered = self._reader._buffer  # type: ignore[attr-defined]
+        if data[:3] not in _FLUSH_NOW and b"\n" in buffered and len(self._pending_replies) < 64:
+            return
+        out = b"".join(self._pending_replies)
+        self._pending_replies.clear()
+        assert self._writer is not None
+        self._writer.write(out)
+        await self._writer.drain()
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd routes here too; keep one implementation, in the handler.
+        return await self.relay_handler.handle_exception(error, self)
+
+    # --- AUTH (RFC 4954) ----------------------------------------------------------
+
+    async def _auth_password(self, mechanism: str, login: bytes, password: bytes, authzid: bytes):  # type: ignore[no-untyped-def]
+        return await self.relay_handler.auth_password(
+            self,
+            mechanism,
+            login.decode("utf-8", "replace"),
+            password.decode("utf-8", "replace"),
+            authzid.decode("utf-8", "replace") or None,
+        )
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        # RFC 4616: message = [authzid] NUL authcid NUL passwd
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if not isinstance(blob, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = base64.b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\0")
+        if len(parts) != 3 or not parts[1]:
+            await self.push("501 5.5.2 PLAIN needs [authzid] NUL login NUL password")
+            return AuthResult(success=False, handled=True)
+        authzid, login, password = parts
+        result: AuthResult = await self._auth_password("PLAIN", login, password, authzid)
+        return result
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+            if not isinstance(login, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                login = base64.b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        result: AuthResult = await self._auth_password("LOGIN", login, password, b"")
+        return result
+
+    async def auth_EXTERNAL(self, _: Any, args: list[str]) -> AuthResult:
+        # RFC 4422 Appendix A: the optional response is the authorization identity.
+        authzid = ""
+        if len(args) == 2 and args[1] != "=":
+            try:
+                authzid = base64.b64decode(args[1].encode(), validate=True).decode()
+            except (binascii.Error, ValueError):
+                await self.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        result: AuthResult = await self.relay_handler.auth_external(self, authzid or None)
+        return result
+
+    # --- DATA (RFC 5321 §4.1.1.4, §4.5.2) -----------------------------------------
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        limit = self.data_size_limit or 0
+        max_line = self.relay_handler.max_line_bytes
+        buf = bytearray()
+        problem: str | None = None
+        since_reset = 0
+        while self.transport is not None:
+            try:
+                line = await self._reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as exc:
+                # A line longer than the stream limit: drain it, refuse at the end.
+                problem = problem or replies.LINE_TOO_LONG.format(limit=max_line)
+                await self._reader.read(exc.consumed)
+                buf.clear()
+                continue
+            except asyncio.IncompleteReadError:
+                return  # connection closed mid-DATA: nothing is stored
+            if line == b".\r\n":
+                break
+            since_reset += len(line)
+            if since_reset > 1 << 20:  # keep a slow but steady upload alive
+                self._reset_timeout()
+                since_reset = 0
+            if problem is not None:
+                continue
+            if len(line) > max_line:
+                problem = replies.LINE_TOO_LONG.format(limit=max_line)
+                buf.clear()
+                continue
+            body = line[:-2]
+            if b"\n" in body or b"\r" in body:
+                # "\n.\r\n" and friends: SMTP smuggling. Only CRLF.CRLF ends DATA here,
+                # and a message holding a bare line ending is refused whole.
+                problem = replies.BARE_LINE_ENDING
+                buf.clear()
+                continue
+            if line[:1] == b".":
+                line = line[1:]  # dot-stuffing, RFC 5321 §4.5.2
+            buf += line
+            if limit and len(buf) > limit:
+                problem = replies.TOO_BIG.format(limit=limit)
+                buf.clear()
+        self._reset_timeout()
+        if problem is not None:
+            await self.relay_handler.refused_data(self, problem)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(problem)
+            return
+        # The buffer itself, not a copy: a 25 MB message must not cost 50 MB here.
+        self.envelope.original_content = cast(bytes, buf)
+        self.envelope.content = self.envelope.original_content
+        del buf
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(status)

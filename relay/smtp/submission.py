@@ -1,0 +1,300 @@
+"""Submission (ports 587 and 465, RFC 6409 and RFC 8314): authenticated practice
+software and mail clients, send-as rights, patient recipients, message completion."""
+
+from __future__ import annotations
+
+import email.utils
+import secrets
+from collections.abc import Awaitable, Callable
+
+from aiosmtpd.smtp import AuthResult, Envelope, Session
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from relay.audit.events import (
+    AuthFailed,
+    AuthSucceeded,
+    ConversationChanged,
+)
+from relay.delivery.routing import Unroutable
+from relay.delivery.worker import resolve_recipient
+from relay.errors import AuthenticationFailed, PermissionDenied, TemporarilyLocked
+from relay.identity.auth import Principal
+from relay.message.analysis import analyse
+from relay.policy import patient
+from relay.policy.sending import may_send_as
+from relay.policy.xdm import find_xdm_patients
+from relay.smtp import replies
+from relay.smtp.handler import BaseHandler, declared_size, envelope_patients
+from relay.smtp.headers import HeaderBlock
+from relay.smtp.session import RelaySession, RelaySMTP
+from relay.store import conversations
+from relay.store.store import TxContext
+
+
+class SubmissionHandler(BaseHandler):
+    """Port 587/465: authenticated practice software and mail clients (RFC 6409)."""
+
+    protocol = "smtp-submission"
+
+    async def auth_password(
+        self, server: RelaySMTP, mechanism: str, login: str, password: str, authzid: str | None
+    ) -> AuthResult:
+        session = server.session
+        assert isinstance(session, RelaySession)
+        try:
+            principal = await self.runtime.authenticator.password(
+                login=login, password=password, authzid=authzid, peer=session.relay.peer_ip
+            )
+        except (AuthenticationFailed, PermissionDenied, TemporarilyLocked) as exc:
+            return await self._auth_failed(session, mechanism, login, exc)
+        return await self._auth_ok(session, mechanism, login, principal)
+
+    async def auth_external(self, server: RelaySMTP, authzid: str | None) -> AuthResult:
+        session = server.session
+        assert isinstance(session, RelaySession)
+        cert = session.relay.tls.peer
+        if cert is None:
+            exc = AuthenticationFailed(
+                "No client certificate", smtp="535 5.7.8 EXTERNAL needs a client certificate"
+            )
+            return await self._auth_failed(session, "EXTERNAL", None, exc)
+        try:
+            self.runtime.authenticator.check_not_locked(session.relay.peer_ip, None)
+            principal = self.runtime.authenticator.certificate(cert.fingerprint_sha256, authzid)
+        except (AuthenticationFailed, PermissionDenied, TemporarilyLocked) as exc:
+            return await self._auth_failed(session, "EXTERNAL", None, exc)
+        return await self._auth_ok(session, "EXTERNAL", principal.person.login, principal)
+
+    async def _auth_ok(
+        self, session: RelaySession, mechanism: str, login: str, principal: Principal
+    ) -> AuthResult:
+        session.relay.principal = principal
+        await self.runtime.store.record(
+            AuthSucceeded(
+                person=principal.person_id,
+                box=principal.as_box,
+                peer=session.relay.peer_ip,
+                protocol="smtp",
+                mechanism=mechanism,
+                login=login,
+                answer="235 2.7.0",
+            )
+        )
+        return AuthResult(success=True, auth_data=principal)
+
+    async def _auth_failed(
+        self, session: RelaySession, mechanism: str, login: str | None, exc: Exception
+    ) -> AuthResult:
+        reply = getattr(exc, "smtp", replies.LOCAL_ERROR)
+        await self.runtime.store.record(
+            AuthFailed(
+                peer=session.relay.peer_ip,
+                protocol="smtp",
+                mechanism=mechanism,
+                login=login,
+                reason=getattr(exc, "log_detail", None) or str(exc),
+                answer=reply,
+            )
+        )
+        return AuthResult(success=False, handled=False, message=reply)
+
+    def check_patient_recipient(self, envelope: Envelope, address: str) -> tuple[str | None, str]:
+        """RCPT to <INS>@patient domain: a valid INS, one patient, a size that fits."""
+        policy = self.runtime.policies.patient
+        ins, decision = patient.patient_of(policy, address)
+        if decision.allowed and ins is not None:
+            decision = patient.one_patient(policy, envelope_patients(envelope), ins)
+            declared = declared_size(envelope.mail_options)
+            if decision.allowed and declared is not None:
+                decision = patient.size(policy, declared)
+        if not decision.allowed:
+            return decision.reply, decision.rule
+        if ins is not None:
+            envelope_patients(envelope)[ins.matricule] = address
+        return None, ""
+
+    async def check_patient_message(
+        self,
+        session: RelaySession,
+        envelope: Envelope,
+        raw: bytes | bytearray,
+        headers: HeaderBlock,
+    ) -> str | Callable[[AsyncConnection, TxContext], Awaitable[None]]:
+        """End of DATA for patient mail: size, the XDM's patient; then the conversation
+        change that goes into the acceptance's transaction."""
+        policy = self.runtime.policies.patient
+        patients = envelope_patients(envelope)
+        decision = patient.size(policy, len(raw))
+        if decision.allowed:
+            data = bytes(raw)
+            finding = find_xdm_patients(
+                data, analyse(data), max_metadata_bytes=policy.max_xdm_metadata_bytes
+            )
+            del data
+            decision = patient.xdm(policy, finding, patients)
+        if not decision.allowed:
+            await self.audit_refusal(
+                session,
+                stage="data",
+                reason=decision.reply,
+                sender=envelope.mail_from,
+                recipient=",".join(patients.values()),
+                rule=decision.rule,
+            )
+            return decision.reply
+        subjects = headers.values("Subject")
+        close = patient.closes(
+            policy, headers.values(policy.closing_header), subjects[0] if subjects else None
+        )
+        box = session.relay.sender_box
+        principal = session.relay.principal
+        assert box is not None and principal is not None
+        message_ids = headers.values("Message-ID")
+        message_id = message_ids[0] if message_ids else None
+        now = self.runtime.clock()
+
+        async def record(conn: AsyncConnection, ctx: TxContext) -> None:
+            for ins in sorted(patients):
+                change = await conversations.record(
+                    conn,
+                    box=box,
+                    ins=ins,
+                    now=now,
+                    message_id=message_id,
+                    close=close,
+                    opened_by="professional",
+                )
+                ctx.audit(
+                    ConversationChanged(
+                        person=principal.person_id,
+                        box=box,
+                        ins=ins,
+                        change=change,
+                        by="professional",
+                        message_id=message_id,
+                    )
+                )
+
+        return record
+
+    async def handle_MAIL(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        assert isinstance(session, RelaySession)
+        principal = session.relay.principal
+        if principal is None:
+            return replies.NEED_AUTH
+        if not address or address == "<>":
+            reply = "550 5.7.1 A null sender is for delivery reports only"
+            await self.audit_refusal(session, stage="mail", reason=reply, rule="send-as.null")
+            return reply
+        verdict = may_send_as(
+            self.runtime.config,
+            principal.person,
+            address,
+            self.runtime.today(),
+            session_box=principal.as_box,
+        )
+        if not verdict.allowed:
+            await self.audit_refusal(
+                session, stage="mail", reason=verdict.reply, sender=address, rule=verdict.rule
+            )
+            return verdict.reply
+        assert verdict.box is not None
+        session.relay.sender_box = verdict.box.address
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender ok"
+
+    async def check_recipient(
+        self, session: RelaySession, envelope: Envelope, address: str
+    ) -> tuple[str | None, str]:
+        reply, rule = self.check_patient_recipient(envelope, address)
+        if reply is not None:
+            return reply, rule
+        kind, reply = self.classify_recipient(address)
+        rule = "recipient.unknown-box"
+        if kind == "remote":
+            # Refuse now what no route reaches, not days later by DSN (issue 5).
+            route = await resolve_recipient(self.runtime.store, self.runtime.config.routes, address)
+            if isinstance(route, Unroutable):
+                reply, rule = route.reply, "recipient.no-route"
+        return reply, rule
+
+    async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(session, RelaySession) and envelope.original_content is not None
+        state = session.relay
+        principal = state.principal
+        assert principal is not None and state.sender_box is not None
+        config = self.runtime.config
+        headers = HeaderBlock.parse(envelope.original_content)
+        # RFC 6409 §8: the MSA may complete a message. From: must be a box the person
+        # may send as, like the envelope sender.
+        from_addresses = headers.addresses("From")
+        if not from_addresses:
+            headers.add("From", f"<{state.sender_box}>")
+            from_addresses = [state.sender_box]
+        for addr in from_addresses:
+            verdict = may_send_as(
+                config,
+                principal.person,
+                addr,
+                self.runtime.today(),
+                session_box=principal.as_box,
+            )
+            if not verdict.allowed:
+                reply = verdict.reply.replace("550 5.7.1 ", "550 5.7.1 From: ", 1)
+                await self.audit_refusal(
+                    session,
+                    stage="data",
+                    reason=reply,
+                    sender=envelope.mail_from,
+                    rule=verdict.rule,
+                )
+                return reply
+        box = config.mailbox(state.sender_box)
+        assert box is not None
+        if box.owner != principal.person_id:
+            # RFC 5322 §3.6.2: the agent who sent the message on behalf of the box.
+            own = [
+                m.address
+                for m in config.mailboxes
+                if m.owner == principal.person_id and m.type.value == "PER"
+            ]
+            name = principal.person.display_name.replace('"', "'")
+            headers.replace("Sender", f'"{name}" <{own[0] if own else state.sender_box}>')
+        if not headers.has("Message-ID"):
+            headers.add("Message-ID", f"<{secrets.token_hex(12)}@{config.server.hostname}>")
+        if not headers.has("Date"):
+            headers.add("Date", email.utils.format_datetime(self.runtime.clock().astimezone()))
+        raw = bytearray(headers.render())
+        raw += headers.body
+        headers.body = b""  # release the view: the received buffer can go now
+        envelope.original_content = envelope.content = None
+        local: list[str] = []
+        remote: list[str] = []
+        for rcpt in envelope.rcpt_tos:
+            kind, _ = self.classify_recipient(rcpt)
+            (local if kind == "local" else remote).append(rcpt.lower() if kind == "local" else rcpt)
+        protocol_name = "ESMTPSA" if state.tls.version else "ESMTPA"
+        extra = None
+        if envelope_patients(envelope):
+            outcome = await self.check_patient_message(session, envelope, raw, headers)
+            if isinstance(outcome, str):
+                return outcome
+            extra = outcome
+        return await self.accept(
+            server,
+            raw=raw,
+            local=local,
+            remote=remote,
+            person=principal.person_id,
+            box=state.sender_box,
+            protocol_name=protocol_name,
+            extra=extra,
+        )
