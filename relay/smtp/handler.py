@@ -11,10 +11,7 @@ import structlog
 from aiosmtpd.smtp import AuthResult, Envelope, Session, TLSSetupException
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relay.audit.events import (
-    MessageAccepted,
-    MessageRefused,
-)
+from relay.audit.events import MessageAccepted, MessageRefused
 from relay.config.model import ListenerConfig
 from relay.message.analysis import analyse
 from relay.message.received import received_header

@@ -8,9 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiosmtpd.smtp import Envelope, Session
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relay.audit.events import (
-    ConversationChanged,
-)
+from relay.audit.events import ConversationChanged
 from relay.ins import InsError, parse_patient_address
 from relay.policy import patient
 from relay.smtp import replies

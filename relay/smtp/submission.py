@@ -10,11 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relay.audit.events import (
-    AuthFailed,
-    AuthSucceeded,
-    ConversationChanged,
-)
+from relay.audit.events import AuthFailed, AuthSucceeded, ConversationChanged
 from relay.delivery.routing import Unroutable
 from relay.delivery.worker import resolve_recipient
 from relay.errors import AuthenticationFailed, PermissionDenied, TemporarilyLocked

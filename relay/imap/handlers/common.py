@@ -1,0 +1,209 @@
+"""What every handler module shares: the result type, the typed refusals (each with its
+IMAP response code), and the helpers that resolve a folder name, check a right and
+record an audit event.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
+
+from relay.audit.events import AuditEvent
+from relay.config.model import BoxType, SeenMode
+from relay.errors import ProtocolError
+from relay.imap import acl, names
+from relay.imap import commands as c
+from relay.imap import response as r
+from relay.imap.names import Target, View
+from relay.imap.parser import decode_mailbox_name
+from relay.imap.session import Selected, Session
+
+Result: TypeAlias = "tuple[str, r.ResponseCode | r.Code | None] | None"
+Handler: TypeAlias = Callable[[Session, Any], Awaitable[Result]]
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+RAW_BATCH = 50  # messages whose bytes are decrypted at once (bounds memory)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ImapError(ProtocolError):
+    """A refusal with an IMAP response code; `text` is sent as is."""
+
+    imap_code: str | None = None
+
+
+class NoSuchMailbox(ImapError):
+    imap_code = "NONEXISTENT"
+
+
+class TryCreate(ImapError):
+    imap_code = "TRYCREATE"
+
+
+class AlreadyExists(ImapError):
+    imap_code = "ALREADYEXISTS"
+
+
+class Cannot(ImapError):
+    imap_code = "CANNOT"
+
+
+class PrivacyRequired(ImapError):
+    imap_code = "PRIVACYREQUIRED"
+
+
+class NoPermission(ImapError):
+    imap_code = "NOPERM"
+
+
+class ClientBug(ImapError):
+    imap_code = "CLIENTBUG"
+    imap_status = "BAD"
+
+
+class UnknownCte(ImapError):
+    imap_code = "UNKNOWN-CTE"
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def today(s: Session) -> dt.date:
+    return s.runtime.today()
+
+
+def view(s: Session) -> View:
+    """The boxes this session sees, from the config of the moment."""
+    assert s.principal is not None
+    config = s.runtime.config
+    person = s.principal.person_id
+    day = today(s)
+    if s.principal.as_box is not None:
+        box = config.mailbox(s.principal.as_box)
+        ok = box is not None and box.rights_of(person, day)
+        return View(s.principal.as_box if ok else None, ())
+    personal = next(
+        (m.address for m in config.mailboxes if m.type is BoxType.PER and m.owner == person),
+        None,
+    )
+    shared = tuple(
+        sorted(
+            m.address
+            for m in config.mailboxes
+            if m.address != personal and m.rights_of(person, day)
+        )
+    )
+    return View(personal, shared)
+
+
+def rights(s: Session, target: Target) -> str:
+    assert s.principal is not None
+    box = s.runtime.config.mailbox(target.box)
+    if box is None:
+        return ""
+    return acl.letters(box.rights_of(s.principal.person_id, today(s)), target.folder)
+
+
+def need(s: Session, target: Target, letters: str, doing: str) -> None:
+    """NO [NOPERM] unless the person holds every right in `letters` on `target`."""
+    have = rights(s, target)
+    missing = [ch for ch in letters if ch not in have]
+    if missing:
+        raise NoPermission(
+            f"You do not have the right to {doing} in {target.box} ({target.folder}); "
+            "rights are set in the mss-relay configuration"
+        )
+
+
+def seen_person(s: Session, box: str) -> str | None:
+    """The person id when \\Seen is per person on `box`, else None (shared \\Seen)."""
+    assert s.principal is not None
+    m = s.runtime.config.mailbox(box)
+    if m is not None and m.seen is SeenMode.PER_PERSON:
+        return s.principal.person_id
+    return None
+
+
+def traced(s: Session, box: str) -> bool:
+    """Whether actions on `box` are audited: any box but the person's own PER box."""
+    assert s.principal is not None
+    m = s.runtime.config.mailbox(box)
+    return not (m is not None and m.type is BoxType.PER and m.owner == s.principal.person_id)
+
+
+def who(s: Session, box: str, request: str) -> dict[str, Any]:
+    """The common audit fields."""
+    assert s.principal is not None
+    return {"person": s.principal.person_id, "box": box, "peer": s.peer, "request": request}
+
+
+def mailbox_name(raw: str) -> str:
+    if decode_mailbox_name(raw) is None:
+        raise ClientBug("Invalid mailbox name encoding (RFC 3501 §5.1.3)")
+    return names.normalise(raw)
+
+
+def target_of(s: Session, raw: str, *, trycreate: bool = False) -> Target:
+    """The folder a client names; NO [NONEXISTENT] (or TRYCREATE) if it is not visible."""
+    name = mailbox_name(raw)
+    target = names.resolve(name, view(s))
+    if target is None or "l" not in rights(s, target):
+        if trycreate:
+            raise TryCreate("No such mailbox")
+        raise NoSuchMailbox("No such mailbox")
+    return target
+
+
+async def existing(s: Session, raw: str, *, trycreate: bool = False) -> Target:
+    target = target_of(s, raw, trycreate=trycreate)
+    if await s.service.mail.folder(target.box, target.folder) is None:
+        if trycreate:
+            raise TryCreate("No such mailbox")
+        raise NoSuchMailbox("No such mailbox")
+    return target
+
+
+def selected(s: Session) -> Selected:
+    assert s.selected is not None
+    return s.selected
+
+
+def capabilities(s: Session) -> list[str]:
+    return s.service.capabilities(s)
+
+
+async def record(s: Session, event: AuditEvent) -> None:
+    await s.runtime.store.record(event)
+
+
+def writable(s: Session) -> Selected:
+    sel = selected(s)
+    if sel.read_only:
+        raise Cannot("The mailbox is read-only (EXAMINE or no right to change it)")
+    return sel
+
+
+def members(sel: Selected, seqset: c.SequenceSet, uid: bool) -> list[int]:
+    """The UIDs a sequence set names, ascending (RFC 3501 §6.4.8 for UID sets)."""
+    if seqset.saved:
+        return []
+    if uid:
+        # Each range is a slice of the sorted UID list: O(ranges · log n), not O(n).
+        largest = sel.largest_uid
+        found: set[int] = set()
+        for rng in seqset.ranges:
+            low, high = rng.bounds(largest)
+            lo = bisect.bisect_left(sel.uids, low)
+            hi = bisect.bisect_right(sel.uids, high)
+            found.update(sel.uids[lo:hi])
+        return sorted(found)
+    n = len(sel.uids)
+    for rng in seqset.ranges:
+        for bound in (rng.start, rng.stop):
+            if bound is not None and (bound > n or bound < 1):
+                raise ClientBug("Invalid message sequence number")
+    return [sel.uids[i - 1] for i in seqset.iter(n)]

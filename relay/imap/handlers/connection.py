@@ -1,0 +1,102 @@
+"""Commands valid in any state and the session-level ones (RFC 3501 §6.1, §6.2.1,
+§6.3): CAPABILITY, NOOP, LOGOUT, ID (RFC 2971), STARTTLS, ENABLE (RFC 5161),
+NAMESPACE (RFC 2342), IDLE (RFC 2177).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from relay.imap import commands as c
+from relay.imap import names
+from relay.imap import response as r
+from relay.imap.handlers.common import ClientBug, Result, capabilities, view
+from relay.imap.parser import is_idle_done
+from relay.imap.session import Closing, Session
+from relay.imap.state import Event
+
+# --------------------------------------------------------------- any state (§6.1)
+
+
+async def h_capability(s: Session, cmd: c.Capability) -> Result:
+    s.emit(r.untagged("CAPABILITY " + " ".join(capabilities(s))))
+    return "CAPABILITY completed", None
+
+
+async def h_noop(s: Session, cmd: c.Noop | c.Check) -> Result:
+    return f"{cmd.name} completed", None
+
+
+async def h_logout(s: Session, cmd: c.Logout) -> Result:
+    s.emit(r.untagged_status(r.Status.BYE, "mss-relay logging out"))
+    s.emit(r.tagged(cmd.tag, r.Status.OK, "LOGOUT completed"))
+    s.deselect()
+    s.move(Event.LOGOUT)
+    return None
+
+
+async def h_id(s: Session, cmd: c.Id) -> Result:
+    # RFC 2971: the server's identification; no version (it only helps attackers).
+    s.emit(r.untagged(b'ID ("name" "mss-relay" "vendor" "mss-relay")'))
+    return "ID completed", None
+
+
+# ------------------------------------------------------------ not authenticated (§6.2)
+
+
+async def h_starttls(s: Session, cmd: c.StartTls) -> Result:
+    if s.tls_active or s.service.tls_context is None:
+        raise ClientBug("TLS is already active or not offered here")
+    s.emit(r.tagged(cmd.tag, r.Status.OK, "Begin TLS negotiation now"))
+    await s.flush()
+    # Plaintext pipelined after STARTTLS must not run as if it came over TLS.
+    s.reader.discard_buffered()
+    await s.writer.start_tls(s.service.tls_context)
+    s.tls_active = True
+    return None
+
+
+# -------------------------------------------------------------- authenticated (§6.3)
+
+
+async def h_enable(s: Session, cmd: c.Enable) -> Result:
+    # RFC 5161; CONDSTORE is the only extension with something to enable here.
+    newly = [x for x in cmd.capabilities if x == "CONDSTORE" and x not in s.enabled]
+    s.enabled.update(newly)
+    s.emit(r.untagged("ENABLED" + "".join(" " + x for x in newly)))
+    return "ENABLE completed", None
+
+
+async def h_namespace(s: Session, cmd: c.Namespace) -> Result:
+    v = view(s)
+    personal = b'(("" "/"))' if v.personal else b"NIL"
+    shared = b'(("' + names.SHARED_PREFIX.encode() + b'" "/"))' if v.shared else b"NIL"
+    s.emit(r.untagged(b"NAMESPACE " + personal + b" " + shared + b" NIL"))
+    return "NAMESPACE completed", None
+
+
+async def h_idle(s: Session, cmd: c.Idle) -> Result:
+    """RFC 2177: push EXISTS / EXPUNGE / FETCH as they happen until ``DONE``."""
+    s.emit(r.continuation("idling"))
+    await s.refresh(allow_expunge=True)
+    timeout = float(s.runtime.config.limits.imap_idle_timeout_seconds)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        line = s.reader.read_line()
+        if line is not None:
+            if isinstance(line, bytes) and is_idle_done(line):
+                s.emit(r.tagged(cmd.tag, r.Status.OK, "IDLE terminated"))
+                return None
+            s.emit(r.tagged(cmd.tag, r.Status.BAD, "Expected DONE"))
+            s._count_bad()
+            return None
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise TimeoutError
+        data = await s.receive(remaining, wake_on_notify=True)
+        if data is None:
+            raise Closing
+        if data:
+            s.reader.feed(data)
+        await s.refresh(allow_expunge=True)

@@ -1,0 +1,203 @@
+"""FETCH and UID FETCH (RFC 3501 §6.4.5; BINARY RFC 3516; CONDSTORE MODSEQ)."""
+
+from __future__ import annotations
+
+from relay.audit.events import ImapFetched
+from relay.imap import commands as c
+from relay.imap import response as r
+from relay.imap.handlers.common import (
+    RAW_BATCH,
+    Result,
+    UnknownCte,
+    members,
+    need,
+    record,
+    rights,
+    selected,
+    traced,
+    who,
+)
+from relay.imap.session import Session
+from relay.message.analysis import MessageMeta
+from relay.message.imapview import (
+    binary_section,
+    bodystructure,
+    envelope,
+    part_exists,
+    partial,
+    section,
+)
+from relay.store.mailstore import SEEN, Flagged, MessageRow
+
+_ROW_ITEMS = frozenset(
+    {
+        c.FetchItem.INTERNALDATE,
+        c.FetchItem.RFC822_SIZE,
+        c.FetchItem.ENVELOPE,
+        c.FetchItem.BODY,
+        c.FetchItem.BODYSTRUCTURE,
+        c.FetchItem.BODY_SECTION,
+        c.FetchItem.BINARY,
+        c.FetchItem.BINARY_SIZE,
+        c.FetchItem.RFC822,
+        c.FetchItem.RFC822_HEADER,
+        c.FetchItem.RFC822_TEXT,
+    }
+)
+_META_ITEMS = _ROW_ITEMS - {c.FetchItem.INTERNALDATE, c.FetchItem.RFC822_SIZE}
+_RAW_ITEMS = frozenset(
+    {
+        c.FetchItem.BODY_SECTION,
+        c.FetchItem.BINARY,
+        c.FetchItem.BINARY_SIZE,
+        c.FetchItem.RFC822,
+        c.FetchItem.RFC822_HEADER,
+        c.FetchItem.RFC822_TEXT,
+    }
+)
+
+
+def _sets_seen(a: c.FetchAttr) -> bool:
+    """RFC 3501 §6.4.5: BODY[...], BINARY[...], RFC822 and RFC822.TEXT set \\Seen."""
+    if a.item in (c.FetchItem.BODY_SECTION, c.FetchItem.BINARY):
+        return not a.peek
+    return a.item in (c.FetchItem.RFC822, c.FetchItem.RFC822_TEXT)
+
+
+def _section_data(a: c.FetchAttr, raw: bytes, meta: MessageMeta) -> bytes | None:
+    sec = a.section or c.Section()
+    if sec.parts and not part_exists(meta, sec.parts):
+        return None
+    kind = sec.text.value if sec.text is not None else ""
+    return section(raw, meta, sec.parts, kind, sec.header_fields)
+
+
+def _literal(data: bytes, binary: bool = False) -> bytes:
+    if binary and b"\0" in data:
+        return b"~{%d}\r\n" % len(data) + data  # RFC 3516 literal8
+    return b"{%d}\r\n" % len(data) + data
+
+
+def _render(
+    a: c.FetchAttr,
+    uid: int,
+    f: Flagged,
+    row: MessageRow | None,
+    meta: MessageMeta | None,
+    raw: bytes | None,
+) -> bytes:
+    item = a.item
+    if item is c.FetchItem.FLAGS:
+        return b"FLAGS " + r.flag_list(sorted(f.flags))
+    if item is c.FetchItem.UID:
+        return b"UID %d" % uid
+    if item is c.FetchItem.MODSEQ:
+        return b"MODSEQ (%d)" % f.modseq
+    assert row is not None
+    if item is c.FetchItem.INTERNALDATE:
+        return b"INTERNALDATE " + r.date_time(row.internal_date).encode()
+    if item is c.FetchItem.RFC822_SIZE:
+        return b"RFC822.SIZE %d" % row.size
+    assert meta is not None
+    if item is c.FetchItem.ENVELOPE:
+        return b"ENVELOPE " + envelope(meta)
+    if item is c.FetchItem.BODYSTRUCTURE:
+        return b"BODYSTRUCTURE " + bodystructure(meta, True)
+    if item is c.FetchItem.BODY:
+        return b"BODY " + bodystructure(meta, False)
+    assert raw is not None
+    if item is c.FetchItem.RFC822:
+        return b"RFC822 " + _literal(raw)
+    if item is c.FetchItem.RFC822_HEADER:
+        return b"RFC822.HEADER " + _literal(section(raw, meta, (), "HEADER"))
+    if item is c.FetchItem.RFC822_TEXT:
+        return b"RFC822.TEXT " + _literal(section(raw, meta, (), "TEXT"))
+    name = r.fetch_item_name(a).encode()
+    if item is c.FetchItem.BODY_SECTION:
+        data = _section_data(a, raw, meta)
+        if data is None:
+            return name + b" NIL"
+        if a.partial is not None:
+            data = partial(data, a.partial.offset, a.partial.length)
+        return name + b" " + _literal(data)
+    parts = a.section.parts if a.section is not None else ()
+    if parts and not part_exists(meta, parts):
+        return name + (b" 0" if item is c.FetchItem.BINARY_SIZE else b" NIL")
+    decoded = binary_section(raw, meta, parts)
+    if decoded is None:
+        raise UnknownCte("Unknown Content-Transfer-Encoding")
+    if item is c.FetchItem.BINARY_SIZE:
+        return name + b" %d" % len(decoded)
+    if a.partial is not None:
+        decoded = partial(decoded, a.partial.offset, a.partial.length)
+    return name + b" " + _literal(decoded, binary=True)
+
+
+async def h_fetch(s: Session, cmd: c.Fetch) -> Result:
+    sel = selected(s)
+    need(s, sel.target, "r", "read messages")
+    uids = members(sel, cmd.sequence_set, cmd.uid)
+    attrs = list(cmd.attributes)
+    kinds = {a.item for a in attrs}
+    if cmd.uid and c.FetchItem.UID not in kinds:
+        attrs.insert(0, c.FetchAttr(c.FetchItem.UID))  # RFC 3501 §6.4.8
+    if cmd.changed_since is not None:
+        s.enabled.add("CONDSTORE")
+        uids = [u for u in uids if sel.flags[u].modseq > cmd.changed_since]
+        if c.FetchItem.MODSEQ not in kinds:
+            attrs.append(c.FetchAttr(c.FetchItem.MODSEQ))
+    if not uids:
+        return f"{'UID ' if cmd.uid else ''}FETCH completed", None
+    content = [a for a in attrs if a.item in _RAW_ITEMS]
+    # Implicit \Seen (RFC 3501 §6.4.5), only where the person may set it.
+    if any(_sets_seen(a) for a in attrs) and not sel.read_only and "s" in rights(s, sel.target):
+        unseen = [u for u in uids if SEEN not in sel.flags[u].flags]
+        if unseen:
+            res = await s.service.mail.store_flags(
+                sel.folder.id, unseen, "+FLAGS", frozenset({SEEN}), person=sel.seen_person
+            )
+            for f in res.changed:
+                sel.flags[f.uid] = f
+            if c.FetchItem.FLAGS not in kinds:
+                attrs.append(c.FetchAttr(c.FetchItem.FLAGS))
+    rows: dict[int, MessageRow] = {}
+    metas: dict[str, MessageMeta] = {}
+    raws: dict[str, bytes] = {}
+    small = len(uids) <= RAW_BATCH
+    if kinds & _ROW_ITEMS:
+        # One query for rows, metadata and (for a few messages) the bytes.
+        rows, metas, raws = await s.service.mail.fetch_data(
+            sel.folder.id,
+            uids,
+            meta=bool(kinds & _META_ITEMS),
+            raw=bool(content) and small,
+        )
+    if content and traced(s, sel.target.box):
+        present = [u for u in uids if u in rows]
+        await record(
+            s,
+            ImapFetched(
+                **who(s, sel.target.box, f"{'UID ' if cmd.uid else ''}FETCH ({sel.name})"),
+                folder=sel.target.folder,
+                uids=tuple(present),
+                message_ids=tuple(m for u in present if (m := rows[u].message_id)),
+                items=tuple(dict.fromkeys(r.fetch_item_name(a) for a in content)),
+                answer="OK",
+            ),
+        )
+    step = RAW_BATCH if content else len(uids)
+    for start in range(0, len(uids), step):
+        batch = uids[start : start + step]
+        if content and not small:
+            raws = await s.service.mail.raws(rows[u].blob_id for u in batch if u in rows)
+        for uid in batch:
+            row = rows.get(uid)
+            if kinds & _ROW_ITEMS and row is None:
+                continue  # expunged by another session; its EXPUNGE comes later
+            meta = metas.get(row.blob_id) if row is not None else None
+            raw = raws.get(row.blob_id) if row is not None else None
+            f = sel.flags[uid]
+            body = b" ".join(_render(a, uid, f, row, meta, raw) for a in attrs)
+            s.emit(b"* %d FETCH (" % sel.seq_of(uid) + body + b")\r\n")
+        await s.flush_if_large()
+    return f"{'UID ' if cmd.uid else ''}FETCH completed", None

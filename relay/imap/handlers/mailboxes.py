@@ -1,0 +1,274 @@
+"""Folder commands (RFC 3501 §6.3): SELECT/EXAMINE, CREATE, DELETE, RENAME,
+SUBSCRIBE/UNSUBSCRIBE, LIST/LSUB (LIST-EXTENDED RFC 5258, LIST-STATUS RFC 5819),
+STATUS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from relay.audit.events import ImapFolderChanged, ImapSelected
+from relay.imap import commands as c
+from relay.imap import names
+from relay.imap import response as r
+from relay.imap.handlers.common import (
+    SYSTEM_FLAGS,
+    AlreadyExists,
+    Cannot,
+    ImapError,
+    NoSuchMailbox,
+    Result,
+    existing,
+    mailbox_name,
+    need,
+    record,
+    rights,
+    seen_person,
+    target_of,
+    traced,
+    view,
+    who,
+)
+from relay.imap.names import Target
+from relay.imap.session import Selected, Session
+from relay.imap.state import Event
+from relay.store.mailstore import SEEN, FolderExists, FolderMissing
+
+
+async def select_folder(s: Session, cmd: c.Select | c.Examine) -> Result:
+    assert s.principal is not None
+    read_only = isinstance(cmd, c.Examine)
+    s.deselect(Event.SELECT_FAILED)  # RFC 3501 §6.3.1: a failed SELECT leaves none
+    target = target_of(s, cmd.mailbox)
+    need(s, target, "r", "read messages")
+    person = seen_person(s, target.box)
+    try:
+        folder, flagged = await s.service.mail.snapshot(target.box, target.folder, person)
+    except FolderMissing:
+        raise NoSuchMailbox("No such mailbox") from None
+    have = rights(s, target)
+    if not any(ch in have for ch in "swte"):
+        read_only = True  # RFC 4314 §4: nothing it could change
+    if traced(s, target.box):
+        await record(
+            s,
+            ImapSelected(
+                **who(s, target.box, f"{cmd.name} {names.display(target, view(s))}"),
+                folder=target.folder,
+                read_only=read_only,
+                messages=len(flagged),
+                answer="OK",
+            ),
+        )
+    sel = Selected(
+        target=target,
+        name=names.display(target, view(s)),
+        folder=folder,
+        read_only=read_only,
+        seen_person=person,
+        uids=[f.uid for f in flagged],
+        flags={f.uid: f for f in flagged},
+        highestmodseq=folder.highestmodseq,
+    )
+    s.select(sel)
+    if cmd.condstore:
+        s.enabled.add("CONDSTORE")
+    permanent = [f for f, ch in (("\\Seen", "s"), ("\\Deleted", "t")) if ch in have]
+    if "w" in have:
+        permanent += ["\\Answered", "\\Flagged", "\\Draft"]
+    s.emit(r.untagged(b"FLAGS " + r.flag_list(SYSTEM_FLAGS)))
+    s.emit(r.untagged(b"%d EXISTS" % len(sel.uids)))
+    s.emit(r.untagged(b"0 RECENT"))
+    first_unseen = next(
+        (i + 1 for i, u in enumerate(sel.uids) if SEEN not in sel.flags[u].flags), 0
+    )
+    if first_unseen:
+        s.emit(r.untagged_status(r.Status.OK, "First unseen", r.unseen(first_unseen)))
+    s.emit(r.untagged_status(r.Status.OK, "UIDs valid", r.uidvalidity(folder.uidvalidity)))
+    s.emit(r.untagged_status(r.Status.OK, "Predicted next UID", r.uidnext(folder.uidnext)))
+    s.emit(
+        r.untagged_status(
+            r.Status.OK,
+            "Limited" if read_only else "Flags permitted",
+            r.permanentflags(
+                [] if read_only else permanent, keywords=not read_only and "w" in have
+            ),
+        )
+    )
+    s.emit(r.untagged_status(r.Status.OK, "Highest", r.highestmodseq(folder.highestmodseq)))
+    code = r.ResponseCode.READ_ONLY if read_only else r.ResponseCode.READ_WRITE
+    return f"{cmd.name} completed", code
+
+
+async def h_select(s: Session, cmd: c.Select | c.Examine) -> Result:
+    return await select_folder(s, cmd)
+
+
+def _new_folder_name(s: Session, raw: str) -> Target:
+    name = mailbox_name(raw).rstrip("/")
+    target = names.resolve(name, view(s))
+    if target is None or not target.folder or "//" in name:
+        raise Cannot("Folders can only be created inside a box you hold")
+    return target
+
+
+async def h_create(s: Session, cmd: c.Create) -> Result:
+    target = _new_folder_name(s, cmd.mailbox)
+    need(s, target, "k", "create folders")
+    special = cmd.special_use[0] if cmd.special_use else None
+    try:
+        await s.service.mail.create_folder(
+            target.box,
+            target.folder,
+            special,
+            ImapFolderChanged(
+                **who(s, target.box, f"CREATE {cmd.mailbox}"),
+                operation="create",
+                folder=target.folder,
+            ),
+        )
+    except FolderExists:
+        raise AlreadyExists("Mailbox already exists") from None
+    return "CREATE completed", None
+
+
+async def h_delete(s: Session, cmd: c.Delete) -> Result:
+    target = await existing(s, cmd.mailbox)
+    need(s, target, "x", "delete folders")
+    if target.folder == "INBOX":
+        raise Cannot("INBOX cannot be deleted")
+    folders = await s.service.mail.folders([target.box])
+    if names.has_children(target.folder, (f.name for f in folders)):
+        raise ImapError("Delete the folders inside it first")
+    if s.selected is not None and s.selected.target == target:
+        s.deselect()
+    await s.service.mail.delete_folder(
+        target.box,
+        target.folder,
+        ImapFolderChanged(
+            **who(s, target.box, f"DELETE {cmd.mailbox}"), operation="delete", folder=target.folder
+        ),
+    )
+    return "DELETE completed", None
+
+
+async def h_rename(s: Session, cmd: c.Rename) -> Result:
+    source = await existing(s, cmd.source)
+    dest = _new_folder_name(s, cmd.destination)
+    if dest.box != source.box:
+        raise Cannot("Folders can only be renamed within the same box")
+    if source.folder == "INBOX":
+        raise Cannot("INBOX cannot be renamed")
+    need(s, source, "x", "rename folders")
+    need(s, dest, "k", "create folders")
+    try:
+        await s.service.mail.rename_folder(
+            source.box,
+            source.folder,
+            dest.folder,
+            ImapFolderChanged(
+                **who(s, source.box, f"RENAME {cmd.source} {cmd.destination}"),
+                operation="rename",
+                folder=source.folder,
+                new_name=dest.folder,
+            ),
+        )
+    except FolderExists:
+        raise AlreadyExists("Mailbox already exists") from None
+    return "RENAME completed", None
+
+
+async def h_subscribe(s: Session, cmd: c.Subscribe | c.Unsubscribe) -> Result:
+    assert s.principal is not None
+    target = target_of(s, cmd.mailbox)
+    await s.service.mail.subscribe(
+        s.principal.person_id, target.box, target.folder, isinstance(cmd, c.Subscribe)
+    )
+    return f"{cmd.name} completed", None
+
+
+async def _visible(s: Session) -> list[tuple[str, Target | None, str | None]]:
+    """Every name the person can LIST: (name, target or None for a node, special-use)."""
+    v = view(s)
+    out: list[tuple[str, Target | None, str | None]] = []
+    for f in await s.service.mail.folders(list(v.boxes())):
+        t = Target(f.box, f.name)
+        if "l" in rights(s, t):
+            out.append((names.display(t, v), t, f.special_use))
+    out += [(n, None, None) for n in names.hierarchy_nodes(v)]
+    out.sort(key=lambda x: (x[0] != "INBOX", x[0]))
+    return out
+
+
+async def h_list(s: Session, cmd: c.List | c.Lsub) -> Result:
+    assert s.principal is not None
+    lsub = isinstance(cmd, c.Lsub)
+    patterns = (cmd.pattern,) if isinstance(cmd, c.Lsub) else cmd.patterns
+    if not lsub and len(patterns) == 1 and patterns[0] == "":
+        # RFC 3501 §6.3.8: the delimiter and the root of the reference.
+        s.emit(r.untagged(b'LIST (\\Noselect) "/" ""'))
+        return "LIST completed", None
+    selection = frozenset() if isinstance(cmd, c.Lsub) else cmd.selection
+    returns = frozenset() if isinstance(cmd, c.Lsub) else cmd.return_options
+    want_subscribed = lsub or c.ListSelect.SUBSCRIBED in selection
+    subscribed: set[tuple[str, str]] = set()
+    if want_subscribed or c.ListReturn.SUBSCRIBED in returns:
+        subscribed = await s.service.mail.subscriptions(s.principal.person_id)
+    special_only = c.ListSelect.SPECIAL_USE in selection
+    regexes = [names.pattern(cmd.reference, p) for p in patterns]
+    visible = await _visible(s)
+    all_names = [n for n, _, _ in visible]
+    verb = b"LSUB" if lsub else b"LIST"
+    for name, target, special in visible:
+        if not any(rx.fullmatch(name) for rx in regexes):
+            continue
+        is_sub = target is not None and (target.box, target.folder) in subscribed
+        if want_subscribed and not is_sub:
+            continue
+        if special_only and special is None:
+            continue
+        attrs: list[str] = []
+        if target is None:
+            attrs.append("\\Noselect")
+        if not lsub:
+            attrs.append(
+                "\\HasChildren" if names.has_children(name, all_names) else "\\HasNoChildren"
+            )
+            if special:
+                attrs.append(special)
+            if is_sub and (want_subscribed or c.ListReturn.SUBSCRIBED in returns):
+                attrs.append("\\Subscribed")
+        s.emit(r.untagged(verb + b" " + r.flag_list(attrs) + b' "/" ' + r.quoted(name)))
+        if (
+            isinstance(cmd, c.List)
+            and cmd.return_status is not None
+            and target is not None
+            and "r" in rights(s, target)
+        ):
+            await emit_status(s, name, target, cmd.return_status)
+    return f"{verb.decode()} completed", None
+
+
+async def emit_status(s: Session, name: str, target: Target, attrs: Iterable[c.StatusAttr]) -> None:
+    folder = await s.service.mail.folder(target.box, target.folder)
+    if folder is None:
+        raise NoSuchMailbox("No such mailbox")
+    st = await s.service.mail.status(folder.id, seen_person(s, target.box))
+    values = {
+        c.StatusAttr.MESSAGES: st.messages,
+        c.StatusAttr.RECENT: 0,
+        c.StatusAttr.UIDNEXT: st.uidnext,
+        c.StatusAttr.UIDVALIDITY: st.uidvalidity,
+        c.StatusAttr.UNSEEN: st.unseen,
+        c.StatusAttr.HIGHESTMODSEQ: st.highestmodseq,
+        c.StatusAttr.SIZE: st.size,
+    }
+    items = " ".join(f"{a.value} {values[a]}" for a in attrs)
+    s.emit(r.untagged(b"STATUS " + r.quoted(name) + b" (" + items.encode() + b")"))
+
+
+async def h_status(s: Session, cmd: c.Status) -> Result:
+    target = await existing(s, cmd.mailbox)
+    need(s, target, "r", "read messages")
+    await emit_status(s, names.display(target, view(s)), target, cmd.attributes)
+    return "STATUS completed", None
