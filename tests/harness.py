@@ -205,15 +205,24 @@ class RunningDaemon:
             ctx.load_cert_chain(str(chain), str(key))
         return ctx
 
-    async def trust_peer(self, *, dn: str | None = None, domain: str = PEER_DOMAIN) -> None:
+    async def trust_peer(
+        self, *, dn: str | None = None, domain: str = PEER_DOMAIN, listed_dn: bool = True
+    ) -> None:
+        """List `domain` in the trust space with `dn` (default: the dev PKI's peer
+        certificate), or with no DN at all when `listed_dn` is False."""
         from relay.audit.events import TrustSpaceImported
+
+        if not listed_dn:
+            dn = None
+        elif dn is None:
+            dn = self.pki.subjects["peer"]
 
         await self.store.trust_space_replace(
             [
                 TrustEntry(
                     domain=domain,
                     name=domain,
-                    certificate_dn=dn if dn is not None else self.pki.subjects["peer"],
+                    certificate_dn=dn,
                     description="test operator",
                     updated=None,
                 )

@@ -48,7 +48,8 @@ class MssantePolicy:
 
     # Inbound: the sender's domain must be in the imported ANS whitelist.
     inbound_requires_listed_domain: bool = True
-    # Inbound: where the whitelist lists a certificate DN, the peer's must match it.
+    # Inbound: the peer's certificate subject must be the DN the whitelist lists for
+    # the sender's domain; a domain listed without a DN accepts no certificate.
     inbound_requires_matching_dn: bool = True
 
 

@@ -17,7 +17,8 @@ from relay.smtp.headers import HeaderBlock
 from relay.smtp.session import RelaySession, RelaySMTP
 from relay.store import conversations
 from relay.store.store import TxContext
-from relay.tls.peer import PeerCertificate, dn_equal
+from relay.tls.peer import PeerCertificate
+from relay.tls.trust_space import has_listed_dn, listed_dn_matches
 
 
 class InboundHandler(BaseHandler):
@@ -65,10 +66,10 @@ class InboundHandler(BaseHandler):
             # A delivery report: no domain to check; the certificate must be one the
             # trust space lists for some operator.
             dns = await store.trust_space_dns()
-            if any(dn_equal(dn, cert.subject) for dn in dns if dn):
+            if any(listed_dn_matches(dn, cert.subject) for dn in dns):
                 return None, None
             return (
-                f"550 5.7.1 Certificate {cert.subject} is not listed in the MSSanté trust space",
+                replies.TRUST_UNKNOWN_CERTIFICATE.format(subject=cert.subject),
                 "trust.null-sender-unknown-certificate",
             )
         domain = domain_of(sender)
@@ -77,20 +78,16 @@ class InboundHandler(BaseHandler):
         if entry is None and not rules.inbound_requires_listed_domain:
             return None, None
         if entry is None:
-            return (
-                f"550 5.7.1 Sender domain {domain} is not in the MSSanté trust space",
-                "trust.domain-not-listed",
-            )
-        expected_dn = entry.certificate_dn
-        if (
-            expected_dn
-            and rules.inbound_requires_matching_dn
-            and not dn_equal(expected_dn, cert.subject)
-        ):
-            return (
-                f"550 5.7.1 Certificate subject does not match the trust space entry for {domain}",
-                "trust.dn-mismatch",
-            )
+            return replies.TRUST_NOT_LISTED.format(domain=domain), "trust.domain-not-listed"
+        if not rules.inbound_requires_matching_dn:
+            return None, None
+        # A domain listed without DNCertificatOperateur matches no certificate until the
+        # ANS (or the admin's import) gives it one: otherwise any IGC-Sante certificate,
+        # whichever operator holds it, could send as that domain.
+        if not has_listed_dn(entry.certificate_dn):
+            return replies.TRUST_NO_DN.format(domain=domain), "trust.domain-without-dn"
+        if not listed_dn_matches(entry.certificate_dn, cert.subject):
+            return replies.TRUST_DN_MISMATCH.format(domain=domain), "trust.dn-mismatch"
         return None, None
 
     async def check_recipient(

@@ -60,6 +60,17 @@ TOO_BIG = "552 5.3.4 Message too big: at most {limit} octets"
 RELAY_DENIED = "550 5.7.1 Relaying denied: {address} is not a mailbox of this server"
 UNKNOWN_BOX = "550 5.1.1 {address}: no such mailbox here"
 NO_CERTIFICATE = "530 5.7.0 A client certificate is required on this port"
+TRUST_NOT_LISTED = "550 5.7.1 Sender domain {domain} is not in the MSSante trust space"
+TRUST_NO_DN = (
+    "550 5.7.1 The MSSante trust space lists no certificate DN for {domain}:"
+    " its mail is refused until the list names one"
+)
+TRUST_DN_MISMATCH = (
+    "550 5.7.1 Certificate subject does not match the trust space entry for {domain}"
+)
+TRUST_UNKNOWN_CERTIFICATE = (
+    "550 5.7.1 Certificate {subject} is not listed in the MSSante trust space"
+)
 
 
 def enhance(reply: str) -> str:

@@ -57,8 +57,26 @@ class TrustedDomain:
 
     def matches_certificate(self, subject_dn: str) -> bool:
         """Whether a peer certificate subject is the one listed for this domain
-        (`relay.tls.peer.dn_equal`). A domain without a listed DN matches nothing."""
-        return self.operator_dn is not None and dn_equal(self.operator_dn, subject_dn)
+        (`listed_dn_matches`). A domain without a listed DN matches nothing."""
+        return listed_dn_matches(self.operator_dn, subject_dn)
+
+
+def has_listed_dn(listed_dn: str | None) -> bool:
+    """Whether a trust-space entry names an operator certificate DN at all."""
+    return bool(listed_dn and listed_dn.strip())
+
+
+def listed_dn_matches(listed_dn: str | None, subject_dn: str) -> bool:
+    """Whether `subject_dn` (a peer certificate's subject) is the DN a trust-space
+    entry lists (`relay.tls.peer.dn_equal`).
+
+    Fails closed: an entry without `DNCertificatOperateur` (absent, empty or blank)
+    matches no certificate at all. Otherwise any certificate the IGC-Santé chain
+    vouches for, whoever its operator, would be accepted for that domain's senders.
+    """
+    if listed_dn is None or not has_listed_dn(listed_dn):
+        return False
+    return dn_equal(listed_dn, subject_dn)
 
 
 @dataclass(frozen=True, slots=True)

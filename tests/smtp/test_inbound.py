@@ -114,7 +114,7 @@ async def test_domain_not_in_trust_space_refused(daemon: RunningDaemon) -> None:
     await daemon.trust_peer()
     replies = await asyncio.to_thread(relay_as, daemon, "peer", "x@not-listed.example", SHARED)
     assert replies == [
-        (550, b"5.7.1 Sender domain not-listed.example is not in the MSSant\xc3\xa9 trust space")
+        (550, b"5.7.1 Sender domain not-listed.example is not in the MSSante trust space")
     ]
     [event] = await refusals(daemon)
     assert event["rule"] == "trust.domain-not-listed" and event["sender"] == "x@not-listed.example"
@@ -147,7 +147,7 @@ async def test_relay_attempt_refused(daemon: RunningDaemon) -> None:
 async def test_null_sender_needs_a_listed_certificate(daemon: RunningDaemon) -> None:
     await daemon.trust_peer(dn="CN=other.operator,O=AUTRE OPERATEUR,C=FR")
     replies = await asyncio.to_thread(relay_as, daemon, "peer", "", SHARED)
-    assert replies[0][0] == 550 and b"is not listed in the MSSant" in replies[0][1]
+    assert replies[0][0] == 550 and b"is not listed in the MSSante trust space" in replies[0][1]
     await daemon.trust_peer()
     replies = await asyncio.to_thread(relay_as, daemon, "peer", "", SHARED)
     assert [c for c, _ in replies] == [250, 250, 250]
