@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from relay.config.model import Coholder, Config, Mailbox, Person, Right
-from relay.config.summary import format_rights, format_window, mask_url
+from relay.config.summary import describe_upstream, format_rights, format_window, mask_url
 
 __all__ = ["KINDS", "ConfigChange", "diff", "lost_access"]
 
@@ -141,6 +141,8 @@ def _mailboxes(old: Config, new: Config) -> list[ConfigChange]:
         a, b = before[address], after[address]
         names = ("type", "owner", "structure_id", "responsible", "liste_rouge", "seen", "pharmacy")
         details = _fields_changed(a, b, names)
+        if a.upstream != b.upstream:
+            details.append(f"upstream {describe_upstream(a)} -> {describe_upstream(b)}")
         if details:
             changes.append(ConfigChange("mailbox_changed", address, None, "; ".join(details)))
         changes += _coholders(address, a, b)

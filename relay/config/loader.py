@@ -29,6 +29,7 @@ from relay.config.model import (
     BoxType,
     Coholder,
     Config,
+    Endpoint,
     Limits,
     ListenerConfig,
     ListenerKind,
@@ -41,6 +42,7 @@ from relay.config.model import (
     StorageConfig,
     TlsConfig,
     TlsMode,
+    UpstreamConfig,
 )
 from relay.identity.passwords import is_argon2id_hash
 
@@ -140,6 +142,45 @@ def _listen_address(text: str) -> tuple[str, int]:
     if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise _Invalid(f"{text!r}: the port must be a number from 1 to 65535")
     return host.compressed, int(port_text)
+
+
+# Gateway mode endpoints: RFC 5092 imap:// (STARTTLS required, RFC 2595) and imaps://
+# (implicit TLS, RFC 8314); submission on smtp:// (587, STARTTLS required, RFC 6409)
+# or smtps:// (465, implicit TLS, RFC 8314 §3.3). Plain text is never used.
+_IMAP_SCHEMES = {"imaps": (TlsMode.IMPLICIT, 993), "imap": (TlsMode.STARTTLS, 143)}
+_SUBMISSION_SCHEMES = {"smtps": (TlsMode.IMPLICIT, 465), "smtp": (TlsMode.STARTTLS, 587)}
+
+
+def _endpoint(schemes: dict[str, tuple[TlsMode, int]], example: str) -> Callable[[str], Endpoint]:
+    def parse(text: str) -> Endpoint:
+        scheme, sep, rest = text.partition("://")
+        if not sep or scheme.lower() not in schemes:
+            allowed = " or ".join(f"{s}://" for s in schemes)
+            raise _Invalid(f"{text!r}: expected {allowed}HOST[:PORT], e.g. {example}")
+        mode, default_port = schemes[scheme.lower()]
+        host, colon, port_text = rest.rstrip("/").rpartition(":")
+        if not colon:
+            host, port_text = rest.rstrip("/"), str(default_port)
+        if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise _Invalid(f"{text!r}: the port must be a number from 1 to 65535")
+        try:
+            host = ipaddress.ip_address(host.strip("[]")).compressed
+        except ValueError:
+            host = _domain(host)
+        return Endpoint(host=host, port=int(port_text), tls=mode)
+
+    return parse
+
+
+def _folder_name(text: str) -> str:
+    """A local folder name ("/" separated, as IMAP clients see it inside the box)."""
+    if not text or text.startswith("/") or text.endswith("/") or "//" in text:
+        raise _Invalid(f"{text!r}: a folder name is not empty and has no empty level")
+    if any(not c.isprintable() for c in text):
+        raise _Invalid(f"{text!r}: a folder name has no control characters")
+    if text.upper() == "INBOX" or text[:6].upper() == "INBOX/":
+        return "INBOX" + text[5:]
+    return text
 
 
 def _fingerprint(text: str) -> str:
@@ -642,6 +683,67 @@ def _read_coholders(t: _Table, known: dict[str, Person]) -> list[Coholder]:
     return coholders
 
 
+def _read_upstream(r: _Reading, box: _Table) -> UpstreamConfig | None:
+    """``[mailboxes.upstream]``: the operator hosting the box (gateway mode)."""
+    if not box.has("upstream"):
+        return None
+    t = box.table("upstream")
+    path = _path_parser(r.base)
+    imap = t.parsed("imap", _endpoint(_IMAP_SCHEMES, "imaps://imap.operator.fr:993"), required=True)
+    submission = t.parsed(
+        "submission", _endpoint(_SUBMISSION_SCHEMES, "smtp://smtp.operator.fr:587")
+    )
+    login = t.string("login", required=True)
+    password_file = t.parsed("password_file", path)
+    certificate = t.parsed("certificate", path)
+    key = t.parsed("key", path)
+    anchors = t.parsed_list("trust_anchors", path)
+    crl_files = t.parsed_list("crl_files", path) or []
+    folders = t.parsed_list("folders", _folder_name)
+    poll = t.integer("poll_interval_seconds", 60, minimum=5, maximum=86400)
+    idle = t.boolean("idle", True)
+    t.finish()
+    has = {name: t.has(name) for name in ("password_file", "certificate", "key")}
+    if not any(has.values()):
+        t.problem(
+            t.key("password_file"),
+            "the box needs a credential for the operator: password_file, or certificate and key",
+        )
+    elif has["password_file"] and (has["certificate"] or has["key"]):
+        t.problem(
+            t.key("certificate" if has["certificate"] else "key"),
+            "give one credential: password_file, or certificate and key, not both",
+        )
+    elif has["certificate"] != has["key"]:
+        missing = "key" if has["certificate"] else "certificate"
+        t.problem(t.key(missing), "certificate and key go together (the box's client certificate)")
+    if not t.has("trust_anchors"):
+        t.problem(
+            t.key("trust_anchors"),
+            "required: the PEM files the operator's server certificate must chain to "
+            "(IGC-Santé roots)",
+        )
+    elif not anchors:
+        t.problem(t.key("trust_anchors"), "must list at least one file")
+    if folders is not None and len(set(folders)) != len(folders):
+        t.problem(t.key("folders"), "a folder is listed twice")
+    if imap is None or login is None:
+        return None
+    return UpstreamConfig(
+        imap=imap,
+        submission=submission,
+        login=login,
+        password_file=password_file,
+        certificate=certificate,
+        key=key,
+        trust_anchors=tuple(anchors or ()),
+        crl_files=tuple(crl_files),
+        folders=tuple(folders) if folders is not None else None,
+        poll_interval_seconds=poll,
+        idle=idle,
+    )
+
+
 def _read_mailboxes(r: _Reading, people: Sequence[Person]) -> list[tuple[Mailbox, _Table]]:
     known: dict[str, Person] = {}
     for p in people:
@@ -658,6 +760,7 @@ def _read_mailboxes(r: _Reading, people: Sequence[Person]) -> list[tuple[Mailbox
         seen = t.choice("seen", SeenMode, default=SeenMode.SHARED)
         pharmacy = t.boolean("pharmacy", False)
         coholders = _read_coholders(t, known)
+        upstream = _read_upstream(r, t)
         t.finish()
 
         if address is not None:
@@ -707,6 +810,7 @@ def _read_mailboxes(r: _Reading, people: Sequence[Person]) -> list[tuple[Mailbox
                     seen=seen or SeenMode.SHARED,
                     pharmacy=pharmacy,
                     coholders=tuple(coholders),
+                    upstream=upstream,
                 ),
                 t,
             )
@@ -775,14 +879,19 @@ def load_text(text: str, path: Path) -> Config:
     limits = _read_limits(r)
     r.root.finish()
 
-    box_domains = {m.address.rpartition("@")[2] for m, _ in boxes if m.address}
+    # A box hosted at an operator (gateway mode) does not make its domain ours: mail to
+    # the operator's other addresses goes out, and mail to the box goes through the
+    # operator, where it lives.
+    box_domains = {
+        m.address.rpartition("@")[2] for m, _ in boxes if m.address and m.upstream is None
+    }
     if local_domains is None:
         domains = frozenset(box_domains)
     else:
         domains = frozenset(local_domains)
         for box, t in boxes:
             domain = box.address.rpartition("@")[2]
-            if box.address and domain not in domains:
+            if box.address and box.upstream is None and domain not in domains:
                 t.problem(t.key("address"), f'domain "{domain}" is not in server.local_domains')
 
     if problems:
@@ -816,7 +925,8 @@ def load(path: Path) -> Config:
 
 
 def check_files(config: Config) -> list[Problem]:
-    """Files the TLS section names that are missing or unreadable.
+    """Files the config names that are missing or unreadable, and credentials that
+    others could read.
 
     `check-config` prints these as warnings (the files may be deployed later);
     `serve` treats them as errors.
@@ -829,12 +939,37 @@ def check_files(config: Config) -> list[Problem]:
         named.append(("tls.key", tls.key))
     named += [(f"tls.trust_anchors[{i}]", p) for i, p in enumerate(tls.trust_anchors)]
     named += [(f"tls.crl_files[{i}]", p) for i, p in enumerate(tls.crl_files)]
+    secrets: list[tuple[str, Path]] = []
+    for i, box in enumerate(config.mailboxes):
+        up = box.upstream
+        if up is None:
+            continue
+        where = f"mailboxes[{i}].upstream"
+        for name, value in (("password_file", up.password_file), ("key", up.key)):
+            if value is not None:
+                secrets.append((f"{where}.{name}", value))
+        if up.certificate is not None:
+            named.append((f"{where}.certificate", up.certificate))
+        named += [(f"{where}.trust_anchors[{j}]", p) for j, p in enumerate(up.trust_anchors)]
+        named += [(f"{where}.crl_files[{j}]", p) for j, p in enumerate(up.crl_files)]
     found: list[Problem] = []
-    for key, path in named:
+    for key, path in named + secrets:
         if not path.exists():
             found.append(Problem(str(config.path), key, f"file not found: {path}"))
         elif not path.is_file():
             found.append(Problem(str(config.path), key, f"not a regular file: {path}"))
         elif not os.access(path, os.R_OK):
             found.append(Problem(str(config.path), key, f"not readable: {path}"))
+        elif (key, path) in secrets and path.stat().st_mode & 0o077:
+            # The box's credential for its operator: whoever reads it acts as the
+            # whole team there, untraced. Only the daemon's user may read it.
+            mode = path.stat().st_mode & 0o777
+            found.append(
+                Problem(
+                    str(config.path),
+                    key,
+                    f"{path} is readable by other users (mode {mode:04o}): "
+                    f"chmod 600 it, owned by the daemon's user",
+                )
+            )
     return found

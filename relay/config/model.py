@@ -118,6 +118,62 @@ class Coholder:
 
 
 @dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A server the daemon connects to, always over TLS (implicit or STARTTLS)."""
+
+    host: str
+    port: int
+    tls: TlsMode  # IMPLICIT or STARTTLS; never NONE (the loader refuses it)
+
+    def url(self, implicit: str, starttls: str) -> str:
+        scheme = implicit if self.tls is TlsMode.IMPLICIT else starttls
+        return f"{scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """Gateway mode: the box is hosted at an MSSanté operator (`relay.upstream`).
+
+    mss-relay alone holds the box's credential for the operator: a password file
+    (read at each connection, so it can be rotated without a reload) or a client
+    certificate and key. The operator's server certificate must chain to
+    `trust_anchors` and match the host name.
+    """
+
+    imap: Endpoint
+    submission: Endpoint | None  # None: nobody may send as the box (read-only mirror)
+    login: str
+    password_file: Path | None
+    certificate: Path | None
+    key: Path | None
+    trust_anchors: tuple[Path, ...]
+    crl_files: tuple[Path, ...]
+    # Local folder names ("/" separated) to mirror; None: every folder of the box.
+    # INBOX is always mirrored.
+    folders: tuple[str, ...] | None
+    # How often the folders other than INBOX are compared (INBOX: IDLE, RFC 2177).
+    poll_interval_seconds: int = 60
+    idle: bool = True  # use IDLE on INBOX when the operator offers it
+
+    def tls_config(self, minimum_version: str) -> TlsConfig:
+        """What `relay.tls.context.client_context` needs to reach the operator."""
+        return TlsConfig(
+            certificate=self.certificate,
+            key=self.key,
+            trust_anchors=self.trust_anchors,
+            crl_files=self.crl_files,
+            minimum_version=minimum_version,
+            crl_grace_seconds=0,
+        )
+
+    def mirrors(self, folder: str) -> bool:
+        """Whether the local folder `folder` is mirrored (INBOX always is)."""
+        if self.folders is None or folder == "INBOX":
+            return True
+        return any(folder == f or folder.startswith(f + "/") for f in self.folders)
+
+
+@dataclass(frozen=True, slots=True)
 class Mailbox:
     address: str  # lower-cased
     type: BoxType
@@ -128,6 +184,8 @@ class Mailbox:
     seen: SeenMode
     pharmacy: bool  # patient may write first (MSSANTE.md, patient messaging)
     coholders: tuple[Coholder, ...]
+    # Gateway mode: the box lives at an MSSanté operator; mss-relay mirrors it.
+    upstream: UpstreamConfig | None = None
 
     def rights_of(self, person_id: str, day: dt.date) -> frozenset[Right]:
         """Rights `person_id` holds on this box on `day` (empty if none)."""
@@ -218,3 +276,7 @@ class Config:
             if m.address == address:
                 return m
         return None
+
+    def upstream_boxes(self) -> tuple[Mailbox, ...]:
+        """The boxes hosted at an operator (gateway mode)."""
+        return tuple(m for m in self.mailboxes if m.upstream is not None)

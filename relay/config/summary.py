@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from relay.config.model import Coholder, Config, Right
+from relay.config.model import Coholder, Config, Mailbox, Right
 
 __all__ = ["format_rights", "format_window", "mask_url", "summary"]
 
@@ -70,6 +70,8 @@ def summary(config: Config, today: dt.date | None = None) -> str:
         extra += ["liste rouge"] if m.liste_rouge else []
         extra += ["pharmacy"] if m.pharmacy else []
         lines.append(f"  {m.address}  {m.type.value}  ({', '.join(extra)})")
+        if m.upstream is not None:
+            lines.append(f"    hosted at an operator: {describe_upstream(m)}")
         for c in m.coholders:
             window = format_window(c.valid_from, c.valid_until)
             lines.append(
@@ -81,3 +83,17 @@ def summary(config: Config, today: dt.date | None = None) -> str:
         dn = f"  dn {r.peer_dn}" if r.peer_dn else ""
         lines.append(f"  {r.domain} -> {target}{dn}")
     return "\n".join(lines) + "\n"
+
+
+def describe_upstream(m: Mailbox) -> str:
+    """One line for a box's operator (gateway mode): endpoints, login, credential kind."""
+    up = m.upstream
+    if up is None:
+        return "none"
+    credential = "password file" if up.password_file is not None else "certificate"
+    sub = up.submission.url("smtps", "smtp") if up.submission is not None else "no submission"
+    folders = "all folders" if up.folders is None else ", ".join(up.folders)
+    return (
+        f"{up.imap.url('imaps', 'imap')} + {sub} as {up.login} ({credential}; {folders}; "
+        f"poll {up.poll_interval_seconds} s)"
+    )

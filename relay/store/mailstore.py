@@ -12,12 +12,20 @@ queries, which is how sessions learn of each other's work.
 \\Seen is stored in `messages.flags` for boxes with shared \\Seen and in the `seen`
 table (one row per person and message) for boxes with per-person \\Seen; callers pass
 `person` for the latter and always see a message's flags as that person does.
+
+Gateway mode: a box hosted at an MSSanté operator (`upstream_boxes`, enabled) is served
+exactly like a local one, and every change written here to such a box also writes a
+row of `upstream_journal` in the same transaction (`_journal`): flags (as added and
+removed flags, per-person \\Seen excepted), expunges, appends, copies and moves,
+folder creation, renaming and deletion. `relay.upstream` replays the journal to the
+operator in order. No IMAP handler knows about it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import secrets
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -459,6 +467,13 @@ class MailStore:
                         )
                 changed = [Flagged(uid, modseq, want) for _, uid, _, want in updates]
                 ctx.touch(folder_id)
+                # Per-person \Seen stays here: the operator has one \Seen for the box.
+                private = frozenset({SEEN}) if person is not None else frozenset()
+                deltas = [
+                    (uid, want - have - private, have - want - private)
+                    for _, uid, have, want in updates
+                ]
+                await _journal_flags(conn, self.store.clock(), folder_id, deltas, event)
             if event is not None and changed:
                 ctx.audit(event)
             return StoreResult(tuple(changed), tuple(modified))
@@ -513,7 +528,19 @@ class MailStore:
             await self._remove(conn, folder_id, [(int(r.id), int(r.uid)) for r in rows])
             ctx.touch(folder_id)
             gone = sorted((int(r.uid), r.message_id) for r in rows)
-            _audit(ctx, make_event(tuple(u for u, _ in gone), tuple(m for _, m in gone if m)))
+            event = make_event(tuple(u for u, _ in gone), tuple(m for _, m in gone if m))
+            _audit(ctx, event)
+            mirror = await _mirror_of(conn, folder_id)
+            if mirror is not None:
+                await _journal(
+                    conn,
+                    self.store.clock(),
+                    mirror,
+                    "expunge",
+                    folder_id,
+                    {"uids": [u for u, _ in gone]},
+                    event,
+                )
             return gone
 
         return await self.store.transact(unit)
@@ -604,8 +631,13 @@ class MailStore:
                 ctx.touch(source_id)
             src = tuple(c[1] for c in current)
             mids = tuple(meta[c[0]].message_id for c in current if meta[c[0]].message_id)
-            _audit(ctx, make_event(src, mids))
-            return CopyResult(uidvalidity, src, tuple(first + n for n in range(len(current))), mids)
+            event = make_event(src, mids)
+            _audit(ctx, event)
+            dest = tuple(first + n for n in range(len(current)))
+            await _journal_copy(
+                conn, self.store.clock(), source_id, src, dest_id, dest, move=move, event=event
+            )
+            return CopyResult(uidvalidity, src, dest, mids)
 
         return await self.store.transact(unit)
 
@@ -657,7 +689,13 @@ class MailStore:
                     insert(t.seen).values(message_id=res.inserted_primary_key[0], person=person)
                 )
             ctx.touch(info.id)
-            _audit(ctx, make_event(uid))
+            event = make_event(uid)
+            _audit(ctx, event)
+            mirror = await _mirror_of(conn, info.id)
+            if mirror is not None:
+                await _journal(
+                    conn, self.store.clock(), mirror, "append", info.id, {"uids": [uid]}, event
+                )
             return uidvalidity, uid
 
         return await self.store.transact(unit)
@@ -706,7 +744,7 @@ class MailStore:
                 )
             ).scalar_one_or_none()
             uidvalidity = max(int(self.store.clock().timestamp()) % 2**31, int(top or 0) + 1)
-            await conn.execute(
+            res = await conn.execute(
                 insert(t.folders).values(
                     mailbox_id=box_id,
                     name=name,
@@ -717,12 +755,38 @@ class MailStore:
                 )
             )
             ctx.audit(event)
+            if await _is_mirrored(conn, box):
+                assert res.inserted_primary_key is not None
+                folder_id = int(res.inserted_primary_key[0])
+                ctx.touch(folder_id)
+                await _journal(
+                    conn,
+                    self.store.clock(),
+                    box.lower(),
+                    "create",
+                    folder_id,
+                    {"special_use": special_use},
+                    event,
+                    folder=name,
+                )
 
         await self.store.transact(unit)
 
     async def delete_folder(self, box: str, name: str, event: AuditEvent) -> None:
         async def unit(conn: AsyncConnection, ctx: TxContext) -> None:
             info = await self._folder_in(conn, box, name)
+            mirror = await _mirror_of(conn, info.id)
+            if mirror is not None:
+                remote = (
+                    await conn.execute(
+                        select(t.upstream_folders.c.remote_name).where(
+                            t.upstream_folders.c.folder_id == info.id
+                        )
+                    )
+                ).scalar_one_or_none()
+                await _journal(
+                    conn, self.store.clock(), mirror, "delete", info.id, {"remote": remote}, event
+                )
             await conn.execute(delete(t.expunged).where(t.expunged.c.folder_id == info.id))
             await conn.execute(
                 delete(t.seen).where(
@@ -764,6 +828,17 @@ class MailStore:
                 )
                 ctx.touch(names[n])
             ctx.audit(event)
+            if await _is_mirrored(conn, box):
+                await _journal(
+                    conn,
+                    self.store.clock(),
+                    box.lower(),
+                    "rename",
+                    info.id,
+                    {"new": new},
+                    event,
+                    folder=old,
+                )
             return moved
 
         for n in await self.store.transact(unit):
@@ -918,3 +993,113 @@ def _folder(r: Any) -> FolderInfo:
         highestmodseq=int(r.highestmodseq),
         special_use=r.special_use,
     )
+
+
+# --- gateway mode: the journal of local changes to a box hosted at an operator ----
+
+_MIRROR_OF_FOLDER = (
+    select(t.upstream_boxes.c.box, t.folders.c.name)
+    .select_from(
+        t.folders.join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id).join(
+            t.upstream_boxes, t.upstream_boxes.c.box == t.mailboxes.c.address
+        )
+    )
+    .where(and_(t.folders.c.id == bindparam("folder_id"), t.upstream_boxes.c.enabled))
+)
+_MIRRORED_BOX = select(t.upstream_boxes.c.box).where(
+    and_(t.upstream_boxes.c.box == bindparam("box"), t.upstream_boxes.c.enabled)
+)
+
+
+async def _mirror_of(conn: AsyncConnection, folder_id: int) -> tuple[str, str] | None:
+    """(box, folder name) when the folder belongs to a box mirrored from an operator."""
+    row = (await conn.execute(_MIRROR_OF_FOLDER, {"folder_id": folder_id})).one_or_none()
+    return (str(row.box), str(row.name)) if row is not None else None
+
+
+async def _is_mirrored(conn: AsyncConnection, box: str) -> bool:
+    return (await conn.execute(_MIRRORED_BOX, {"box": box.lower()})).one_or_none() is not None
+
+
+async def _journal(
+    conn: AsyncConnection,
+    now: dt.datetime,
+    mirror: tuple[str, str] | str,
+    kind: str,
+    folder_id: int,
+    data: dict[str, Any],
+    event: AuditEvent | None,
+    *,
+    folder: str | None = None,
+) -> None:
+    """One row of `upstream_journal`, in the transaction of the change it records."""
+    box, name = mirror if isinstance(mirror, tuple) else (mirror, folder)
+    await conn.execute(
+        insert(t.upstream_journal).values(
+            box=box,
+            kind=kind,
+            folder_id=folder_id,
+            folder=name,
+            data=json.dumps(data, separators=(",", ":"), sort_keys=True),
+            person=event.person if event is not None else None,
+            created_at=now,
+            state="pending",
+            attempts=0,
+        )
+    )
+
+
+async def _journal_flags(
+    conn: AsyncConnection,
+    now: dt.datetime,
+    folder_id: int,
+    deltas: Sequence[tuple[int, frozenset[str], frozenset[str]]],
+    event: AuditEvent | None,
+) -> None:
+    """Flag changes as flags added and removed (not FLAGS replacements): replayed as
+    +FLAGS / -FLAGS they leave alone what the operator changed on other flags."""
+    groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
+    for uid, added, removed in deltas:
+        if added or removed:
+            groups.setdefault((tuple(sorted(added)), tuple(sorted(removed))), []).append(uid)
+    if not groups:
+        return
+    mirror = await _mirror_of(conn, folder_id)
+    if mirror is None:
+        return
+    changes = [
+        {"uids": sorted(uids), "add": list(add), "remove": list(remove)}
+        for (add, remove), uids in sorted(groups.items())
+    ]
+    await _journal(conn, now, mirror, "flags", folder_id, {"changes": changes}, event)
+
+
+async def _journal_copy(
+    conn: AsyncConnection,
+    now: dt.datetime,
+    source_id: int,
+    source_uids: Sequence[int],
+    dest_id: int,
+    dest_uids: Sequence[int],
+    *,
+    move: bool,
+    event: AuditEvent | None,
+) -> None:
+    """COPY / MOVE as the operator must see it: a COPY or MOVE inside the same hosted
+    box; an APPEND into a hosted box from elsewhere; an expunge from a hosted box for
+    a MOVE out of it."""
+    source = await _mirror_of(conn, source_id)
+    dest = await _mirror_of(conn, dest_id)
+    if source is not None and dest is not None and source[0] == dest[0]:
+        data = {
+            "uids": list(source_uids),
+            "dest_folder_id": dest_id,
+            "dest_folder": dest[1],
+            "dest_uids": list(dest_uids),
+        }
+        await _journal(conn, now, source, "move" if move else "copy", source_id, data, event)
+        return
+    if dest is not None:
+        await _journal(conn, now, dest, "append", dest_id, {"uids": list(dest_uids)}, event)
+    if source is not None and move:
+        await _journal(conn, now, source, "expunge", source_id, {"uids": list(source_uids)}, event)

@@ -196,3 +196,84 @@ conversations = Table(
     Column("last_message_id", String(998)),
     Column("messages", Integer, nullable=False, default=0),
 )
+
+# --- gateway mode (relay.upstream): boxes hosted at an MSSanté operator, mirrored here.
+
+# One row per box that has (or had) an [mailboxes.upstream] table: whether it is
+# mirrored now, who syncs it (a lease, so one process per box across nodes and the
+# CLI), and what `mss-relay upstream status` shows.
+upstream_boxes = Table(
+    "upstream_boxes",
+    metadata,
+    Column("box", String(320), primary_key=True),
+    Column("enabled", Boolean, nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_until", DateTime(timezone=True)),
+    # never | syncing | idle | unreachable | credentials_refused | error
+    Column("state", String(32), nullable=False),
+    Column("last_sync_at", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Column("last_error_at", DateTime(timezone=True)),
+    Column("capabilities", Text),
+    Column("progress_done", Integer, nullable=False, default=0),
+    Column("progress_total", Integer, nullable=False, default=0),
+    Column("sync_requested_at", DateTime(timezone=True)),
+    Column("replayed", BigInteger, nullable=False, default=0),
+    Column("downloaded", BigInteger, nullable=False, default=0),
+)
+
+# A local folder linked to a folder at the operator, and how far it is mirrored
+# (RFC 7162: the operator's HIGHESTMODSEQ when it has CONDSTORE, else 0).
+upstream_folders = Table(
+    "upstream_folders",
+    metadata,
+    Column("folder_id", Integer, ForeignKey("folders.id", ondelete="CASCADE"), primary_key=True),
+    Column("box", String(320), nullable=False),
+    Column("remote_name", String(1024), nullable=False),
+    Column("uidvalidity", BigInteger, nullable=False),  # 0: not selected yet
+    Column("highestmodseq", BigInteger, nullable=False),
+    Column("uidnext", BigInteger, nullable=False),
+    Column("synced_at", DateTime(timezone=True)),
+    # Compare every message's flags with the operator's at the next round (after a
+    # refused change: the local state is brought back to the operator's).
+    Column("resync", Boolean, nullable=False, default=False),
+)
+Index("ix_upstream_folders_box", upstream_folders.c.box)
+
+# Remote UID ↔ local UID of each mirrored message, with the operator's MODSEQ and flags
+# as last seen (a flag change is the operator's when they differ from these). Not tied
+# to `messages`: a row outlives a local expunge until the expunge reached the operator.
+upstream_messages = Table(
+    "upstream_messages",
+    metadata,
+    Column("folder_id", Integer, ForeignKey("folders.id", ondelete="CASCADE"), primary_key=True),
+    Column("remote_uid", BigInteger, primary_key=True),
+    Column("local_uid", BigInteger, nullable=False),
+    Column("modseq", BigInteger, nullable=False),
+    Column("flags", Text, nullable=False),
+    UniqueConstraint("folder_id", "local_uid", name="uq_upstream_messages_local"),
+)
+
+# Local changes to a mirrored box, written in the same transaction as the change
+# (relay.store.mailstore), replayed to the operator in `id` order, then removed. A
+# change the operator refused stays, `state = refused`, for `upstream status`.
+upstream_journal = Table(
+    "upstream_journal",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("box", String(320), nullable=False),
+    # flags | expunge | append | copy | move | create | rename | delete
+    Column("kind", String(16), nullable=False),
+    Column("folder_id", Integer),
+    Column("folder", String(512)),
+    Column("data", Text, nullable=False),  # JSON, by kind (relay.store.mailstore)
+    Column("person", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False),  # pending | refused
+    Column("attempts", Integer, nullable=False, default=0),
+    # Set before the operator is asked (JSON): lets a replay cut by a crash find out
+    # whether its APPEND or COPY took effect, so nothing is sent twice.
+    Column("in_flight", Text),
+    Column("last_error", Text),
+)
+Index("ix_upstream_journal_box_state", upstream_journal.c.box, upstream_journal.c.state)

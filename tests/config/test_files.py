@@ -37,6 +37,8 @@ def test_example_documents_every_key() -> None:
         "profession", "login", "password_hash", "certificate_fingerprints", "type", "owner",
         "structure_id", "responsible", "liste_rouge", "seen", "pharmacy", "person",
         "rights", "valid_from", "valid_until", "domain", "host", "port", "peer_dn", "mx",
+        "upstream", "imap", "submission", "password_file", "folders",
+        "poll_interval_seconds", "idle",
     ]  # fmt: skip
     from relay.config.model import Limits
 
