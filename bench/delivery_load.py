@@ -210,7 +210,7 @@ async def run(args: argparse.Namespace) -> int:
     sink = SinkProcess(pki.directory)
     port = sink.port
     config = load(write_config(folder, pki, storage, port, args.concurrency))
-    store = await Store.open(config.storage)
+    store = await Store.open(config.storage, may_create_keys=True)
     try:
         await store.trust_space_replace(
             [TrustEntry(SINK_DOMAIN, SINK_DOMAIN, pki.subjects["peer"], None, None)],

@@ -55,7 +55,7 @@ async def run(engine: str, messages: int, concurrency: int, size: int) -> None:
         storage = StorageConfig(url=f"sqlite+aiosqlite:///{folder}/r.db", key_file=folder / "k")
     else:
         storage = StorageConfig(url=PG_URL, key_file=folder / "k", schema=schema)
-    store = await Store.open(storage)
+    store = await Store.open(storage, may_create_keys=True)
     try:
         await store.ensure_mailboxes([BOX])
         gate = asyncio.Semaphore(concurrency)

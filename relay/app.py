@@ -25,12 +25,12 @@ from relay.audit.events import (
     ConfigReloadRefused,
     DaemonStarted,
     DaemonStopped,
-    KeyCreated,
 )
 from relay.config import ConfigError, check_files, diff, load
 from relay.config.model import Config, ListenerKind
 from relay.delivery.crl import CrlRefresher
 from relay.delivery.worker import DeliveryWorker
+from relay.errors import StoreError
 from relay.imap.server import make_listener as imap_listener
 from relay.policy.model import PolicyError, load_policies
 from relay.runtime import Listener, ListenerFactory, Runtime
@@ -112,15 +112,14 @@ class Daemon:
         started = time.monotonic()
         config = self.initial_config
         config.server.data_dir.mkdir(parents=True, exist_ok=True)
-        store = await Store.open(config.storage)
+        # The daemon's first start on an empty store creates the keys (relay.store.keys).
+        store = await Store.open(config.storage, may_create_keys=True)
         runtime = Runtime(
             config=config, store=store, policies=load_policies(config.server.policy_dir)
         )
         self.runtime = runtime
         try:
             await store.ensure_mailboxes(m.address for m in config.mailboxes)
-            if store.created_key:
-                await store.record(KeyCreated(key_file=str(config.storage.key_file)))
             factories = listener_factories()
             for lc in config.listeners:
                 listener = factories[lc.kind](runtime, lc)
@@ -190,7 +189,12 @@ async def serve(config_path: Path) -> int:
             print(problem, file=sys.stderr)
         return 2
     daemon = Daemon(config_path, config)
-    runtime = await daemon.start()
+    try:
+        runtime = await daemon.start()
+    except StoreError as exc:
+        # A missing or wrong key, an unreachable database: say why, no traceback.
+        print(f"mss-relay: cannot start: {exc}", file=sys.stderr)
+        return 2
     for listener in daemon.listeners:
         print(f"mss-relay: listening: {listener.description}", flush=True)
     stop = asyncio.Event()

@@ -108,10 +108,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 async def _with_store(
     config_path: Path, action: Callable[..., Awaitable[int]], *extra: object
 ) -> int:
+    from relay.errors import StoreError
     from relay.store.store import Store
 
     config = _load_config_or_exit(config_path)
-    store = await Store.open(config.storage)
+    try:
+        store = await Store.open(config.storage)
+    except StoreError as exc:
+        # Missing or wrong key file, unreachable database: say why (relay.store.keys).
+        print(f"mss-relay: cannot open the store: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         return await action(store, *extra)
     finally:
@@ -138,12 +144,10 @@ def _filter(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from relay.audit.chain import verify
     from relay.store.store import Store
 
     async def run(store: Store) -> int:
-        seq, head = await store.audit_head()
-        result = verify(await store.audit_rows(), head_seq=seq, head_hash=head)
+        result = await store.verify_audit()
         print(result)
         return EXIT_OK if result.ok else EXIT_CHECK_FAILED
 
@@ -265,6 +269,39 @@ def cmd_patients_list(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(Path(args.config), run))
 
 
+def cmd_key_init(args: argparse.Namespace) -> int:
+    """Create the store's keys if it has none; check them if it has (idempotent)."""
+    from relay.errors import StoreError
+    from relay.store.crypto import key_id
+    from relay.store.store import Store
+
+    async def run() -> int:
+        config = _load_config_or_exit(Path(args.config))
+        try:
+            store = await Store.open(config.storage, may_create_keys=True)
+        except StoreError as exc:
+            print(f"mss-relay: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        try:
+            assert store.keys is not None
+            paths = {"blob": config.storage.key_file, "audit": config.storage.audit_key_path}
+            ids = {"blob": store.keys.ring.active_id, "audit": key_id(store.keys.audit_key)}
+            for kind, label in (("blob", "message key"), ("audit", "audit key")):
+                done = "created" if kind in store.created_keys else "in place"
+                print(f"{label:12} {ids[kind]}  {paths[kind]}  ({done})")
+            if store.created_keys:
+                print(
+                    "Back up these key files now, apart from the database backups: "
+                    "without them the messages cannot be read and the audit trail "
+                    "cannot be proven."
+                )
+            return EXIT_OK
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
 def cmd_ins_check(args: argparse.Namespace) -> int:
     from relay.ins import InsError, explain, parse_ins
 
@@ -325,6 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(s)
     s.add_argument("box")
     s.set_defaults(func=cmd_patients_list)
+
+    key = sub.add_parser("key", help="the store's key files")
+    ksub = key.add_subparsers(dest="key_command", required=True)
+    s = ksub.add_parser(
+        "init", help="create the message and audit keys of a new store (or check them)"
+    )
+    with_config(s)
+    s.set_defaults(func=cmd_key_init)
 
     ins = sub.add_parser("ins", help="patient identifiers (INS)")
     isub = ins.add_subparsers(dest="ins_command", required=True)

@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 from relay.config.model import StorageConfig
+from relay.store.crypto import create_key_file
 from relay.store.store import Store
 from relay.tls.pki import DevPki, generate_dev_pki
 from tests.harness import RunningDaemon, start_daemon
@@ -44,10 +45,19 @@ def engine_name(request: pytest.FixtureRequest) -> str:
     return name
 
 
+def make_key_files(directory: Path) -> Path:
+    """`blob.key` and `audit.key` in `directory`, as `mss-relay key init` makes them."""
+    key_file = directory / "blob.key"
+    create_key_file(key_file)
+    create_key_file(directory / "audit.key")
+    return key_file
+
+
 @pytest.fixture
 async def storage(engine_name: str, tmp_path: Path) -> AsyncIterator[StorageConfig]:
-    """A fresh, empty database on the engine of this test run."""
-    key_file = tmp_path / "blob.key"
+    """A fresh, empty database on the engine of this test run, and its key files (any
+    command may open it; tests of key creation remove them)."""
+    key_file = make_key_files(tmp_path)
     if engine_name == "sqlite":
         yield StorageConfig(url=f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}", key_file=key_file)
         return

@@ -1,14 +1,21 @@
-"""The SHA-256 hash chain over audit rows (pure).
+"""The keyed hash chain over audit rows (pure).
 
-Row n's hash is SHA-256 over row n-1's hash and row n's canonical JSON (sequence number,
-time, action, who, what). Changing a row breaks its own hash; removing or reordering
-rows breaks the link to the previous hash or the sequence; removing the newest rows is
-caught against the head record that is updated in the same transaction.
+Row n's hash is HMAC-SHA256, under the audit key, of row n-1's hash and row n's
+canonical JSON (sequence number, time, action, who, what). Changing a row breaks its
+own hash; removing or reordering rows breaks the link to the previous hash or the
+sequence; removing the newest rows is caught against the head record that is updated
+in the same transaction. The key lives outside the database (relay.store.keys): whoever
+can write the database but not read the key cannot recompute the hashes after a change.
+
+Rows written before the store had an audit key (before `keyed_from`) are chained with
+plain SHA-256; they are still linked to the keyed rows after them and are covered by
+the anchors written outside the database (relay.audit.anchors).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,6 +47,7 @@ def canonical_json(value: Any) -> str:
 def row_hash(
     prev_hash: str,
     *,
+    key: bytes | None = None,
     seq: int,
     ts: str,
     action: str,
@@ -59,7 +67,10 @@ def row_hash(
             "data": data,
         }
     )
-    return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
+    message = f"{prev_hash}\n{body}".encode()
+    if key is None:
+        return hashlib.sha256(message).hexdigest()  # rows before the audit key
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +87,18 @@ class VerifyResult:
 
 
 def verify(
-    rows: Iterable[AuditRow], *, head_seq: int | None, head_hash: str | None
+    rows: Iterable[AuditRow],
+    *,
+    head_seq: int | None,
+    head_hash: str | None,
+    key: bytes | None = None,
+    keyed_from: int | None = None,
 ) -> VerifyResult:
-    """Walk rows in sequence order; report the first row where the chain breaks."""
+    """Walk rows in sequence order; report the first row where the chain breaks.
+
+    Rows from `keyed_from` on are checked with `key` (HMAC-SHA256), earlier ones with
+    plain SHA-256.
+    """
     prev_hash = GENESIS_HASH
     expected_seq = 1
     count = 0
@@ -89,8 +109,13 @@ def verify(
         if row.prev_hash != prev_hash:
             why = "link to the previous row does not match (row removed or reordered)"
             return VerifyResult(False, count, row.seq, why)
+        keyed = keyed_from is not None and row.seq >= keyed_from
+        if keyed and key is None:
+            why = "the row is keyed but no audit key was given"
+            return VerifyResult(False, count, row.seq, why)
         computed = row_hash(
             prev_hash,
+            key=key if keyed else None,
             seq=row.seq,
             ts=row.ts,
             action=row.action,
@@ -101,6 +126,8 @@ def verify(
         )
         if computed != row.hash:
             why = "content does not match its hash (row modified)"
+            if keyed:
+                why += "; keyed rows can only be rehashed with the audit key"
             return VerifyResult(False, count, row.seq, why)
         prev_hash = row.hash
         expected_seq += 1

@@ -169,8 +169,23 @@ class AuditExported(AuditEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class KeyCreated(AuditEvent):
+    """A key file was created (`mss-relay key init`, or the first start of a new store)."""
+
     ACTION: ClassVar[str] = "store.key_created"
     key_file: str
+    key_id: str = ""
+    kind: str = "blob"  # blob | audit
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyRegistered(AuditEvent):
+    """An existing key file's fingerprint was recorded (a store from before fingerprints,
+    or keys made before the database)."""
+
+    ACTION: ClassVar[str] = "store.key_registered"
+    key_file: str
+    key_id: str
+    kind: str
 
 
 @dataclass(frozen=True, kw_only=True)

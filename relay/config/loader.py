@@ -495,8 +495,14 @@ def _read_storage(r: _Reading, data_dir: Path) -> StorageConfig:
     schema = t.parsed("schema", _schema_name)
     if schema is not None and not url.startswith(POSTGRES_PREFIX):
         t.problem("schema", "only PostgreSQL has schemas; remove it for SQLite")
+    audit_key_file = t.parsed("audit_key_file", _path_parser(r.base))
     t.finish()
-    return StorageConfig(url=url, key_file=key_file, schema=schema)
+    return StorageConfig(
+        url=url,
+        key_file=key_file,
+        schema=schema,
+        audit_key_file=audit_key_file or key_file.with_name("audit.key"),
+    )
 
 
 def _schema_name(text: str) -> str:

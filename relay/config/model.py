@@ -68,10 +68,19 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     url: str  # SQLAlchemy async URL: sqlite+aiosqlite:///... or postgresql+asyncpg://...
-    key_file: Path  # AES-256-GCM key for message bodies, created 0600 on first start
+    # AES-256-GCM key for message bodies (relay.store.keys: created 0600 by `key init`
+    # or the first start of an empty store, never by any other command)
+    key_file: Path
     # PostgreSQL only: the schema to use (several installations or test runs in one
     # database). None: the server's default search_path.
     schema: str | None = None
+    # HMAC-SHA256 key of the audit chain, created with the blob key. None: "audit.key"
+    # in the key file's folder.
+    audit_key_file: Path | None = None
+
+    @property
+    def audit_key_path(self) -> Path:
+        return self.audit_key_file or self.key_file.with_name("audit.key")
 
 
 @dataclass(frozen=True, slots=True)

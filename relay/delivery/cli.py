@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.audit.events import AuditEvent, QueueManualAction
+from relay.errors import StoreError
 from relay.store.queue import PENDING, QueueItem, QueueStore, parse_ident
 from relay.store.store import Store
 
@@ -124,7 +125,11 @@ async def _with_queue(
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_BAD_INPUT
-    store = await Store.open(config.storage)
+    try:
+        store = await Store.open(config.storage)
+    except StoreError as exc:
+        print(f"mss-relay: cannot open the store: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         return await action(QueueStore(store))
     finally:

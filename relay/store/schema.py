@@ -166,6 +166,22 @@ audit_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
+    # The first row whose hash is keyed (HMAC-SHA256 with the audit key); rows before
+    # it predate the audit key (plain SHA-256). NULL: no row is keyed yet.
+    Column("keyed_from", BigInteger),
+)
+
+# The keys this store's data depends on, by fingerprint (HMAC-SHA256 of a constant
+# under the key: it names the key and reveals nothing of it). Never the keys
+# themselves: they live in files outside the database (relay.store.keys).
+store_keys = Table(
+    "store_keys",
+    metadata,
+    Column("key_id", String(16), primary_key=True),  # first 16 hex digits of fingerprint
+    Column("kind", String(8), nullable=False),  # blob | audit
+    Column("fingerprint", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("retired_at", DateTime(timezone=True)),  # blob keys: no longer seals new blobs
 )
 
 # The ANS trust-space whitelist (listeblanchemssante.xml), as last imported.

@@ -27,12 +27,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from relay.audit.chain import AuditRow, canonical_json, row_hash
+from relay.audit.chain import AuditRow, VerifyResult, canonical_json, row_hash, verify
 from relay.audit.events import AuditEvent
 from relay.config.model import StorageConfig
 from relay.errors import StoreError
 from relay.store import schema as t
-from relay.store.crypto import BlobCipher, load_or_create_key
+from relay.store.crypto import BlobCipher
+from relay.store.keys import KeyKind, OpenedKeys
 
 T = TypeVar("T")
 
@@ -181,11 +182,17 @@ class Store:
         write_engine: AsyncEngine,
         cipher: BlobCipher,
         *,
+        audit_key: bytes | None = None,
+        keyed_from: int | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self._read = read_engine
         self._write = write_engine
         self.cipher = cipher
+        # The audit chain's HMAC key, and the first row it keys (relay.audit.chain).
+        self.audit_key = audit_key
+        self.keyed_from = keyed_from
+        self.keys: OpenedKeys | None = None
         self.clock = clock
         self.dialect = write_engine.dialect.name
         self._queue: asyncio.Queue[_Pending[Any] | None] = asyncio.Queue()
@@ -202,7 +209,6 @@ class Store:
         if self.dialect == "sqlite":
             self._thread_writer = _ThreadWriter(str(write_engine.url))
             self._thread_readers = _ThreadReaders(str(read_engine.url), READ_THREADS)
-        self.created_key = False
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -212,20 +218,51 @@ class Store:
         storage: StorageConfig,
         *,
         migrate: bool = True,
+        may_create_keys: bool = False,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> Store:
-        key, created = load_or_create_key(storage.key_file)
+        """Open (and migrate) the store with its key files; raise KeyRefused if they are
+        missing or wrong. Only `may_create_keys` (serve, `key init`) creates a missing
+        key, and a message key only for an empty store (relay.store.keys)."""
         read_engine, write_engine = _make_engines(storage)
-        store = cls(read_engine, write_engine, BlobCipher(key), clock=clock)
-        store.created_key = created
-        if migrate:
-            from relay.store.migrate import upgrade
+        try:
+            if migrate:
+                from relay.store.migrate import upgrade
 
-            await upgrade(write_engine, schema=storage.schema)
+                await upgrade(write_engine, schema=storage.schema)
+            opened, keyed_from = await _settle_keys(
+                write_engine, storage, may_create=may_create_keys, now=clock()
+            )
+        except BaseException as exc:
+            await read_engine.dispose()
+            await write_engine.dispose()
+            if isinstance(exc, OSError | DBAPIError):
+                from relay.config.summary import mask_url
+
+                raise StoreError(
+                    f"{mask_url(storage.url)}: cannot open the database ({exc})"
+                ) from exc
+            raise
+        store = cls(
+            read_engine,
+            write_engine,
+            BlobCipher(opened.ring),
+            audit_key=opened.audit_key,
+            keyed_from=keyed_from,
+            clock=clock,
+        )
+        store.keys = opened
         if store.dialect == "postgresql":
             await store._listen(storage)
         store.start()
+        if opened.events:
+            await store.record(*opened.events)
         return store
+
+    @property
+    def created_keys(self) -> tuple[KeyKind, ...]:
+        """The key files this open created (empty but for a first start or `key init`)."""
+        return self.keys.created if self.keys is not None else ()
 
     async def _listen(self, storage: StorageConfig) -> None:
         """LISTEN for the folders other nodes change (DESIGN.md: scale-out)."""
@@ -480,6 +517,7 @@ class Store:
         )
         digest = row_hash(
             prev_hash,
+            key=self._chain_key(seq),
             seq=seq,
             ts=ts,
             action=ev.ACTION,
@@ -489,6 +527,14 @@ class Store:
             data=data,
         )
         return AuditRow(seq, ts, ev.ACTION, ev.person, ev.box, ev.peer, data, prev_hash, digest)
+
+    def _chain_key(self, seq: int) -> bytes | None:
+        """The HMAC key for row `seq`: None only for rows before the audit key existed."""
+        if self.keyed_from is not None and seq >= self.keyed_from:
+            if self.audit_key is None:
+                raise StoreError("the audit chain is keyed but this store has no audit key")
+            return self.audit_key
+        return None
 
     # --- mailboxes and folders ----------------------------------------------------
 
@@ -718,9 +764,40 @@ class Store:
         return [dict(r) for r in rows]
 
     async def audit_head(self) -> tuple[int, str]:
+        head = await self.audit_head_row()
+        if head is None:
+            raise StoreError("the audit_head row is missing (deleted?)")
+        return head[0], head[1]
+
+    async def audit_head_row(self) -> tuple[int, str, int | None] | None:
+        """(seq, hash, keyed_from) of the audit head, or None if its row is missing."""
         async with self._read.connect() as conn:
-            row = (await conn.execute(select(t.audit_head.c.seq, t.audit_head.c.hash))).one()
-        return int(row.seq), str(row.hash)
+            row = (
+                await conn.execute(
+                    select(t.audit_head.c.seq, t.audit_head.c.hash, t.audit_head.c.keyed_from)
+                )
+            ).one_or_none()
+        if row is None:
+            return None
+        keyed_from = None if row.keyed_from is None else int(row.keyed_from)
+        return int(row.seq), str(row.hash), keyed_from
+
+    async def verify_audit(self) -> VerifyResult:
+        """Check the whole audit chain with the audit key (relay.audit.chain)."""
+        head = await self.audit_head_row()
+        rows = await self.audit_rows()
+        if head is None:
+            return VerifyResult(
+                False,
+                len(rows),
+                None,
+                "the audit_head row is missing: the database was tampered with or not "
+                "migrated; the newest rows cannot be checked",
+            )
+        seq, head_hash, keyed_from = head
+        return verify(
+            rows, head_seq=seq, head_hash=head_hash, key=self.audit_key, keyed_from=keyed_from
+        )
 
     async def audit_rows(self, flt: AuditFilter | None = None) -> list[AuditRow]:
         """Audit rows in sequence order, optionally filtered."""
@@ -825,6 +902,24 @@ def _iso(value: dt.datetime) -> str:
 def _aware(value: dt.datetime) -> dt.datetime:
     # SQLite gives naive datetimes back; we only ever store UTC.
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+async def _settle_keys(
+    engine: AsyncEngine, storage: StorageConfig, *, may_create: bool, now: dt.datetime
+) -> tuple[OpenedKeys, int | None]:
+    """`relay.store.keys.settle` in its own transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL:
+    an advisory lock), so that two processes opening a new store register one key."""
+    from relay.store.keys import settle
+
+    async with engine.connect() as conn, conn.begin():
+        if engine.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_KEYS_LOCK})
+        opened = await settle(conn, storage, may_create=may_create, now=now)
+        keyed_from = await conn.scalar(select(t.audit_head.c.keyed_from))
+    return opened, None if keyed_from is None else int(keyed_from)
+
+
+_PG_KEYS_LOCK = 0x6D73736B  # "mssk": serialises key registration across nodes
 
 
 def _make_engines(storage: StorageConfig) -> tuple[AsyncEngine, AsyncEngine]:

@@ -35,8 +35,7 @@ def events(n: int) -> list[AuditEvent]:
 
 
 async def verify_store(store: Store) -> tuple[bool, int | None, str]:
-    seq, head = await store.audit_head()
-    result = verify(await store.audit_rows(), head_seq=seq, head_hash=head)
+    result = await store.verify_audit()
     return result.ok, result.first_broken_seq, str(result)
 
 
