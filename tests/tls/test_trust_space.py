@@ -154,7 +154,7 @@ def test_doctype_refused_by_parser_even_if_byte_scan_missed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Defence in depth: with the byte scan disabled, expat's handler still refuses."""
-    import relay.tls.trust_space as module
+    import relay.xmlsafe as module
 
     monkeypatch.setattr(module, "_FORBIDDEN_MARKUP", ())
     with pytest.raises(TrustSpaceError, match="refused: it contains a DOCTYPE"):
