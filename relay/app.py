@@ -32,10 +32,13 @@ from relay.delivery.crl import CrlRefresher
 from relay.delivery.worker import DeliveryWorker
 from relay.errors import StoreError
 from relay.imap.server import make_listener as imap_listener
+from relay.metrics import Metrics
 from relay.policy.model import PolicyError, load_policies
 from relay.runtime import Listener, ListenerFactory, Runtime
 from relay.smtp.listener import make_listener as smtp_listener
 from relay.store.store import Store
+from relay.web.server import DaemonView
+from relay.web.server import make_listener as web_listener
 
 log = structlog.get_logger("relay.app")
 
@@ -43,12 +46,14 @@ VERSION = "0.1.0"
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
-def listener_factories() -> dict[ListenerKind, ListenerFactory]:
-    """The listener implementations, by kind."""
+def listener_factories(daemon: DaemonView) -> dict[ListenerKind, ListenerFactory]:
+    """The listener implementations, by kind. The HTTP listener reads the daemon's
+    other listeners and CRL state (health, metrics)."""
     return {
         ListenerKind.SUBMISSION: smtp_listener,
         ListenerKind.INBOUND: smtp_listener,
         ListenerKind.IMAP: imap_listener,
+        ListenerKind.HTTP: lambda runtime, lc: web_listener(runtime, lc, daemon),
     }
 
 
@@ -113,14 +118,16 @@ class Daemon:
         config = self.initial_config
         config.server.data_dir.mkdir(parents=True, exist_ok=True)
         # The daemon's first start on an empty store creates the keys (relay.store.keys).
-        store = await Store.open(config.storage, may_create_keys=True)
+        store = await Store.open(
+            config.storage, may_create_keys=True, metrics=Metrics(version=VERSION)
+        )
         runtime = Runtime(
             config=config, store=store, policies=load_policies(config.server.policy_dir)
         )
         self.runtime = runtime
         try:
             await store.ensure_mailboxes(m.address for m in config.mailboxes)
-            factories = listener_factories()
+            factories = listener_factories(self)
             for lc in config.listeners:
                 listener = factories[lc.kind](runtime, lc)
                 await listener.start()

@@ -403,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     from relay.delivery.cli import register as register_queue
 
     register_queue(sub)
+    from relay.web.cli import register as register_web
+
+    register_web(sub)
     return p
 
 

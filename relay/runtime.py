@@ -15,6 +15,7 @@ from typing import Protocol
 
 from relay.config.model import Config, ListenerConfig
 from relay.identity.auth import Authenticator
+from relay.metrics import Metrics
 from relay.policy.model import Policies
 from relay.store.store import Store
 
@@ -24,6 +25,16 @@ class Listener(Protocol):
 
     @property
     def description(self) -> str: ...
+
+    @property
+    def name(self) -> str:
+        """The ``listener`` label of the metrics: kind and address (`listener_name`)."""
+        ...
+
+    @property
+    def serving(self) -> bool:
+        """Whether the listener accepts connections now (health check, metrics)."""
+        ...
 
     async def start(self) -> None: ...
 
@@ -49,6 +60,11 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.authenticator = Authenticator(lambda: self.config, today=self.today)
+
+    @property
+    def metrics(self) -> Metrics:
+        """The daemon's metrics (the store's: it counts commits and audit events)."""
+        return self.store.metrics
 
     def today(self) -> dt.date:
         return self.clock().astimezone().date()

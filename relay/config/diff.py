@@ -167,6 +167,7 @@ def _describe_listeners(config: Config) -> set[str]:
     return {
         f"{x.kind} {x.host}:{x.port} tls={x.tls}"
         + (" client-cert" if x.require_client_certificate else "")
+        + (f" endpoints={','.join(sorted(x.endpoints))}" if x.endpoints else "")
         for x in config.listeners
     }
 

@@ -30,6 +30,7 @@ from relay.config.model import (
     Coholder,
     Config,
     Endpoint,
+    HttpEndpoint,
     Limits,
     ListenerConfig,
     ListenerKind,
@@ -541,7 +542,14 @@ def _read_listeners(r: _Reading, tls_table: _Table) -> list[ListenerConfig]:
         mode = t.choice("tls", TlsMode, required=True)
         inbound = kind is ListenerKind.INBOUND
         client_cert = t.boolean("require_client_certificate", inbound)
+        endpoints = _read_endpoints(t, kind, address)
         t.finish()
+        if kind is ListenerKind.HTTP and mode is TlsMode.STARTTLS:
+            t.problem(
+                t.key("tls"),
+                'HTTP has no STARTTLS: use "implicit" (HTTPS) or "none" (loopback only, '
+                "e.g. behind a reverse proxy)",
+            )
         if inbound and not client_cert:
             t.problem(
                 t.key("require_client_certificate"),
@@ -584,9 +592,25 @@ def _read_listeners(r: _Reading, tls_table: _Table) -> list[ListenerConfig]:
                 port=port,
                 tls=mode or TlsMode.NONE,
                 require_client_certificate=client_cert,
+                endpoints=endpoints,
             )
         )
     return listeners
+
+
+def _read_endpoints(
+    t: _Table, kind: ListenerKind | None, address: tuple[str, int] | None
+) -> frozenset[HttpEndpoint]:
+    items = t.strings("endpoints", nonempty=True)
+    if kind is not ListenerKind.HTTP:
+        if items is not None:
+            t.problem(t.key("endpoints"), 'only a kind = "http" listener has endpoints')
+        return frozenset()
+    if items is None:
+        loopback = address is not None and ipaddress.ip_address(address[0]).is_loopback
+        return frozenset(HttpEndpoint) if loopback else frozenset({HttpEndpoint.AUTOCONFIG})
+    found = (t.choice_value(key, text, HttpEndpoint) for key, text in items)
+    return frozenset(e for e in found if e is not None)
 
 
 def _read_people(r: _Reading) -> list[Person]:

@@ -17,6 +17,7 @@ class ListenerKind(enum.StrEnum):
     SUBMISSION = "submission"
     INBOUND = "inbound"
     IMAP = "imap"
+    HTTP = "http"  # metrics, health, client autoconfiguration (relay.web)
 
 
 class TlsMode(enum.StrEnum):
@@ -25,6 +26,14 @@ class TlsMode(enum.StrEnum):
     # Plain text is only accepted on a loopback address (benchmarks, local tests);
     # the loader refuses it anywhere else.
     NONE = "none"
+
+
+class HttpEndpoint(enum.StrEnum):
+    """What an HTTP listener serves (relay.web)."""
+
+    METRICS = "metrics"  # /metrics, Prometheus text format
+    HEALTH = "health"  # /healthz
+    AUTOCONFIG = "autoconfig"  # Thunderbird autoconfig, Microsoft Autodiscover (POX)
 
 
 class BoxType(enum.StrEnum):
@@ -100,6 +109,9 @@ class ListenerConfig:
     port: int
     tls: TlsMode
     require_client_certificate: bool  # inbound: always True; submission/imap: optional
+    # kind = "http" only: what it serves. Default: everything on a loopback address,
+    # autoconfig only elsewhere (metrics and health say how busy the server is).
+    endpoints: frozenset[HttpEndpoint] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

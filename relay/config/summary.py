@@ -58,6 +58,8 @@ def summary(config: Config, today: dt.date | None = None) -> str:
     for x in config.listeners:
         host = f"[{x.host}]" if ":" in x.host else x.host
         cert = "  client certificate required" if x.require_client_certificate else ""
+        if x.endpoints:
+            cert += "  serves " + ", ".join(sorted(x.endpoints))
         address = f"{host}:{x.port}"
         lines.append(f"  {x.kind.value:<10} {address:<22} {x.tls.value:<8}{cert}")
     lines.append(f"people:     {len(config.people)}")

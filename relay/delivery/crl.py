@@ -50,6 +50,7 @@ from cryptography.x509.oid import ExtensionOID
 
 from relay.audit.events import AuditEvent, CrlRejected, CrlStale, CrlUpdated
 from relay.config.model import TlsConfig
+from relay.metrics import CrlFact
 from relay.runtime import Runtime
 from relay.tls.context import TlsError, client_context
 
@@ -245,6 +246,18 @@ class CrlRefresher:
     def active(self) -> dict[str, tuple[str, dt.datetime | None]]:
         """Issuer → (source, nextUpdate) of the CRL in use (tests, monitoring)."""
         return {k: (v.source, v.crl.next_update_utc) for k, v in self._active.items()}
+
+    def facts(self) -> list[CrlFact]:
+        """Each CRL in use: issuer, thisUpdate, nextUpdate, stale (metrics, health)."""
+        return [
+            CrlFact(
+                issuer=issuer,
+                this_update=c.crl.last_update_utc,
+                next_update=c.crl.next_update_utc,
+                stale=issuer in self._stale,
+            )
+            for issuer, c in sorted(self._active.items())
+        ]
 
     # --- lifecycle ------------------------------------------------------------------
 

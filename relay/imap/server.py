@@ -81,6 +81,7 @@ class ImapService:
         self.runtime = runtime
         self.listener = listener
         self.mail = MailStore(runtime.store)
+        self.probe = runtime.metrics.listener("imap", listener.host, listener.port)
         self._tls: ListenerContext | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -119,6 +120,15 @@ class ImapService:
 
     # --- lifecycle ------------------------------------------------------------------
 
+    @property
+    def name(self) -> str:
+        return self.probe.name
+
+    @property
+    def serving(self) -> bool:
+        """Whether the socket accepts connections (the health check asks)."""
+        return self._server is not None and self._server.is_serving()
+
     async def start(self) -> None:
         lc = self.listener
         if lc.tls is not TlsMode.NONE:
@@ -156,6 +166,7 @@ class ImapService:
         self._tasks.add(task)
         session = Session(self, reader, writer, tls_active=self.listener.tls is TlsMode.IMPLICIT)
         self.sessions.add(session)
+        self.probe.opened()
         try:
             await session.run()
         except asyncio.CancelledError:
@@ -165,6 +176,7 @@ class ImapService:
         except Exception:
             log.exception("imap.session_failed", session=session.id)
         finally:
+            self.probe.closed()
             self.sessions.discard(session)
             self._tasks.discard(task)
 

@@ -35,6 +35,7 @@ from relay.imap import response as r
 from relay.imap.names import Target
 from relay.imap.parser import CommandReader, NeedContinuation, NeedData, ParseFailure
 from relay.imap.state import Event, State, allowed, transition
+from relay.metrics import CommandResult
 from relay.store.mailstore import Flagged, FolderInfo, FolderMissing
 
 if TYPE_CHECKING:
@@ -248,6 +249,7 @@ class Session:
             self.emit(r.untagged_status(r.Status.BAD, failure.message, code))
         else:
             self.emit(r.tagged(failure.tag, r.Status(failure.status), failure.message, code))
+        self.service.probe.command(f"({failure.kind.value})", failure.status.lower())
         if failure.status == "BAD":
             self._count_bad()
         else:
@@ -260,12 +262,27 @@ class Session:
             raise Closing
 
     async def _run_command(self, cmd: c.Command) -> None:
+        # One count per command, with the status of its tagged reply (`cmd.name` comes
+        # from the parser's fixed set of commands).
+        outcome = CommandResult.OK
+        try:
+            outcome = await self._dispatch(cmd)
+        except Closing:
+            raise
+        except Exception:  # a lost connection mid-command
+            outcome = CommandResult.ERROR
+            raise
+        finally:
+            self.service.probe.command(cmd.name, outcome)
+
+    async def _dispatch(self, cmd: c.Command) -> str:
+        """Run `cmd` and emit its tagged reply; return the `CommandResult`."""
         from relay.imap.handlers import HANDLERS
 
         if not allowed(self.state, type(cmd)):
             self.emit(r.tagged(cmd.tag, r.Status.BAD, f"{cmd.name} is not valid in this state"))
             self._count_bad()
-            return
+            return CommandResult.BAD
         handler = HANDLERS[type(cmd)]
         try:
             result = await handler(self, cmd)
@@ -280,9 +297,9 @@ class Session:
             self.emit(r.tagged(cmd.tag, status, exc.text, err_code))
             if status is r.Status.BAD:
                 self._count_bad()
-            else:
-                self.bad_in_a_row = 0
-            return
+                return CommandResult.BAD
+            self.bad_in_a_row = 0
+            return CommandResult.NO
         except (ConnectionError, ssl.SSLError):
             raise
         except Exception:
@@ -297,13 +314,14 @@ class Session:
                 )
             )
             self.bad_in_a_row = 0
-            return
+            return CommandResult.ERROR
         self.bad_in_a_row = 0
         if result is None:
-            return  # the handler answered itself (LOGOUT, STARTTLS, IDLE)
+            return CommandResult.OK  # the handler answered itself (LOGOUT, STARTTLS, IDLE)
         text, code = result
         await self._settle(cmd)
         self.emit(r.tagged(cmd.tag, r.Status.OK, text, code))
+        return CommandResult.OK
 
     async def _settle(self, cmd: c.Command) -> None:
         """Send pending folder updates before a tagged response (RFC 3501 §7)."""

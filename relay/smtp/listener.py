@@ -29,6 +29,7 @@ class SmtpListener:
         # Read at each new connection: `replace_tls` swaps it (fresh CRLs) while open
         # sessions keep the context they started with.
         self._tls: ListenerContext | None = None
+        self.probe = runtime.metrics.listener(lc.kind.value, lc.host, lc.port)
         handler_cls = SubmissionHandler if lc.kind is ListenerKind.SUBMISSION else InboundHandler
         self.handler = handler_cls(runtime, lc)
 
@@ -55,12 +56,22 @@ class SmtpListener:
             auth_require_tls=self.lc.tls is not TlsMode.NONE,
             command_call_limit=COMMAND_CALL_LIMITS,
             loop=asyncio.get_running_loop(),
+            probe=self.probe,
         )
         if inbound:
             for name in list(smtp._auth_methods):
                 smtp._auth_methods.pop(name)
         self._sessions.add(smtp)
         return smtp
+
+    @property
+    def name(self) -> str:
+        return self.probe.name
+
+    @property
+    def serving(self) -> bool:
+        """Whether the socket accepts connections (the health check asks)."""
+        return self._server is not None and self._server.is_serving()
 
     async def start(self) -> None:
         if self.lc.tls is not TlsMode.NONE:

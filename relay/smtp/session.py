@@ -25,6 +25,7 @@ from typing import Any, Protocol, cast
 from aiosmtpd.smtp import SMTP, AuthResult, Session
 
 from relay.identity.auth import Principal
+from relay.metrics import CommandResult, ListenerProbe
 from relay.smtp import replies
 from relay.tls.peer import PeerCertificate, peer_from_ssl_object
 
@@ -120,10 +121,35 @@ class RelaySMTP(SMTP):
     # its StreamReader with this; DATA lines are then checked against the config.
     line_length_limit = 1001
 
-    def __init__(self, handler: Hooks, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: Hooks, *, probe: ListenerProbe | None = None, **kwargs: Any
+    ) -> None:
         self.relay_handler = handler
         self._pending_replies: list[bytes] = []
+        self._probe = probe
+        self._counted = False  # connection_made runs again after STARTTLS
+        self._last_code: int | None = None  # of the last reply pushed
         super().__init__(handler, **kwargs)
+        if probe is not None:
+            # Every command aiosmtpd dispatches, counted once with its final reply
+            # (AUTH's 334 and DATA's 354 are intermediate). The names come from our
+            # own methods, never from the peer.
+            self._smtp_methods = {
+                name: self._counting(probe, name, method)
+                for name, method in self._smtp_methods.items()
+            }
+
+    def _counting(self, probe: ListenerProbe, name: str, method: Any) -> Any:
+        async def run(arg: str) -> None:
+            self._last_code = None
+            try:
+                await method(arg)
+            except Exception:
+                probe.command(name, CommandResult.ERROR)
+                raise
+            probe.command(name, CommandResult.of_smtp(self._last_code))
+
+        return run
 
     # --- session and TLS --------------------------------------------------------
 
@@ -132,6 +158,9 @@ class RelaySMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if self._probe is not None and not self._counted:
+            self._counted = True
+            self._probe.opened()
         session = self.session
         assert isinstance(session, RelaySession)
         peer = session.peer
@@ -142,10 +171,18 @@ class RelaySMTP(SMTP):
             # advertise nor accept AUTH; the connection is encrypted, so allow it.
             self._auth_require_tls = False
 
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._probe is not None and self._counted:
+            self._counted = False
+            self._probe.closed()
+        super().connection_lost(error)
+
     async def push(self, status: Any) -> None:
         data = replies.enhance(status) if isinstance(status, str) else status
         if isinstance(data, str):
             data = data.encode("utf-8")
+        if data[:3].isdigit():
+            self._last_code = int(data[:3])
         self._pending_replies.append(data + b"\r\n")
         # RFC 2920 §3.1: a pipelining client has sent the next commands already; answer
         # them in one write instead of one packet per reply. Only while a whole command

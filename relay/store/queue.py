@@ -359,6 +359,16 @@ class QueueStore:
 
     # --- the operator (mss-relay queue ...) -------------------------------------------
 
+    async def summary(self) -> tuple[int, dt.datetime | None]:
+        """How many recipients wait for delivery, and the acceptance time of the oldest."""
+        rows = await self._read(
+            select(func.count(), func.min(t.queue.c.created_at)).where(
+                t.queue.c.status.in_(PENDING)
+            )
+        )
+        count, oldest = rows[0] if rows else (0, None)
+        return int(count or 0), _aware(oldest)
+
     async def pending(self, status: str | None = None) -> list[QueueItem]:
         stmt = select(t.queue).order_by(t.queue.c.next_attempt_at, t.queue.c.id)
         if status is not None:

@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import json
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from relay.audit.chain import AuditRow, VerifyResult, canonical_json, row_hash, 
 from relay.audit.events import AuditEvent
 from relay.config.model import StorageConfig
 from relay.errors import StoreError
+from relay.metrics import Metrics
 from relay.store import schema as t
 from relay.store.crypto import BlobCipher
 from relay.store.keys import KeyKind, OpenedKeys
@@ -167,6 +169,15 @@ class AuditFilter:
     limit: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class WriterState:
+    """The group-commit writer, as a health check sees it."""
+
+    alive: bool  # the writer task runs
+    waiting: int  # units handed in and not yet in a batch
+    busy_seconds: float | None  # how long the batch being committed has run; None: idle
+
+
 def _is_conflict(exc: DBAPIError) -> bool:
     """PostgreSQL deadlock (40P01) or serialization failure (40001): safe to retry."""
     code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
@@ -185,6 +196,7 @@ class Store:
         audit_key: bytes | None = None,
         keyed_from: int | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
+        metrics: Metrics | None = None,
     ) -> None:
         self._read = read_engine
         self._write = write_engine
@@ -201,6 +213,9 @@ class Store:
         self._listeners: list[Callable[[frozenset[int]], None]] = []
         self._queue_listeners: list[Callable[[], None]] = []
         self.commits = 0  # number of group commits (for benchmarks and tests)
+        self.metrics = metrics or Metrics()
+        # monotonic time the batch being committed started (None: the writer is idle)
+        self._batch_started: float | None = None
         self._thread_writer: _ThreadWriter | None = None
         self._thread_readers: _ThreadReaders | None = None
         self.node_id = secrets.token_hex(6)
@@ -220,6 +235,7 @@ class Store:
         migrate: bool = True,
         may_create_keys: bool = False,
         clock: Callable[[], dt.datetime] = utcnow,
+        metrics: Metrics | None = None,
     ) -> Store:
         """Open (and migrate) the store with its key files; raise KeyRefused if they are
         missing or wrong. Only `may_create_keys` (serve, `key init`) creates a missing
@@ -250,6 +266,7 @@ class Store:
             audit_key=opened.audit_key,
             keyed_from=keyed_from,
             clock=clock,
+            metrics=metrics,
         )
         store.keys = opened
         if store.dialect == "postgresql":
@@ -309,6 +326,23 @@ class Store:
         if self._write is not self._read:
             await self._write.dispose()
 
+    def writer_state(self) -> WriterState:
+        writer = self._writer
+        started = self._batch_started
+        return WriterState(
+            alive=writer is not None and not writer.done(),
+            waiting=self._queue.qsize(),
+            busy_seconds=None if started is None else time.monotonic() - started,
+        )
+
+    async def ping(self) -> None:
+        """One trivial read: raises if the database does not answer."""
+
+        async def fn(conn: AsyncConnection) -> None:
+            await conn.execute(text("SELECT 1"))
+
+        await self.read(fn)
+
     def on_queued(self, listener: Callable[[], None]) -> None:
         """Call `listener` after each commit that put remote recipients in the queue."""
         self._queue_listeners.append(listener)
@@ -351,6 +385,13 @@ class Store:
             await self._commit_batch(batch)
 
     async def _commit_batch(self, batch: list[_Pending[Any]]) -> None:
+        started = self._batch_started = time.monotonic()
+        try:
+            await self._commit_batch_timed(batch, started)
+        finally:
+            self._batch_started = None
+
+    async def _commit_batch_timed(self, batch: list[_Pending[Any]], started: float) -> None:
         for attempt in range(RETRIES_ON_CONFLICT):
             try:
                 try:
@@ -374,6 +415,7 @@ class Store:
         else:  # pragma: no cover - the loop always breaks or returns
             return
         self.commits += 1
+        self.metrics.committed(len(batch), time.monotonic() - started, (ev for _, ev in written))
         touched: set[int] = set()
         for item, (ok, value) in zip(batch, outcomes, strict=True):
             if ok:
@@ -495,6 +537,7 @@ class Store:
         return outcomes, written
 
     def _fail(self, batch: list[_Pending[Any]], exc: BaseException) -> None:
+        self.metrics.commit_failures.inc()
         log.error("store.commit_failed", units=len(batch), error=repr(exc))
         for item in batch:
             if not item.future.done():

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from relay.config import load, summary
-from relay.config.model import ALL_RIGHTS, BoxType, ListenerKind, Right, TlsMode
+from relay.config.model import ALL_RIGHTS, BoxType, HttpEndpoint, ListenerKind, Right, TlsMode
 from relay.identity.passwords import verify_password
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
@@ -23,8 +23,11 @@ def test_example_loads() -> None:
     assert any(r.domain.startswith("*.") for r in config.routes)
     cab = next(m for m in config.mailboxes if m.type is BoxType.CAB)
     assert any(c.valid_from and c.valid_until for c in cab.coholders)
-    # every listener of the example uses TLS
-    assert all(x.tls is not TlsMode.NONE for x in config.listeners)
+    # every mail listener of the example uses TLS; the HTTP one (metrics) is loopback
+    mail = [x for x in config.listeners if x.kind is not ListenerKind.HTTP]
+    assert mail and all(x.tls is not TlsMode.NONE for x in mail)
+    (http,) = [x for x in config.listeners if x.kind is ListenerKind.HTTP]
+    assert http.host == "127.0.0.1" and http.endpoints == frozenset(HttpEndpoint)
 
 
 def test_example_documents_every_key() -> None:
@@ -33,7 +36,7 @@ def test_example_documents_every_key() -> None:
     keys = [
         "hostname", "data_dir", "local_domains", "url", "key_file", "certificate", "key",
         "trust_anchors", "crl_files", "minimum_version", "crl_grace_seconds", "kind",
-        "address", "tls", "require_client_certificate", "id", "display_name", "rpps",
+        "address", "tls", "require_client_certificate", "endpoints", "id", "display_name", "rpps",
         "profession", "login", "password_hash", "certificate_fingerprints", "type", "owner",
         "structure_id", "responsible", "liste_rouge", "seen", "pharmacy", "person",
         "rights", "valid_from", "valid_until", "domain", "host", "port", "peer_dn", "mx",
@@ -66,7 +69,10 @@ def test_demo_listeners() -> None:
         (ListenerKind.INBOUND, "127.0.0.1", 2525, TlsMode.STARTTLS),
         (ListenerKind.IMAP, "127.0.0.1", 2143, TlsMode.STARTTLS),
         (ListenerKind.IMAP, "127.0.0.1", 2993, TlsMode.IMPLICIT),
+        (ListenerKind.HTTP, "127.0.0.1", 2080, TlsMode.NONE),
     }
+    (http,) = [x for x in config.listeners if x.kind is ListenerKind.HTTP]
+    assert http.endpoints == frozenset(HttpEndpoint)  # loopback: metrics, health, autoconfig
     assert config.routes == ()
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.config import Config, ConfigError, Problem, check_files, load, load_text
-from relay.config.model import BoxType, ListenerKind, Right, SeenMode, TlsMode
+from relay.config.model import BoxType, HttpEndpoint, ListenerKind, Right, SeenMode, TlsMode
 
 FILE = Path("/srv/mss/relay.toml")
 
@@ -664,3 +664,54 @@ def test_any_value_gives_config_or_config_error(line: int, value: str) -> None:
     except ConfigError as exc:
         assert exc.problems
         assert all(str(p).startswith(f"{FILE}: ") for p in exc.problems)
+
+
+# --- kind = "http" (relay.web) --------------------------------------------------------
+
+
+def test_http_listener_endpoints_default_by_address() -> None:
+    local = BASE + LISTENER.format(kind="http", address="127.0.0.1:8025", tls="none")
+    assert load_text(local, FILE).listeners[1].endpoints == frozenset(HttpEndpoint)
+    public = BASE + LISTENER.format(kind="http", address="0.0.0.0:443", tls="implicit")
+    assert load_text(public, FILE).listeners[1].endpoints == {HttpEndpoint.AUTOCONFIG}
+    chosen = public + 'endpoints = ["autoconfig", "health"]\n'
+    assert load_text(chosen, FILE).listeners[1].endpoints == {
+        HttpEndpoint.AUTOCONFIG,
+        HttpEndpoint.HEALTH,
+    }
+
+
+@pytest.mark.parametrize(
+    ("listener", "key", "fragment"),
+    [
+        (
+            LISTENER.format(kind="http", address="127.0.0.1:8025", tls="starttls"),
+            "listeners[1].tls",
+            "HTTP has no STARTTLS",
+        ),
+        (
+            LISTENER.format(kind="http", address="0.0.0.0:80", tls="none"),
+            "listeners[1].tls",
+            "only allowed on a loopback",
+        ),
+        (
+            LISTENER.format(kind="http", address="127.0.0.1:8025", tls="none")
+            + 'endpoints = ["metrics", "admin"]\n',
+            "listeners[1].endpoints[1]",
+            '"metrics", "health", "autoconfig"',
+        ),
+        (
+            LISTENER.format(kind="http", address="127.0.0.1:8025", tls="none") + "endpoints = []\n",
+            "listeners[1].endpoints",
+            "at least one",
+        ),
+        (
+            LISTENER.format(kind="imap", address="127.0.0.1:993", tls="implicit")
+            + 'endpoints = ["metrics"]\n',
+            "listeners[1].endpoints",
+            'only a kind = "http" listener',
+        ),
+    ],
+)
+def test_http_listener_problems(listener: str, key: str, fragment: str) -> None:
+    assert_problem(BASE + listener, key, fragment)
