@@ -91,6 +91,12 @@ def pattern(reference: str, mailbox: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.DOTALL)
 
 
+def superiors(name: str) -> list[str]:
+    """The names above `name`, outermost first: ``a/b/c`` → ``a``, ``a/b``."""
+    parts = name.split(DELIMITER)
+    return [DELIMITER.join(parts[:i]) for i in range(1, len(parts))]
+
+
 def has_children(name: str, names: Iterable[str]) -> bool:
     prefix = name + DELIMITER
     return any(n.startswith(prefix) for n in names)

@@ -768,8 +768,8 @@ def _list(cur: _Cursor, tag: str) -> c.Command:
                 raise _Fail("Unknown LIST selection option") from None
 
         selection.update(cur.paren_list(select_opt, "selection options", empty_ok=True))
-        if selection == {c.ListSelect.RECURSIVEMATCH}:
-            # RFC 5258 §3.1: RECURSIVEMATCH needs another selection option.
+        if selection - {c.ListSelect.REMOTE} == {c.ListSelect.RECURSIVEMATCH}:
+            # RFC 5258 §3.1: RECURSIVEMATCH needs another selection option than REMOTE.
             raise _Fail("RECURSIVEMATCH needs another selection option")
         cur.sp()
     reference = cur.mailbox()

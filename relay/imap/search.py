@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 from relay.imap import commands as c
 from relay.message.analysis import MessageMeta
-from relay.message.imapview import search_header, search_text
+from relay.message.imapview import address_search_text, search_header, search_text
 
 # Headers whose decoded value the metadata already holds (relay.message SearchHeaders).
 _META_HEADERS = {"FROM": "from_", "TO": "to", "CC": "cc", "BCC": "bcc", "SUBJECT": "subject"}
+_ADDRESS_HEADERS = frozenset({"FROM", "TO", "CC", "BCC"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +27,7 @@ class Candidate:
 
     seq: int
     uid: int
-    flags: frozenset[str]  # as stored; compared case-insensitively
+    flags: frozenset[str]  # as the session sees them (\Recent too); case-insensitive
     modseq: int
     internal_date: dt.datetime | None = None  # aware; set when `Needs.row`
     size: int = 0  # set when `Needs.row`
@@ -68,6 +69,20 @@ def needs(key: c.SearchKey) -> Needs:
     return Needs()
 
 
+def uses_modseq(key: c.SearchKey) -> bool:
+    """Whether the criteria hold a MODSEQ key (RFC 7162 §3.1.5: the answer then
+    carries the highest MODSEQ of the messages found)."""
+    if isinstance(key, c.SearchModSeq):
+        return True
+    if isinstance(key, c.SearchNot):
+        return uses_modseq(key.key)
+    if isinstance(key, c.SearchOr):
+        return uses_modseq(key.left) or uses_modseq(key.right)
+    if isinstance(key, c.SearchAnd):
+        return any(uses_modseq(k) for k in key.keys)
+    return False
+
+
 def _compare(day: dt.date | None, op: c.DateOp, when: dt.date) -> bool:
     if day is None:
         return False
@@ -91,10 +106,8 @@ def matches(key: c.SearchKey, m: Candidate, *, messages: int, largest_uid: int) 
     if isinstance(key, c.SearchNot):
         return not matches(key.key, m, messages=messages, largest_uid=largest_uid)
     if isinstance(key, c.SearchFlag):
-        if key.flag.lower() == "\\recent":
-            # This server never reports \Recent (RFC 9051 removed it): no message is
-            # recent, every message is OLD.
-            return not key.present
+        # `flags` is the session's view: \Recent is there when the message is recent
+        # for this session (RECENT, NEW, OLD; RFC 3501 §6.4.4).
         has = key.flag.lower() in {f.lower() for f in m.flags}
         return has == key.present
     if isinstance(key, c.SearchSequence):
@@ -128,6 +141,10 @@ def _header(key: c.SearchHeader, m: Candidate) -> bool:
         value: str = getattr(m.meta.search, attr)
         if not key.value:
             return bool(value)
+        if key.field in _ADDRESS_HEADERS:
+            # Whole address, local part, domain or display name (`address_search_text`).
+            raw = getattr(m.meta.envelope, attr) or ""
+            value = address_search_text(raw)
         return key.value.casefold() in value.casefold()
     if m.raw is None or m.meta is None:
         return False

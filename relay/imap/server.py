@@ -89,6 +89,9 @@ class ImapService:
         self._watchers: dict[int, set[Session]] = {}
         self._generation: dict[int, int] = {}  # watched folder id -> commits seen
         self._change_sets: dict[tuple[int, str | None], _ChangeSet] = {}
+        # Per watched folder, a UID below which every message's \Recent is known to be
+        # taken (a lower bound of `folders.recent_uid`, which only grows).
+        self._recent_floor: dict[int, int] = {}
         runtime.store.on_commit(self._on_commit)
         runtime.reload_hooks.append(self._on_reload)
 
@@ -195,6 +198,7 @@ class ImapService:
             if not watchers:
                 del self._watchers[folder_id]
                 self._generation.pop(folder_id, None)
+                self._recent_floor.pop(folder_id, None)
                 for key in [k for k in self._change_sets if k[0] == folder_id]:
                     del self._change_sets[key]
 
@@ -235,6 +239,22 @@ class ImapService:
             self._change_sets[key] = cs
         changes = await asyncio.shield(cs.read)
         return changes if cs.since == since else changes.since(since)
+
+    async def claim_recent(self, folder_id: int, upto: int, known: int) -> int:
+        """Take \\Recent below UID `upto` for the calling session (RFC 3501 §2.3.2,
+        `MailStore.claim_recent`); returns the folder's watermark before the claim.
+
+        `known` is a watermark the caller read. When it, or what this node's sessions
+        have already taken, is at or above `upto`, nothing is left to take and no
+        write is made: when several sessions see a new message, one transaction (the
+        first) takes it, not one per session."""
+        floor = max(self._recent_floor.get(folder_id, 0), known)
+        if floor >= upto:
+            return floor
+        before = await self.mail.claim_recent(folder_id, upto)
+        if folder_id in self._watchers:
+            self._recent_floor[folder_id] = max(self._recent_floor.get(folder_id, 0), before, upto)
+        return before
 
     def _on_reload(self, old: Config, new: Config) -> None:
         """Close the sessions of people who lost access to the box they use."""

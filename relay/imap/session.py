@@ -32,6 +32,7 @@ from relay.errors import ProtocolError
 from relay.identity.auth import Principal
 from relay.imap import commands as c
 from relay.imap import response as r
+from relay.imap.flags import RECENT, MailboxFlags, shown
 from relay.imap.names import Target
 from relay.imap.parser import CommandReader, NeedContinuation, NeedData, ParseFailure
 from relay.imap.state import Event, State, allowed, transition
@@ -59,12 +60,23 @@ class Selected:
     uids: list[int]
     flags: dict[int, Flagged]
     highestmodseq: int
+    mailbox_flags: MailboxFlags  # what FLAGS / PERMANENTFLAGS have announced
+    recent: set[int] = field(default_factory=set)  # \Recent for this session (§2.3.2)
     dirty: bool = False
     pending_expunge: set[int] = field(default_factory=set)
 
     def seq_of(self, uid: int) -> int:
         """The message number of `uid` (1-based); the UID must be in the snapshot."""
         return bisect.bisect_left(self.uids, uid) + 1
+
+    def flags_of(self, uid: int) -> frozenset[str]:
+        """The flags of `uid` as this session sees them, ``\\Recent`` included."""
+        flags = self.flags[uid].flags
+        return flags | {RECENT} if uid in self.recent else flags
+
+    def flag_list(self, uid: int) -> bytes:
+        """``(\\Recent \\Seen $Forwarded)``: the flags a FETCH response gives `uid`."""
+        return shown(self.flags[uid].flags, recent=uid in self.recent)
 
     @property
     def largest_uid(self) -> int:
@@ -346,6 +358,8 @@ class Session:
     def select(self, selected: Selected) -> None:
         self.deselect()
         self.selected = selected
+        # A commit between the snapshot read and this watch woke nobody: look once.
+        selected.dirty = True
         self.service.watch(self, selected.folder.id)
         self.move(Event.SELECTED)
 
@@ -362,6 +376,29 @@ class Session:
             self.selected.dirty = True
             if self.idling:
                 self.wake.set()
+
+    def update_flags(self, f: Flagged) -> None:
+        """Record a message's new state; announce any keyword the client has not been
+        told of first (FLAGS / PERMANENTFLAGS, RFC 3501 §7.2.6), so that it is in the
+        output before any FETCH that shows it."""
+        sel = self.selected
+        assert sel is not None
+        sel.flags[f.uid] = f
+        for line in sel.mailbox_flags.learn(f.flags):
+            self.emit(line)
+
+    def enable_condstore(self) -> None:
+        """A CONDSTORE-enabling command ran (RFC 7162 §3.1): from now on flag changes
+        carry MODSEQ; if a mailbox is selected the client learns its HIGHESTMODSEQ."""
+        if "CONDSTORE" in self.enabled:
+            return
+        self.enabled.add("CONDSTORE")
+        if self.selected is not None:
+            self.emit(
+                r.untagged_status(
+                    r.Status.OK, "Highest", r.highestmodseq(self.selected.highestmodseq)
+                )
+            )
 
     def revoke(self, reason: str) -> None:
         """End the session at once (access withdrawn by a config reload)."""
@@ -390,24 +427,39 @@ class Session:
                     continue
                 if old.modseq == f.modseq:
                     continue  # our own change, already answered
-                sel.flags[f.uid] = f
+                self.update_flags(f)
                 if old.flags != f.flags or condstore:
-                    items = [b"FLAGS " + r.flag_list(sorted(f.flags))]
+                    items = [b"FLAGS " + sel.flag_list(f.uid)]
                     items.append(b"UID %d" % f.uid)
                     if condstore:
                         items.append(b"MODSEQ (%d)" % f.modseq)
                     self.emit(r.untagged(b"%d FETCH " % sel.seq_of(f.uid) + r.paren(items)))
             if new:
+                await self._take_recent(sel, [f.uid for f in new], changes.recent_uid)
                 for f in new:
-                    sel.flags[f.uid] = f
+                    self.update_flags(f)
                     bisect.insort(sel.uids, f.uid)
             sel.highestmodseq = max(sel.highestmodseq, changes.highestmodseq)
             if allow_expunge:
                 self._expunge_pending()
             if new:
                 self.emit(r.untagged(b"%d EXISTS" % len(sel.uids)))
+                if "IMAP4REV2" not in self.enabled:  # RFC 9051 has no \Recent
+                    self.emit(r.untagged(b"%d RECENT" % len(sel.recent)))
         elif allow_expunge and sel.pending_expunge:
             self._expunge_pending()
+
+    async def _take_recent(self, sel: Selected, uids: list[int], watermark: int) -> None:
+        """Which of the newly seen `uids` are \\Recent for this session (RFC 3501 §2.3.2):
+        a read-write session takes those no session has been told of (the folder's
+        watermark moves past them, so no other session sees them as recent); a
+        read-only one (EXAMINE) shows them as recent without taking them."""
+        top = max(uids)
+        if sel.read_only:
+            first = watermark
+        else:
+            first = await self.service.claim_recent(sel.folder.id, top + 1, watermark)
+        sel.recent.update(u for u in uids if u >= first)
 
     def _expunge_pending(self) -> None:
         sel = self.selected
@@ -425,5 +477,6 @@ class Session:
         seq = sel.seq_of(uid)
         del sel.uids[seq - 1]
         del sel.flags[uid]
+        sel.recent.discard(uid)
         sel.pending_expunge.discard(uid)
         self.emit(r.untagged(b"%d EXPUNGE" % seq))

@@ -9,6 +9,7 @@ plain data for sections) and does no I/O.
 from __future__ import annotations
 
 import binascii
+import functools
 from collections.abc import Iterator
 from typing import Final
 
@@ -275,6 +276,35 @@ def _flush(tokens: list[tuple[int, str]], out: list[Address]) -> None:
         return
     # RFC 3501: a NIL host means group syntax, so a mailbox without domain gets "".
     out.append((name, adl, local, host or ""))
+
+
+@functools.lru_cache(maxsize=65536)
+def address_search_text(value: str) -> str:
+    """An address header as SEARCH FROM/TO/CC/BCC looks into it (RFC 3501 §6.4.4 leaves
+    the matching to the server): each address written again as ``Name <local@domain>``
+    (``local@domain`` without a name), the name RFC 2047-decoded (a comment stands for
+    it when there is none, as in ``user@host (Name)``), a group as ``group: a, b;``.
+
+    A search string then matches the whole address, its local part, its domain or its
+    display name, whatever the header's own spelling (comments, angle brackets,
+    folding): Dovecot rewrites address headers the same way before matching.
+    """
+    out: list[str] = []
+    pending_sep = ""
+    for name, _adl, mailbox, host in parse_addresses(value):
+        if host is None:
+            if mailbox is not None:  # group start
+                out.append(f"{pending_sep}{decode_words(mailbox)}: ")
+                pending_sep = ""
+            else:  # group end
+                out.append(";")
+                pending_sep = ", "
+            continue
+        spec = f"{mailbox}@{host}" if host else mailbox or ""
+        text_ = f"{decode_words(name)} <{spec}>" if name else spec
+        out.append(pending_sep + text_)
+        pending_sep = ", "
+    return "".join(out)
 
 
 # ---------------------------------------------------------------- BODY / BODYSTRUCTURE

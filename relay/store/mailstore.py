@@ -38,7 +38,7 @@ from relay.audit.events import AuditEvent
 from relay.errors import StoreError
 from relay.message.analysis import MessageMeta
 from relay.store import schema as t
-from relay.store.store import Store, TxContext
+from relay.store.store import Store, TxContext, offset_minutes
 
 SEEN = "\\Seen"
 DELETED = "\\Deleted"
@@ -64,6 +64,7 @@ class FolderInfo:
     uidnext: int
     highestmodseq: int
     special_use: str | None
+    recent_uid: int = 1  # RFC 3501 §2.3.2: messages from this UID on are still \Recent
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ class Changes:
     # (uid, modseq of its removal), in UID order: lets one change set serve every
     # session whose MODSEQ is at or above the one it was read for (`since`).
     expunged_at: tuple[tuple[int, int], ...] = ()
+    recent_uid: int = 1  # the folder's \Recent watermark when this was read
 
     def since(self, modseq: int) -> Changes:
         """The part of this change set above `modseq` (read for a lower or equal one)."""
@@ -107,12 +109,14 @@ class Changes:
             changed=tuple(f for f in self.changed if f.modseq > modseq),
             expunged=tuple(u for u, _ in gone),
             expunged_at=gone,
+            recent_uid=self.recent_uid,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class FolderStatus:
     messages: int
+    recent: int
     unseen: int
     uidnext: int
     uidvalidity: int
@@ -148,6 +152,13 @@ def format_flags(flags: Iterable[str]) -> str:
 def _aware(value: dt.datetime) -> dt.datetime:
     # SQLite gives naive datetimes back; only UTC is ever stored.
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def internal_date(instant: dt.datetime, offset: int) -> dt.datetime:
+    """A stored INTERNALDATE (instant, zone offset) as the aware datetime it was given
+    as: RFC 3501 §6.3.11 keeps both the instant and the zone of APPEND's date-time."""
+    zone = dt.timezone(dt.timedelta(minutes=offset)) if offset else dt.UTC
+    return _aware(instant).astimezone(zone)
 
 
 def apply_mode(current: frozenset[str], mode: str, flags: frozenset[str]) -> frozenset[str]:
@@ -251,10 +262,11 @@ class MailStore:
             changed=tuple(self._flagged(r, person) for r in rows),
             expunged=tuple(sorted(int(r.uid) for r in gone)),
             expunged_at=tuple(sorted((int(r.uid), int(r.modseq)) for r in gone)),
+            recent_uid=int(head.recent_uid),
         )
 
     async def status(self, folder_id: int, person: str | None) -> FolderStatus:
-        async def read(conn: AsyncConnection) -> tuple[Any, Any, Any, Any]:
+        async def read(conn: AsyncConnection) -> tuple[Any, Any, Any, Any, Any]:
             head = (
                 await conn.execute(select(t.folders).where(t.folders.c.id == folder_id))
             ).one_or_none()
@@ -267,6 +279,16 @@ class MailStore:
                     )
                 )
             ).one()
+            recent = (
+                await conn.execute(
+                    select(func.count()).where(
+                        and_(
+                            t.messages.c.folder_id == folder_id,
+                            t.messages.c.uid >= head.recent_uid,
+                        )
+                    )
+                )
+            ).scalar_one()
             if person is None:
                 seen = (
                     await conn.execute(
@@ -288,11 +310,12 @@ class MailStore:
                         .where(and_(t.messages.c.folder_id == folder_id, t.seen.c.person == person))
                     )
                 ).scalar_one()
-            return head, count, size, seen
+            return head, count, size, seen, recent
 
-        head, count, size, seen = await self.store.read(read)
+        head, count, size, seen, recent = await self.store.read(read)
         return FolderStatus(
             messages=int(count),
+            recent=int(recent),
             unseen=int(count) - int(seen),
             uidnext=int(head.uidnext),
             uidvalidity=int(head.uidvalidity),
@@ -309,6 +332,7 @@ class MailStore:
             t.messages.c.blob_id,
             t.messages.c.size,
             t.messages.c.internal_date,
+            t.messages.c.internal_offset,
             t.messages.c.message_id,
         )
         stmt = cols.where(t.messages.c.folder_id == folder_id)
@@ -320,7 +344,11 @@ class MailStore:
         rows = await self.store.read(_all(stmt))
         return {
             int(r.uid): MessageRow(
-                int(r.uid), r.blob_id, int(r.size), _aware(r.internal_date), r.message_id
+                int(r.uid),
+                r.blob_id,
+                int(r.size),
+                internal_date(r.internal_date, int(r.internal_offset)),
+                r.message_id,
             )
             for r in rows
             if int(r.uid) in wanted
@@ -379,7 +407,11 @@ class MailStore:
             if uid not in wanted:
                 continue
             rows[uid] = MessageRow(
-                uid, r.blob_id, int(r.size), _aware(r.internal_date), r.message_id
+                uid,
+                r.blob_id,
+                int(r.size),
+                internal_date(r.internal_date, int(r.internal_offset)),
+                r.message_id,
             )
             if raw:
                 metas[r.blob_id] = self._meta(r.blob_id, bytes(r.meta))
@@ -587,6 +619,7 @@ class MailStore:
                             t.messages.c.id,
                             t.messages.c.blob_id,
                             t.messages.c.internal_date,
+                            t.messages.c.internal_offset,
                             t.messages.c.size,
                             t.messages.c.message_id,
                         ).where(t.messages.c.id.in_([c[0] for c in current]))
@@ -606,6 +639,7 @@ class MailStore:
                         "modseq": modseq,
                         "blob_id": r.blob_id,
                         "internal_date": r.internal_date,
+                        "internal_offset": r.internal_offset,
                         "size": r.size,
                         "flags": format_flags(flags - {SEEN} if dest_person else flags),
                         "message_id": r.message_id,
@@ -677,7 +711,9 @@ class MailStore:
                     uid=uid,
                     modseq=modseq,
                     blob_id=blob_id,
-                    internal_date=internal_date,
+                    # The instant in UTC (SQLite keeps no zone) and the zone apart.
+                    internal_date=internal_date.astimezone(dt.UTC),
+                    internal_offset=offset_minutes(internal_date),
                     size=len(raw),
                     flags=format_flags(flags - {SEEN} if person else flags),
                     message_id=meta.message_id,
@@ -717,60 +753,78 @@ class MailStore:
     async def create_folder(
         self, box: str, name: str, special_use: str | None, event: AuditEvent
     ) -> None:
+        """CREATE (RFC 3501 §6.3.3): the folder and, as the RFC asks, any missing
+        superior name (``a/b/c`` creates ``a`` and ``a/b``). FolderExists if `name` is
+        taken. One transaction with the audit event."""
+
         async def unit(conn: AsyncConnection, ctx: TxContext) -> None:
-            box_id = (
-                await conn.execute(
-                    select(t.mailboxes.c.id).where(t.mailboxes.c.address == box.lower())
-                )
-            ).scalar_one_or_none()
-            if box_id is None:
-                raise FolderMissing(f"no box {box}")
-            existing = (
-                await conn.execute(
-                    select(t.folders.c.id).where(
-                        and_(t.folders.c.mailbox_id == box_id, t.folders.c.name == name)
-                    )
-                )
-            ).one_or_none()
-            if existing is not None:
+            box_id = await self._box_id(conn, box)
+            existing = await self._folder_names(conn, box_id)
+            if name in existing:
                 raise FolderExists(name)
-            # UIDVALIDITY (RFC 3501 §2.3.1.1): a folder deleted and created again under
-            # the same name must not reuse a value, even within the same second.
-            top = (
-                await conn.execute(
-                    select(func.max(t.folders.c.uidvalidity)).where(
-                        t.folders.c.mailbox_id == box_id
-                    )
-                )
-            ).scalar_one_or_none()
-            uidvalidity = max(int(self.store.clock().timestamp()) % 2**31, int(top or 0) + 1)
-            res = await conn.execute(
-                insert(t.folders).values(
-                    mailbox_id=box_id,
-                    name=name,
-                    uidvalidity=uidvalidity,
-                    uidnext=1,
-                    highestmodseq=1,
-                    special_use=special_use,
-                )
-            )
+            created: list[tuple[str, int, str | None]] = []
+            for parent in _superiors(name):
+                if parent not in existing:
+                    fid = await self.store.create_folder_row(conn, box_id, parent, None)
+                    created.append((parent, fid, None))
+            fid = await self.store.create_folder_row(conn, box_id, name, special_use)
+            created.append((name, fid, special_use))
             ctx.audit(event)
             if await _is_mirrored(conn, box):
-                assert res.inserted_primary_key is not None
-                folder_id = int(res.inserted_primary_key[0])
-                ctx.touch(folder_id)
-                await _journal(
-                    conn,
-                    self.store.clock(),
-                    box.lower(),
-                    "create",
-                    folder_id,
-                    {"special_use": special_use},
-                    event,
-                    folder=name,
-                )
+                # Each folder made here (the parents too) is made at the operator.
+                for folder_name, folder_id, special in created:
+                    ctx.touch(folder_id)
+                    await _journal(
+                        conn,
+                        self.store.clock(),
+                        box.lower(),
+                        "create",
+                        folder_id,
+                        {"special_use": special},
+                        event,
+                        folder=folder_name,
+                    )
 
         await self.store.transact(unit)
+
+    @staticmethod
+    async def _box_id(conn: AsyncConnection, box: str) -> int:
+        box_id = (
+            await conn.execute(select(t.mailboxes.c.id).where(t.mailboxes.c.address == box.lower()))
+        ).scalar_one_or_none()
+        if box_id is None:
+            raise FolderMissing(f"no box {box}")
+        return int(box_id)
+
+    @staticmethod
+    async def _folder_names(conn: AsyncConnection, box_id: int) -> dict[str, int]:
+        return {
+            r.name: int(r.id)
+            for r in await conn.execute(
+                select(t.folders.c.name, t.folders.c.id).where(t.folders.c.mailbox_id == box_id)
+            )
+        }
+
+    async def claim_recent(self, folder_id: int, upto: int) -> int:
+        """Take, for the calling session, the \\Recent of every message below UID
+        `upto` that no session has taken yet (RFC 3501 §2.3.2: exactly one session sees
+        a new message as recent). Returns the watermark found: the caller's recent
+        messages are those from it up to `upto` (none if it is at or above `upto`)."""
+
+        async def unit(conn: AsyncConnection, ctx: TxContext) -> int:
+            stmt = select(t.folders.c.recent_uid).where(t.folders.c.id == folder_id)
+            if self.store.dialect == "postgresql":
+                stmt = stmt.with_for_update()  # SQLite: the one writer serialises this
+            before = (await conn.execute(stmt)).scalar_one_or_none()
+            if before is None:
+                raise FolderMissing("folder deleted")
+            if int(before) < upto:
+                await conn.execute(
+                    update(t.folders).where(t.folders.c.id == folder_id).values(recent_uid=upto)
+                )
+            return int(before)
+
+        return await self.store.transact(unit)
 
     async def delete_folder(self, box: str, name: str, event: AuditEvent) -> None:
         async def unit(conn: AsyncConnection, ctx: TxContext) -> None:
@@ -804,29 +858,27 @@ class MailStore:
         self.store.forget_folder(box, name)
 
     async def rename_folder(self, box: str, old: str, new: str, event: AuditEvent) -> None:
-        """Rename a folder and its children (``old/x`` → ``new/x``), RFC 3501 §6.3.5."""
+        """Rename a folder and its children (``old/x`` → ``new/x``), creating the
+        missing superiors of `new` (RFC 3501 §6.3.5). FolderExists if a name is taken."""
 
         async def unit(conn: AsyncConnection, ctx: TxContext) -> list[str]:
             info = await self._folder_in(conn, box, old)
             box_id = (
                 await conn.execute(select(t.folders.c.mailbox_id).where(t.folders.c.id == info.id))
             ).scalar_one()
-            names = {
-                r.name: int(r.id)
-                for r in await conn.execute(
-                    select(t.folders.c.name, t.folders.c.id).where(t.folders.c.mailbox_id == box_id)
-                )
-            }
-            if new in names:
-                raise FolderExists(new)
+            names = await self._folder_names(conn, box_id)
             moved = [n for n in names if n == old or n.startswith(old + "/")]
+            renamed = {n: new + n[len(old) :] for n in moved}
+            if any(target in names for target in renamed.values()):
+                raise FolderExists(new)
             for n in moved:
                 await conn.execute(
-                    update(t.folders)
-                    .where(t.folders.c.id == names[n])
-                    .values(name=new + n[len(old) :])
+                    update(t.folders).where(t.folders.c.id == names[n]).values(name=renamed[n])
                 )
                 ctx.touch(names[n])
+            for parent in _superiors(new):
+                if parent not in names:
+                    await self.store.create_folder_row(conn, box_id, parent, None)
             ctx.audit(event)
             if await _is_mirrored(conn, box):
                 await _journal(
@@ -874,6 +926,13 @@ class MailStore:
         await self.store.transact(unit)
 
 
+def _superiors(name: str) -> list[str]:
+    """The hierarchy names above `name`, outermost first: ``a/b/c`` → ``a``, ``a/b``
+    (``/`` is the hierarchy delimiter of every box, `relay.imap.names`)."""
+    parts = name.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def _all(
     stmt: Any, params: dict[str, Any] | None = None
 ) -> Callable[[AsyncConnection], Coroutine[Any, Any, Sequence[Any]]]:
@@ -888,7 +947,7 @@ def _all(
 # Hot statements, built once with bound parameters (building a statement costs more
 # than running it from SQLAlchemy's compiled cache).
 
-_HEAD = select(t.folders.c.highestmodseq, t.folders.c.uidnext).where(
+_HEAD = select(t.folders.c.highestmodseq, t.folders.c.uidnext, t.folders.c.recent_uid).where(
     t.folders.c.id == bindparam("folder_id")
 )
 _GONE = select(t.expunged.c.uid, t.expunged.c.modseq).where(
@@ -964,6 +1023,7 @@ def _fetch_stmt(raw: bool, by_range: bool) -> Any:
         t.messages.c.blob_id,
         t.messages.c.size,
         t.messages.c.internal_date,
+        t.messages.c.internal_offset,
         t.messages.c.message_id,
     ]
     if not raw:
@@ -992,6 +1052,7 @@ def _folder(r: Any) -> FolderInfo:
         uidnext=int(r.uidnext),
         highestmodseq=int(r.highestmodseq),
         special_use=r.special_use,
+        recent_uid=int(r.recent_uid),
     )
 
 

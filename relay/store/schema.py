@@ -37,6 +37,9 @@ mailboxes = Table(
     Column("id", Integer, primary_key=True),
     Column("address", String(320), nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The newest UIDVALIDITY given to a folder of this box, deleted ones included: a
+    # folder deleted and created again gets a new one (RFC 3501 §2.3.1.1).
+    Column("last_uidvalidity", BigInteger, nullable=False, server_default="0"),
 )
 
 folders = Table(
@@ -49,6 +52,10 @@ folders = Table(
     Column("uidnext", BigInteger, nullable=False),
     Column("highestmodseq", BigInteger, nullable=False),
     Column("special_use", String(32)),
+    # RFC 3501 §2.3.2 \Recent: the first UID no session has been told of yet. The
+    # session that moves it past a message (SELECT, or the first to see it arrive
+    # while selected read-write) is the one that sees that message as \Recent.
+    Column("recent_uid", BigInteger, nullable=False, server_default="1"),
     UniqueConstraint("mailbox_id", "name", name="uq_folders_mailbox_name"),
 )
 
@@ -75,6 +82,9 @@ messages = Table(
     Column("modseq", BigInteger, nullable=False),
     Column("blob_id", String(32), ForeignKey("blobs.id"), nullable=False),
     Column("internal_date", DateTime(timezone=True), nullable=False),
+    # The zone the INTERNALDATE was given in (APPEND, RFC 3501 §6.3.11), in minutes
+    # east of UTC; `internal_date` holds the instant.
+    Column("internal_offset", Integer, nullable=False, server_default="0"),
     Column("size", Integer, nullable=False),
     # System flags and keywords, space separated; `\Seen` lives here only for boxes with
     # shared \Seen; per-person \Seen is in `seen`.

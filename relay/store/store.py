@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
 import structlog
-from sqlalchemy import and_, create_engine, delete, event, insert, select, text, update
+from sqlalchemy import and_, case, create_engine, delete, event, insert, select, text, update
 from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
@@ -610,16 +610,30 @@ class Store:
                 }
                 for name, special in DEFAULT_FOLDERS:
                     if name not in names:
-                        await self._create_folder(conn, box_id, name, special)
+                        await self.create_folder_row(conn, box_id, name, special)
 
         await self.transact(unit)
 
-    async def _create_folder(
+    async def create_folder_row(
         self, conn: AsyncConnection, box_id: int, name: str, special: str | None
     ) -> int:
-        # UIDVALIDITY: RFC 3501 §2.3.1.1 — must change if UIDs are reused; a
-        # creation-time stamp plus randomness never repeats for a name in practice.
-        uidvalidity = int(self.clock().timestamp()) % 2**31 or 1
+        """Insert a folder of box `box_id`; its id. Inside the caller's transaction.
+
+        UIDVALIDITY (RFC 3501 §2.3.1.1) must never repeat for a name whose UIDs start
+        again: it is the creation second, but always above the box's newest value
+        (`mailboxes.last_uidvalidity`, kept across deletions), so a folder deleted and
+        created again within the same second still gets a new one.
+        """
+        now = int(self.clock().timestamp()) % 2**31
+        following = t.mailboxes.c.last_uidvalidity + 1
+        uidvalidity = (
+            await conn.execute(
+                update(t.mailboxes)
+                .where(t.mailboxes.c.id == box_id)
+                .values(last_uidvalidity=case((following > now, following), else_=now))
+                .returning(t.mailboxes.c.last_uidvalidity)
+            )
+        ).scalar_one()  # one statement: concurrent creations in a box queue on its row
         res = await conn.execute(
             insert(t.folders).values(
                 mailbox_id=box_id,
@@ -627,6 +641,7 @@ class Store:
                 uidvalidity=uidvalidity,
                 uidnext=1,
                 highestmodseq=1,
+                recent_uid=1,
                 special_use=special,
             )
         )
@@ -700,7 +715,8 @@ class Store:
                         "uid": uid,
                         "modseq": modseq,
                         "blob_id": blob_id,
-                        "internal_date": a.internal_date or now,
+                        "internal_date": (a.internal_date or now).astimezone(dt.UTC),
+                        "internal_offset": offset_minutes(a.internal_date or now),
                         "size": size,
                         "flags": a.flags,
                         "message_id": a.message_id,
@@ -940,6 +956,14 @@ def _iso(value: dt.datetime) -> str:
     if value.tzinfo is None:
         raise ValueError("timezone-aware datetime required")
     return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def offset_minutes(value: dt.datetime) -> int:
+    """Minutes east of UTC of an aware datetime (the `internal_offset` column)."""
+    offset = value.utcoffset()
+    if offset is None:
+        raise ValueError("naive datetime")
+    return int(offset.total_seconds()) // 60
 
 
 def _aware(value: dt.datetime) -> dt.datetime:

@@ -48,7 +48,8 @@ async def test_aioimaplib_reads_and_idles_on_the_shared_box(daemon: RunningDaemo
 
         await asyncio.to_thread(martin_flags)
         pushed = await client.wait_server_push(timeout=5)
-        assert b"1 FETCH (FLAGS (\\Flagged) UID 1)" in pushed
+        # dupont selected first: the messages are \Recent for her session only.
+        assert b"1 FETCH (FLAGS (\\Recent \\Flagged) UID 1)" in pushed
         client.idle_done()
         done = await asyncio.wait_for(idle, 5)
         assert done.result == "OK"

@@ -30,19 +30,21 @@ async def test_coholders_see_each_others_flags_through_idle(daemon: RunningDaemo
     await asyncio.to_thread(martin_works)
     pushed = await asyncio.to_thread(watcher.until, b"* 3 EXPUNGE", 5.0)
     flags = [x for x in watcher.seen if b"FETCH" in x]
-    assert flags[0] == b"* 2 FETCH (FLAGS (\\Answered \\Flagged) UID 2)"
-    assert flags[1] == b"* 3 FETCH (FLAGS (\\Deleted) UID 3)"
+    # dupont selected first: the three messages are \Recent in her session only.
+    assert flags[0] == b"* 2 FETCH (FLAGS (\\Recent \\Answered \\Flagged) UID 2)"
+    assert flags[1] == b"* 3 FETCH (FLAGS (\\Recent \\Deleted) UID 3)"
     del pushed
     # a new message arrives (SMTP or the store): EXISTS is pushed too
     await deliver(daemon.store, SHARED, [letter(4)])
     assert await asyncio.to_thread(watcher.until, b"* 3 EXISTS", 5.0)
+    assert await asyncio.to_thread(watcher.line) == b"* 3 RECENT"
     await asyncio.to_thread(watcher.send, b"DONE")
     assert (await asyncio.to_thread(watcher.until, b"i ")).startswith(b"i OK")
     untagged, _ = await asyncio.to_thread(watcher.command, "f", "UID FETCH 1:* (UID FLAGS)")
     assert untagged == [
-        b"* 1 FETCH (UID 1 FLAGS ())",
-        b"* 2 FETCH (UID 2 FLAGS (\\Answered \\Flagged))",
-        b"* 3 FETCH (UID 4 FLAGS ())",
+        b"* 1 FETCH (UID 1 FLAGS (\\Recent))",
+        b"* 2 FETCH (UID 2 FLAGS (\\Recent \\Answered \\Flagged))",
+        b"* 3 FETCH (UID 4 FLAGS (\\Recent))",
     ]
     watcher.close()
 

@@ -23,7 +23,6 @@ from relay.imap.session import Selected, Session
 Result: TypeAlias = "tuple[str, r.ResponseCode | r.Code | None] | None"
 Handler: TypeAlias = Callable[[Session, Any], Awaitable[Result]]
 
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 RAW_BATCH = 50  # messages whose bytes are decrypted at once (bounds memory)
 
 
@@ -142,8 +141,11 @@ def who(s: Session, box: str, request: str) -> dict[str, Any]:
 
 
 def mailbox_name(raw: str) -> str:
+    """A client's mailbox name, INBOX normalised. A name that is not valid modified
+    UTF-7 is still a valid astring (``&'+,-`` are atom characters): it names no
+    mailbox there can be, so NO, not BAD (as Dovecot answers)."""
     if decode_mailbox_name(raw) is None:
-        raise ClientBug("Invalid mailbox name encoding (RFC 3501 §5.1.3)")
+        raise Cannot("Mailbox name is not valid modified UTF-7 (RFC 3501 §5.1.3)")
     return names.normalise(raw)
 
 

@@ -17,7 +17,7 @@ from relay.imap.handlers.common import (
     traced,
     who,
 )
-from relay.imap.session import Session
+from relay.imap.session import Selected, Session
 from relay.message.analysis import MessageMeta
 from relay.message.imapview import (
     binary_section,
@@ -27,7 +27,7 @@ from relay.message.imapview import (
     partial,
     section,
 )
-from relay.store.mailstore import SEEN, Flagged, MessageRow
+from relay.store.mailstore import SEEN, MessageRow
 
 _ROW_ITEMS = frozenset(
     {
@@ -81,18 +81,18 @@ def _literal(data: bytes, binary: bool = False) -> bytes:
 def _render(
     a: c.FetchAttr,
     uid: int,
-    f: Flagged,
+    sel: Selected,
     row: MessageRow | None,
     meta: MessageMeta | None,
     raw: bytes | None,
 ) -> bytes:
     item = a.item
     if item is c.FetchItem.FLAGS:
-        return b"FLAGS " + r.flag_list(sorted(f.flags))
+        return b"FLAGS " + sel.flag_list(uid)
     if item is c.FetchItem.UID:
         return b"UID %d" % uid
     if item is c.FetchItem.MODSEQ:
-        return b"MODSEQ (%d)" % f.modseq
+        return b"MODSEQ (%d)" % sel.flags[uid].modseq
     assert row is not None
     if item is c.FetchItem.INTERNALDATE:
         return b"INTERNALDATE " + r.date_time(row.internal_date).encode()
@@ -141,8 +141,9 @@ async def h_fetch(s: Session, cmd: c.Fetch) -> Result:
     kinds = {a.item for a in attrs}
     if cmd.uid and c.FetchItem.UID not in kinds:
         attrs.insert(0, c.FetchAttr(c.FetchItem.UID))  # RFC 3501 §6.4.8
+    if cmd.changed_since is not None or c.FetchItem.MODSEQ in kinds:
+        s.enable_condstore()  # RFC 7162 §3.1: FETCH MODSEQ / CHANGEDSINCE enable it
     if cmd.changed_since is not None:
-        s.enabled.add("CONDSTORE")
         uids = [u for u in uids if sel.flags[u].modseq > cmd.changed_since]
         if c.FetchItem.MODSEQ not in kinds:
             attrs.append(c.FetchAttr(c.FetchItem.MODSEQ))
@@ -157,7 +158,7 @@ async def h_fetch(s: Session, cmd: c.Fetch) -> Result:
                 sel.folder.id, unseen, "+FLAGS", frozenset({SEEN}), person=sel.seen_person
             )
             for f in res.changed:
-                sel.flags[f.uid] = f
+                s.update_flags(f)
             if c.FetchItem.FLAGS not in kinds:
                 attrs.append(c.FetchAttr(c.FetchItem.FLAGS))
     rows: dict[int, MessageRow] = {}
@@ -196,8 +197,7 @@ async def h_fetch(s: Session, cmd: c.Fetch) -> Result:
                 continue  # expunged by another session; its EXPUNGE comes later
             meta = metas.get(row.blob_id) if row is not None else None
             raw = raws.get(row.blob_id) if row is not None else None
-            f = sel.flags[uid]
-            body = b" ".join(_render(a, uid, f, row, meta, raw) for a in attrs)
+            body = b" ".join(_render(a, uid, sel, row, meta, raw) for a in attrs)
             s.emit(b"* %d FETCH (" % sel.seq_of(uid) + body + b")\r\n")
         await s.flush_if_large()
     return f"{'UID ' if cmd.uid else ''}FETCH completed", None

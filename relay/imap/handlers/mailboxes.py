@@ -9,10 +9,10 @@ from collections.abc import Iterable
 
 from relay.audit.events import ImapFolderChanged, ImapSelected
 from relay.imap import commands as c
-from relay.imap import names
+from relay.imap import listing, names
 from relay.imap import response as r
+from relay.imap.flags import MailboxFlags, permanent_system_flags
 from relay.imap.handlers.common import (
-    SYSTEM_FLAGS,
     AlreadyExists,
     Cannot,
     ImapError,
@@ -60,6 +60,16 @@ async def select_folder(s: Session, cmd: c.Select | c.Examine) -> Result:
                 answer="OK",
             ),
         )
+    if read_only:
+        first_recent = folder.recent_uid  # EXAMINE shows \Recent without taking it
+    else:
+        first_recent = await s.service.claim_recent(folder.id, folder.uidnext, folder.recent_uid)
+    # FLAGS lists the keywords in use, so none reaches the client unannounced.
+    mailbox_flags = MailboxFlags(
+        permanent=() if read_only else permanent_system_flags(have),
+        new_keywords=not read_only and "w" in have,
+    )
+    mailbox_flags.learn(f for m in flagged for f in m.flags)
     sel = Selected(
         target=target,
         name=names.display(target, view(s)),
@@ -69,16 +79,17 @@ async def select_folder(s: Session, cmd: c.Select | c.Examine) -> Result:
         uids=[f.uid for f in flagged],
         flags={f.uid: f for f in flagged},
         highestmodseq=folder.highestmodseq,
+        mailbox_flags=mailbox_flags,
+        recent={f.uid for f in flagged if f.uid >= first_recent},
     )
     s.select(sel)
     if cmd.condstore:
         s.enabled.add("CONDSTORE")
-    permanent = [f for f, ch in (("\\Seen", "s"), ("\\Deleted", "t")) if ch in have]
-    if "w" in have:
-        permanent += ["\\Answered", "\\Flagged", "\\Draft"]
-    s.emit(r.untagged(b"FLAGS " + r.flag_list(SYSTEM_FLAGS)))
+    flags_line, permanent_line = mailbox_flags.responses()
+    s.emit(flags_line)
     s.emit(r.untagged(b"%d EXISTS" % len(sel.uids)))
-    s.emit(r.untagged(b"0 RECENT"))
+    if "IMAP4REV2" not in s.enabled:  # RFC 9051 §6.3.2 drops RECENT
+        s.emit(r.untagged(b"%d RECENT" % len(sel.recent)))
     first_unseen = next(
         (i + 1 for i, u in enumerate(sel.uids) if SEEN not in sel.flags[u].flags), 0
     )
@@ -86,15 +97,7 @@ async def select_folder(s: Session, cmd: c.Select | c.Examine) -> Result:
         s.emit(r.untagged_status(r.Status.OK, "First unseen", r.unseen(first_unseen)))
     s.emit(r.untagged_status(r.Status.OK, "UIDs valid", r.uidvalidity(folder.uidvalidity)))
     s.emit(r.untagged_status(r.Status.OK, "Predicted next UID", r.uidnext(folder.uidnext)))
-    s.emit(
-        r.untagged_status(
-            r.Status.OK,
-            "Limited" if read_only else "Flags permitted",
-            r.permanentflags(
-                [] if read_only else permanent, keywords=not read_only and "w" in have
-            ),
-        )
-    )
+    s.emit(permanent_line)
     s.emit(r.untagged_status(r.Status.OK, "Highest", r.highestmodseq(folder.highestmodseq)))
     code = r.ResponseCode.READ_ONLY if read_only else r.ResponseCode.READ_WRITE
     return f"{cmd.name} completed", code
@@ -159,6 +162,8 @@ async def h_rename(s: Session, cmd: c.Rename) -> Result:
         raise Cannot("Folders can only be renamed within the same box")
     if source.folder == "INBOX":
         raise Cannot("INBOX cannot be renamed")
+    if dest.folder.startswith(source.folder + names.DELIMITER):
+        raise Cannot("A folder cannot be moved inside itself")
     need(s, source, "x", "rename folders")
     need(s, dest, "k", "create folders")
     try:
@@ -187,65 +192,70 @@ async def h_subscribe(s: Session, cmd: c.Subscribe | c.Unsubscribe) -> Result:
     return f"{cmd.name} completed", None
 
 
-async def _visible(s: Session) -> list[tuple[str, Target | None, str | None]]:
-    """Every name the person can LIST: (name, target or None for a node, special-use)."""
+async def _visible(s: Session) -> dict[str, tuple[listing.Mailbox, Target | None]]:
+    """Every name the person can LIST, with its folder (None for a hierarchy node)."""
     v = view(s)
-    out: list[tuple[str, Target | None, str | None]] = []
+    out: dict[str, tuple[listing.Mailbox, Target | None]] = {}
     for f in await s.service.mail.folders(list(v.boxes())):
         t = Target(f.box, f.name)
         if "l" in rights(s, t):
-            out.append((names.display(t, v), t, f.special_use))
-    out += [(n, None, None) for n in names.hierarchy_nodes(v)]
-    out.sort(key=lambda x: (x[0] != "INBOX", x[0]))
+            name = names.display(t, v)
+            out[name] = (listing.Mailbox(name, special_use=f.special_use), t)
+    for node in names.hierarchy_nodes(v):
+        out[node] = (listing.Mailbox(node, listing.Kind.NODE), None)
+    return out
+
+
+async def _subscribed(s: Session) -> dict[str, Target]:
+    """The person's subscriptions in the boxes they see now, by display name (they may
+    name folders that no longer exist: RFC 3501 §6.3.6 keeps them)."""
+    assert s.principal is not None
+    v = view(s)
+    boxes = set(v.boxes())
+    out: dict[str, Target] = {}
+    for box, folder in await s.service.mail.subscriptions(s.principal.person_id):
+        if box in boxes:
+            t = Target(box, folder)
+            out[names.display(t, v)] = t
     return out
 
 
 async def h_list(s: Session, cmd: c.List | c.Lsub) -> Result:
-    assert s.principal is not None
-    lsub = isinstance(cmd, c.Lsub)
-    patterns = (cmd.pattern,) if isinstance(cmd, c.Lsub) else cmd.patterns
-    if not lsub and len(patterns) == 1 and patterns[0] == "":
+    if isinstance(cmd, c.List) and len(cmd.patterns) == 1 and cmd.patterns[0] == "":
         # RFC 3501 §6.3.8: the delimiter and the root of the reference.
         s.emit(r.untagged(b'LIST (\\Noselect) "/" ""'))
         return "LIST completed", None
-    selection = frozenset() if isinstance(cmd, c.Lsub) else cmd.selection
-    returns = frozenset() if isinstance(cmd, c.Lsub) else cmd.return_options
-    want_subscribed = lsub or c.ListSelect.SUBSCRIBED in selection
-    subscribed: set[tuple[str, str]] = set()
-    if want_subscribed or c.ListReturn.SUBSCRIBED in returns:
-        subscribed = await s.service.mail.subscriptions(s.principal.person_id)
-    special_only = c.ListSelect.SPECIAL_USE in selection
-    regexes = [names.pattern(cmd.reference, p) for p in patterns]
     visible = await _visible(s)
-    all_names = [n for n, _, _ in visible]
-    verb = b"LSUB" if lsub else b"LIST"
-    for name, target, special in visible:
-        if not any(rx.fullmatch(name) for rx in regexes):
-            continue
-        is_sub = target is not None and (target.box, target.folder) in subscribed
-        if want_subscribed and not is_sub:
-            continue
-        if special_only and special is None:
-            continue
-        attrs: list[str] = []
-        if target is None:
-            attrs.append("\\Noselect")
-        if not lsub:
-            attrs.append(
-                "\\HasChildren" if names.has_children(name, all_names) else "\\HasNoChildren"
-            )
-            if special:
-                attrs.append(special)
-            if is_sub and (want_subscribed or c.ListReturn.SUBSCRIBED in returns):
-                attrs.append("\\Subscribed")
-        s.emit(r.untagged(verb + b" " + r.flag_list(attrs) + b' "/" ' + r.quoted(name)))
+    boxes = [m for m, _ in visible.values()]
+    if isinstance(cmd, c.Lsub):
+        subscribed = await _subscribed(s)
+        answer = listing.lsub(boxes, subscribed, names.pattern(cmd.reference, cmd.pattern))
+        verb = b"LSUB"
+    else:
+        subscribed = {}
+        if (
+            c.ListSelect.SUBSCRIBED in cmd.selection
+            or c.ListReturn.SUBSCRIBED in cmd.return_options
+        ):
+            subscribed = await _subscribed(s)
+        regexes = [names.pattern(cmd.reference, p) for p in cmd.patterns]
+        answer = listing.list_mailboxes(
+            boxes, subscribed, regexes, cmd.selection, cmd.return_options
+        )
+        verb = b"LIST"
+    for item in answer:
+        line = verb + b" " + r.flag_list(item.attributes) + b' "/" ' + r.quoted(item.name)
+        if item.childinfo:
+            line += b' ("CHILDINFO" ("SUBSCRIBED"))'  # RFC 5258 §3.5
+        s.emit(r.untagged(line))
+        target = visible[item.name][1] if item.selectable else None
         if (
             isinstance(cmd, c.List)
             and cmd.return_status is not None
             and target is not None
             and "r" in rights(s, target)
         ):
-            await emit_status(s, name, target, cmd.return_status)
+            await emit_status(s, item.name, target, cmd.return_status)
     return f"{verb.decode()} completed", None
 
 
@@ -256,7 +266,7 @@ async def emit_status(s: Session, name: str, target: Target, attrs: Iterable[c.S
     st = await s.service.mail.status(folder.id, seen_person(s, target.box))
     values = {
         c.StatusAttr.MESSAGES: st.messages,
-        c.StatusAttr.RECENT: 0,
+        c.StatusAttr.RECENT: st.recent,
         c.StatusAttr.UIDNEXT: st.uidnext,
         c.StatusAttr.UIDVALIDITY: st.uidvalidity,
         c.StatusAttr.UNSEEN: st.unseen,

@@ -109,16 +109,18 @@ async def h_store(s: Session, cmd: c.Store) -> Result:
         event=event,
         keep=keep,
     )
+    if cmd.unchanged_since is not None:
+        s.enable_condstore()  # RFC 7162 §3.1
     for f in res.changed:
-        sel.flags[f.uid] = f
-    if not cmd.silent or cmd.unchanged_since is not None:
-        condstore = "CONDSTORE" in s.enabled or cmd.unchanged_since is not None
+        s.update_flags(f)
+    condstore = "CONDSTORE" in s.enabled
+    if not cmd.silent or condstore:
         modified = set(res.modified)
         for uid in uids:
             if uid in modified or uid not in sel.flags:
                 continue
             f = sel.flags[uid]
-            items = [] if cmd.silent else [b"FLAGS " + r.flag_list(sorted(f.flags))]
+            items = [] if cmd.silent else [b"FLAGS " + sel.flag_list(uid)]
             if cmd.uid:
                 items.append(b"UID %d" % uid)
             if condstore:
