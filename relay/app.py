@@ -171,6 +171,7 @@ class Daemon:
             return
         with contextlib.suppress(Exception):
             await runtime.store.record(DaemonStopped(reason=reason))
+        await runtime.issuer_keys.close()
         await runtime.store.close()
 
 

@@ -50,3 +50,29 @@ class AuthenticationFailed(ProtocolError):
 class TemporarilyLocked(ProtocolError):
     smtp = "454 4.7.0 Too many authentication failures, try again later"
     imap_code = "UNAVAILABLE"
+
+
+class MethodNotAllowed(AuthenticationFailed):
+    """The person or the box does not accept this login method (`auth.methods`).
+
+    Unlike a bad credential, the text is sent: it names the methods that are allowed,
+    so the person knows to use their card or their token instead.
+    """
+
+
+class TokenRejected(AuthenticationFailed):
+    """An access token was refused (RFC 7628 §3.2.2). `log_detail` says why (audited);
+    `status` is the error code sent in the SASL failure JSON (RFC 6750 §3.1, RFC 9470)."""
+
+    def __init__(self, reason: str, *, status: str = "invalid_token") -> None:
+        super().__init__("Authentication failed", log_detail=reason)
+        self.status = status
+
+
+class UnknownSigningKey(TokenRejected):
+    """The token names a key id (`kid`) the cached JWKS does not hold: the edge may
+    fetch the issuer's keys again (rotation) before refusing."""
+
+    def __init__(self, kid: str | None) -> None:
+        super().__init__(f"unknown signing key id {kid!r}")
+        self.kid = kid

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from relay.config.model import Config, ListenerConfig
 from relay.identity.auth import Authenticator
+from relay.identity.issuer import IssuerKeys
 from relay.metrics import Metrics
 from relay.policy.model import Policies
 from relay.store.store import Store
@@ -57,9 +58,13 @@ class Runtime:
     reload_hooks: list[Callable[[Config, Config], None]] = field(default_factory=list)
     policies: Policies = field(default_factory=Policies)
     authenticator: Authenticator = field(init=False)
+    issuer_keys: IssuerKeys = field(init=False)  # the token issuer's cached keys
 
     def __post_init__(self) -> None:
-        self.authenticator = Authenticator(lambda: self.config, today=self.today)
+        self.issuer_keys = IssuerKeys(lambda: self.config.issuer)
+        self.authenticator = Authenticator(
+            lambda: self.config, today=self.today, tokens=self.issuer_keys
+        )
 
     @property
     def metrics(self) -> Metrics:

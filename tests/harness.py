@@ -65,6 +65,8 @@ def write_config(
     extra: str = "",
     server_extra: str = "",
     today: dt.date | None = None,
+    shared_box_extra: str = "",
+    person_extra: dict[str, str] | None = None,
 ) -> Path:
     """The test config: martin (doctor, owner), dupont (secretary: read, flag, send),
     leroy (replacement: read only, valid now), ancien (former replacement whose window
@@ -74,6 +76,7 @@ def write_config(
     if storage.schema:
         storage_lines.append(f"schema = {_q(storage.schema)}")
     martin_cert = pki.fingerprints["person-martin"]
+    more = person_extra or {}
     text = f"""
 [server]
 hostname = "localhost"
@@ -121,12 +124,14 @@ rpps = "10001234567"
 profession = "médecin"
 password_hash = {_q(password_hash("martin"))}
 certificate_fingerprints = [{_q(martin_cert)}]
+{more.get("martin", "")}
 
 [[people]]
 id = "dupont"
 display_name = "Marie Dupont"
 profession = "secrétaire médicale"
 password_hash = {_q(password_hash("dupont"))}
+{more.get("dupont", "")}
 
 [[people]]
 id = "leroy"
@@ -134,6 +139,7 @@ display_name = "Dr Paul Leroy"
 rpps = "10009876543"
 profession = "médecin remplaçant"
 password_hash = {_q(password_hash("leroy"))}
+{more.get("leroy", "")}
 
 [[people]]
 id = "ancien"
@@ -147,6 +153,7 @@ type = "ORG"
 owner = "martin"
 responsible = "martin"
 seen = "per-person"
+{shared_box_extra}
 
 [[mailboxes.coholders]]
 person = "dupont"
@@ -239,10 +246,20 @@ async def start_daemon(
     limits: str = "",
     extra: str = "",
     server_extra: str = "",
+    shared_box_extra: str = "",
+    person_extra: dict[str, str] | None = None,
 ) -> RunningDaemon:
     ports = dict(zip(LISTENER_NAMES, free_ports(len(LISTENER_NAMES)), strict=True))
     path = write_config(
-        directory, pki, storage, ports, limits=limits, extra=extra, server_extra=server_extra
+        directory,
+        pki,
+        storage,
+        ports,
+        limits=limits,
+        extra=extra,
+        server_extra=server_extra,
+        shared_box_extra=shared_box_extra,
+        person_extra=person_extra,
     )
     daemon = Daemon(path, load_for_serving(path))
     runtime = await daemon.start()

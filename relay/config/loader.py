@@ -26,11 +26,14 @@ from typing import TypeVar
 from cryptography import x509
 
 from relay.config.model import (
+    ALL_METHODS,
+    AuthMethod,
     BoxType,
     Coholder,
     Config,
     Endpoint,
     HttpEndpoint,
+    IssuerConfig,
     Limits,
     ListenerConfig,
     ListenerKind,
@@ -630,6 +633,8 @@ def _read_people(r: _Reading) -> list[Person]:
         profession = t.string("profession")
         login = t.parsed("login", _login)
         password_hash = t.parsed("password_hash", _password_hash)
+        national_id = t.parsed("national_id", _national_id)
+        methods = _read_auth_methods(t)
         prints: set[str] = set()
         for key, text in t.strings("certificate_fingerprints") or ():
             value = t.parse_value(key, text, _fingerprint)
@@ -665,9 +670,38 @@ def _read_people(r: _Reading) -> list[Person]:
                 login=login or "",
                 password_hash=password_hash,
                 certificate_fingerprints=frozenset(prints),
+                auth_methods=methods,
+                national_id=national_id,
             )
         )
     return people
+
+
+def _national_id(text: str) -> str:
+    # Pro Santé Connect's national identifiers are short ASCII strings (RPPS-based:
+    # "8" + 11 digits; others carry a structure id and a "/"): to be confirmed against
+    # the issuer's documentation, so only the character set is checked.
+    if not re.fullmatch(r"[A-Za-z0-9/._-]{1,64}", text):
+        raise _Invalid("a national identifier is 1 to 64 letters, digits, '/', '.', '_' or '-'")
+    return text
+
+
+def _read_auth_methods(t: _Table) -> frozenset[AuthMethod]:
+    """`auth.methods = ["password", "certificate", "token"]`; every method when absent."""
+    a = t.table("auth")
+    items = a.strings("methods", nonempty=True)
+    a.finish()
+    if items is None:
+        return ALL_METHODS
+    methods: set[AuthMethod] = set()
+    for key, text in items:
+        method = a.choice_value(key, text, AuthMethod)
+        if method is None:
+            continue
+        if method in methods:
+            a.problem(key, f'"{method.value}" is listed twice')
+        methods.add(method)
+    return frozenset(methods) or ALL_METHODS
 
 
 def _read_coholders(t: _Table, known: dict[str, Person]) -> list[Coholder]:
@@ -789,6 +823,7 @@ def _read_mailboxes(r: _Reading, people: Sequence[Person]) -> list[tuple[Mailbox
         liste_rouge = t.boolean("liste_rouge", False)
         seen = t.choice("seen", SeenMode, default=SeenMode.SHARED)
         pharmacy = t.boolean("pharmacy", False)
+        methods = _read_auth_methods(t)
         coholders = _read_coholders(t, known)
         upstream = _read_upstream(r, t)
         t.finish()
@@ -823,6 +858,12 @@ def _read_mailboxes(r: _Reading, people: Sequence[Person]) -> list[tuple[Mailbox
                     t.key("owner"),
                     f"a {box_type} box needs an owner or a structure_id (FINESS or SIRET)",
                 )
+        if box_type is BoxType.APP and AuthMethod.CERTIFICATE not in methods:
+            t.problem(
+                t.key("auth.methods"),
+                "an APP box is used by practice software, which logs in with its client "
+                'certificate: keep "certificate" in its methods',
+            )
         if pharmacy and box_type not in (BoxType.ORG, BoxType.CAB, None):
             t.problem(
                 t.key("pharmacy"),
@@ -841,6 +882,7 @@ def _read_mailboxes(r: _Reading, people: Sequence[Person]) -> list[tuple[Mailbox
                     pharmacy=pharmacy,
                     coholders=tuple(coholders),
                     upstream=upstream,
+                    auth_methods=methods,
                 ),
                 t,
             )
@@ -883,7 +925,152 @@ def _read_limits(r: _Reading) -> Limits:
     return Limits(**values)
 
 
-_SECTIONS = ("server", "storage", "tls", "listeners", "people", "mailboxes", "routes", "limits")
+# Signature algorithms an issuer's JWKS can verify (RFC 7518 §3.3-3.5, RFC 8037).
+# "none" (RFC 7518 §3.6) and HMAC (HS*: a shared secret, RFC 7518 §3.2) are refused:
+# with public keys from a JWKS, HMAC is the "key confusion" attack.
+ASYMMETRIC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256")
+# eIDAS assurance levels, weakest first (low, substantial, high): what Pro Santé
+# Connect is understood to put in `acr`; to be confirmed against its documentation.
+DEFAULT_ACR_LEVELS = ("eidas1", "eidas2", "eidas3")
+MAX_CLOCK_SKEW_SECONDS = 300  # RFC 7519 §4.1.4: "no more than a few minutes"
+
+
+def _https_url(text: str) -> str:
+    if not re.fullmatch(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?", text):
+        raise _Invalid("must be an https:// URL")
+    return text
+
+
+def _algorithm(text: str) -> str:
+    if text.lower() == "none":
+        raise _Invalid('"none" means an unsigned token: never allowed')
+    if text.upper().startswith("HS"):
+        raise _Invalid(
+            f'"{text}" is HMAC with a shared secret: refused, the issuer\'s keys are '
+            "public keys (the HMAC key-confusion attack)"
+        )
+    if text not in ASYMMETRIC_ALGORITHMS:
+        raise _Invalid(f"expected one of {', '.join(ASYMMETRIC_ALGORITHMS)}, got {text!r}")
+    return text
+
+
+def _claim_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_:.-]{1,64}", text):
+        raise _Invalid("a claim name is 1 to 64 letters, digits, '_', ':', '.' or '-'")
+    return text
+
+
+def _read_issuer(r: _Reading) -> IssuerConfig | None:
+    if not r.root.has("issuer"):
+        return None
+    t = r.root.table("issuer")
+    path = _path_parser(r.base)
+    issuer = t.parsed("issuer", _https_url, required=True) or ""
+    client_id = t.string("client_id", required=True) or ""
+    default_discovery = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    discovery_url = t.parsed("discovery_url", _https_url) or default_discovery
+    jwks_file = t.parsed("jwks_file", path)
+    ca_file = t.parsed("ca_file", path)
+    algorithms = t.parsed_list("algorithms", _algorithm)
+    if algorithms is not None and not algorithms and t.has("algorithms"):
+        t.problem(t.key("algorithms"), "must list at least one algorithm")
+    identifier_claim = t.parsed("identifier_claim", _claim_name) or "preferred_username"
+    rpps_prefix = t.string("rpps_prefix")
+    levels = [text for _, text in t.strings("acr_levels", nonempty=True) or ()]
+    acr_levels = tuple(levels) or DEFAULT_ACR_LEVELS
+    minimum_acr = t.string("minimum_acr")
+    if minimum_acr is not None and minimum_acr not in acr_levels:
+        t.problem(
+            t.key("minimum_acr"),
+            f"{minimum_acr!r} is not in acr_levels ({', '.join(acr_levels)})",
+        )
+    scope = t.string("scope") or "openid"
+    skew = t.integer("clock_skew_seconds", 60, minimum=0, maximum=MAX_CLOCK_SKEW_SECONDS)
+    max_age = t.integer("jwks_max_age_seconds", 3600, minimum=60, maximum=7 * 86400)
+    min_refetch = t.integer("jwks_min_refetch_seconds", 60, minimum=1, maximum=3600)
+    timeout = t.integer("http_timeout_seconds", 10, minimum=1, maximum=120)
+    introspection_url = t.parsed("introspection_url", _https_url)
+    secret_file = t.parsed("client_secret_file", path)
+    dev_key = t.parsed("dev_signing_key", path)
+    t.finish()
+    if introspection_url is not None and secret_file is None:
+        t.problem(
+            t.key("client_secret_file"),
+            "introspection_url needs the client's secret (RFC 7662 §2.1: the caller "
+            "authenticates to the issuer)",
+        )
+    return IssuerConfig(
+        issuer=issuer,
+        client_id=client_id,
+        discovery_url=discovery_url,
+        jwks_file=jwks_file,
+        ca_file=ca_file,
+        algorithms=tuple(dict.fromkeys(algorithms or DEFAULT_ALGORITHMS)),
+        identifier_claim=identifier_claim,
+        rpps_prefix=rpps_prefix if rpps_prefix is not None else "8",
+        acr_levels=acr_levels,
+        minimum_acr=minimum_acr,
+        scope=scope,
+        clock_skew_seconds=skew,
+        jwks_max_age_seconds=max_age,
+        jwks_min_refetch_seconds=min_refetch,
+        http_timeout_seconds=timeout,
+        introspection_url=introspection_url,
+        client_secret_file=secret_file,
+        dev_signing_key=dev_key,
+    )
+
+
+def _check_token_identities(
+    r: _Reading, issuer: IssuerConfig | None, people: Sequence[Person]
+) -> None:
+    """Who needs tokens has an issuer; no two people answer to one token identifier."""
+    tables = r.root.tables("people") if r.root.has("people") else []
+    seen: dict[str, str] = {}
+    for person, t in zip(people, tables, strict=False):
+        if person.auth_methods == frozenset({AuthMethod.TOKEN}) and issuer is None:
+            t.problem(
+                t.key("auth.methods"),
+                'only "token" is allowed but no [issuer] is configured: this person '
+                "could not log in",
+            )
+        if issuer is None:
+            continue
+        ids = [person.national_id] if person.national_id else []
+        if person.rpps and person.rpps != "<invalid>":
+            ids.append(issuer.rpps_prefix + person.rpps)
+        for value in ids:
+            if value in seen and seen[value] != person.id:
+                t.problem(
+                    t.key("national_id"),
+                    f'token identifier "{value}" also names "{seen[value]}"',
+                )
+            seen[value] = person.id
+
+
+_SECTIONS = (
+    "server",
+    "storage",
+    "tls",
+    "listeners",
+    "people",
+    "mailboxes",
+    "routes",
+    "limits",
+    "issuer",
+)
 
 
 def load_text(text: str, path: Path) -> Config:
@@ -907,6 +1094,8 @@ def load_text(text: str, path: Path) -> Config:
     boxes = _read_mailboxes(r, people)
     routes = _read_routes(r)
     limits = _read_limits(r)
+    issuer = _read_issuer(r)
+    _check_token_identities(r, issuer, people)
     r.root.finish()
 
     # A box hosted at an operator (gateway mode) does not make its domain ours: mail to
@@ -938,6 +1127,7 @@ def load_text(text: str, path: Path) -> Config:
         mailboxes=tuple(m for m, _ in boxes),
         routes=tuple(routes),
         limits=limits,
+        issuer=issuer,
     )
 
 
@@ -982,6 +1172,13 @@ def check_files(config: Config) -> list[Problem]:
             named.append((f"{where}.certificate", up.certificate))
         named += [(f"{where}.trust_anchors[{j}]", p) for j, p in enumerate(up.trust_anchors)]
         named += [(f"{where}.crl_files[{j}]", p) for j, p in enumerate(up.crl_files)]
+    if config.issuer is not None:
+        for key in ("jwks_file", "ca_file"):
+            value = getattr(config.issuer, key)
+            if value is not None:
+                named.append((f"issuer.{key}", value))
+        if config.issuer.client_secret_file is not None:
+            secrets.append(("issuer.client_secret_file", config.issuer.client_secret_file))
     found: list[Problem] = []
     for key, path in named + secrets:
         if not path.exists():
@@ -991,8 +1188,9 @@ def check_files(config: Config) -> list[Problem]:
         elif not os.access(path, os.R_OK):
             found.append(Problem(str(config.path), key, f"not readable: {path}"))
         elif (key, path) in secrets and path.stat().st_mode & 0o077:
-            # The box's credential for its operator: whoever reads it acts as the
-            # whole team there, untraced. Only the daemon's user may read it.
+            # The box's credential for its operator (whoever reads it acts as the
+            # whole team there, untraced), the issuer's client secret: only the
+            # daemon's user may read them.
             mode = path.stat().st_mode & 0o777
             found.append(
                 Problem(

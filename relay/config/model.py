@@ -63,6 +63,17 @@ class Right(enum.StrEnum):
 ALL_RIGHTS: frozenset[Right] = frozenset(Right)
 
 
+class AuthMethod(enum.StrEnum):
+    """How a person proved who they are (`auth.methods` of a person or a box)."""
+
+    PASSWORD = "password"  # noqa: S105 (a method name) PLAIN, LOGIN
+    CERTIFICATE = "certificate"  # EXTERNAL with a TLS client certificate (CPS card)
+    TOKEN = "token"  # noqa: S105 (a method name) OAUTHBEARER, XOAUTH2 with the issuer's access token
+
+
+ALL_METHODS: frozenset[AuthMethod] = frozenset(AuthMethod)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     hostname: str
@@ -123,6 +134,11 @@ class Person:
     login: str
     password_hash: str | None  # argon2id PHC string
     certificate_fingerprints: frozenset[str]  # lower-case hex SHA-256 of the DER cert
+    # How this person may log in (`auth.methods`); every method unless restricted.
+    auth_methods: frozenset[AuthMethod] = ALL_METHODS
+    # The identifier the token issuer names this person by, when it is not the one
+    # derived from the RPPS (`IssuerConfig.rpps_prefix` + rpps).
+    national_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +223,8 @@ class Mailbox:
     coholders: tuple[Coholder, ...]
     # Gateway mode: the box lives at an MSSanté operator; mss-relay mirrors it.
     upstream: UpstreamConfig | None = None
+    # How its co-holders must have logged in to reach it (`auth.methods`).
+    auth_methods: frozenset[AuthMethod] = ALL_METHODS
 
     def rights_of(self, person_id: str, day: dt.date) -> frozenset[Right]:
         """Rights `person_id` holds on this box on `day` (empty if none)."""
@@ -269,6 +287,34 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    """The OpenID Connect issuer whose access tokens log people in (OAUTHBEARER,
+    XOAUTH2): Pro Santé Connect in production. See `relay.identity.tokens`."""
+
+    issuer: str  # the exact `iss` value, an https URL
+    client_id: str  # `aud` (or `azp`) must name it: the client registered at the issuer
+    discovery_url: str  # OpenID Connect Discovery 1.0 §4: issuer + /.well-known/...
+    jwks_file: Path | None  # keys read from this file: no discovery, no outbound HTTP
+    ca_file: Path | None  # trust for HTTPS to the issuer; None: the system's CAs
+    algorithms: tuple[str, ...]  # signature allow-list (asymmetric only)
+    identifier_claim: str  # the claim naming the person
+    rpps_prefix: str  # national identifier = prefix + RPPS
+    acr_levels: tuple[str, ...]  # known `acr` values, weakest first
+    minimum_acr: str | None  # None: `acr` is not checked
+    scope: str  # the scope a client should ask for (RFC 7628 §3.2.2 error)
+    clock_skew_seconds: int = 60  # leeway on exp/nbf/iat (RFC 7519 §4.1.4: "a few minutes")
+    jwks_max_age_seconds: int = 3600  # keys are fetched again after this long
+    jwks_min_refetch_seconds: int = 60  # an unknown kid refetches at most this often
+    http_timeout_seconds: int = 10
+    # RFC 7662 introspection for opaque (non-JWT) tokens; None: opaque tokens refused.
+    introspection_url: str | None = None
+    client_secret_file: Path | None = None  # HTTP Basic secret for introspection
+    # DEMO/TEST ONLY: the private JWK `mss-relay dev-token` signs with. The daemon never
+    # reads it.
+    dev_signing_key: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path  # the file this was loaded from
     server: ServerConfig
@@ -279,6 +325,7 @@ class Config:
     mailboxes: tuple[Mailbox, ...]
     routes: tuple[Route, ...]
     limits: Limits = field(default_factory=Limits)
+    issuer: IssuerConfig | None = None  # None: OAUTHBEARER/XOAUTH2 not offered
 
     def person(self, person_id: str) -> Person | None:
         for p in self.people:

@@ -8,6 +8,15 @@ refused for a while (`Limits.auth_failures_before_lockout`, `auth_lockout_second
 Delegated access (DESIGN.md): a person may authorise as a box they co-hold, with a
 SASL authorization identity (RFC 4616) or with the login form `person*box`. The
 principal always names the person, so every trace leads to them.
+
+Access tokens (OAUTHBEARER, XOAUTH2) are verified by a `TokenVerifier`
+(`relay.identity.issuer`); the claim the issuer names the person by is matched to
+`people[].rpps` (or `national_id`). A failed token goes through the same throttle as
+a failed password.
+
+Login methods (`auth.methods` of a person and of a box): a method the person or the
+box does not accept is refused *before* the credential is checked (no oracle for
+password guessing) with a reply naming the methods that are accepted.
 """
 
 from __future__ import annotations
@@ -20,9 +29,17 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from relay.config.model import Config, Person, Right
-from relay.errors import AuthenticationFailed, PermissionDenied, TemporarilyLocked
+from relay.config.model import AuthMethod, Config, Mailbox, Person, Right
+from relay.errors import (
+    AuthenticationFailed,
+    MethodNotAllowed,
+    PermissionDenied,
+    TemporarilyLocked,
+    TokenRejected,
+)
+from relay.identity import tokens
 from relay.identity.passwords import verify_password
 
 # Slow-down after the n-th consecutive failure: min(BASE * 2**(n-1), CAP) seconds.
@@ -44,6 +61,34 @@ class Principal:
     @property
     def person_id(self) -> str:
         return self.person.id
+
+    @property
+    def method(self) -> AuthMethod:
+        """How the person proved who they are (checked against `auth.methods`)."""
+        return MECHANISM_METHODS[self.mechanism]
+
+
+# Principal.mechanism → the method it proves. PLAIN and LOGIN are both "PASSWORD".
+MECHANISM_METHODS: dict[str, AuthMethod] = {
+    "PASSWORD": AuthMethod.PASSWORD,
+    "EXTERNAL": AuthMethod.CERTIFICATE,
+    "TOKEN": AuthMethod.TOKEN,
+}
+
+
+class TokenVerifier(Protocol):
+    """Verifies an access token against the issuer (`relay.identity.issuer`)."""
+
+    async def verify(self, token: str) -> dict[str, Any]: ...
+
+
+def method_allowed(box: Mailbox, method: AuthMethod) -> bool:
+    """Whether a session logged in with `method` may reach `box` at all."""
+    return method in box.auth_methods
+
+
+def _listing(methods: frozenset[AuthMethod]) -> str:
+    return " or ".join(m.value for m in AuthMethod if m in methods)
 
 
 @dataclass(slots=True)
@@ -70,8 +115,10 @@ class Authenticator:
         *,
         monotonic: Callable[[], float] = time.monotonic,
         today: Callable[[], dt.date] = lambda: dt.datetime.now().astimezone().date(),
+        tokens: TokenVerifier | None = None,
     ) -> None:
         self._config = config
+        self._tokens = tokens
         self._now = monotonic
         self._today = today
         self._by_peer: dict[str, _Failures] = {}
@@ -134,6 +181,13 @@ class Authenticator:
         self.check_not_locked(peer, person_login)
         config = self._config()
         person = config.person_by_login(person_login)
+        if person is not None:
+            wanted = None if authzid == login else authzid or star_box
+            try:
+                self.check_method(person, AuthMethod.PASSWORD, wanted)
+            except MethodNotAllowed:
+                await asyncio.sleep(self.record_failure(peer, person_login))
+                raise
         ok = False
         if person is not None and person.password_hash:
             ok = await self._verify(person, password)
@@ -156,11 +210,72 @@ class Authenticator:
         fingerprint = fingerprint.lower().replace(":", "")
         for person in config.people:
             if fingerprint in person.certificate_fingerprints:
+                self.check_method(person, AuthMethod.CERTIFICATE, authzid)
                 return self.authorize(person, "EXTERNAL", authzid)
         raise AuthenticationFailed(
             "Client certificate not linked to any person",
             log_detail=f"unknown fingerprint {fingerprint}",
         )
+
+    @property
+    def tokens_offered(self) -> bool:
+        """Whether OAUTHBEARER/XOAUTH2 are offered (an issuer is configured)."""
+        return self._tokens is not None and self._config().issuer is not None
+
+    async def token(self, *, token: str, authzid: str | None, peer: str) -> Principal:
+        """OAUTHBEARER / XOAUTH2: verify the access token, find the person it names.
+
+        `authzid` (the GS2 `a=` or XOAUTH2's `user`) may be the person's own login, a
+        box, or `person*box`. Raises TemporarilyLocked, TokenRejected (audited with its
+        reason, answered with the RFC 7628 error), MethodNotAllowed or PermissionDenied.
+        """
+        self.check_not_locked(peer, None)
+        config = self._config()
+        issuer = config.issuer
+        login: str | None = None
+        try:
+            if self._tokens is None or issuer is None:
+                raise TokenRejected("no token issuer is configured")
+            claims = await self._tokens.verify(token)
+            person = tokens.person_for(config, issuer, tokens.identifier(claims, issuer))
+            login = person.login
+            self.check_not_locked(peer, login)
+            box = authzid
+            if authzid is not None and "*" in authzid:
+                who, box = split_login(authzid)
+                if who not in (person.login, person.id):
+                    raise TokenRejected(
+                        f"authorization identity {authzid!r} names another person than "
+                        f"the token ({person.id})"
+                    )
+            self.check_method(person, AuthMethod.TOKEN, box)
+        except (TokenRejected, MethodNotAllowed):
+            await asyncio.sleep(self.record_failure(peer, login))
+            raise
+        principal = self.authorize(person, "TOKEN", box)
+        self.record_success(peer, person.login)
+        return principal
+
+    def check_method(self, person: Person, method: AuthMethod, box_address: str | None) -> None:
+        """MethodNotAllowed unless `person` and the box they ask for accept `method`."""
+        if method not in person.auth_methods:
+            allowed = _listing(person.auth_methods)
+            raise MethodNotAllowed(
+                f"{person.login} must log in with {allowed}",
+                smtp=f"535 5.7.8 {person.login} must log in with {allowed}",
+                log_detail=f"{method.value} login refused for {person.id} by auth.methods",
+            )
+        if box_address in (None, "", person.login, person.id):
+            return
+        assert box_address is not None
+        box = self._config().mailbox(box_address)
+        if box is not None and not method_allowed(box, method):
+            allowed = _listing(box.auth_methods)
+            raise MethodNotAllowed(
+                f"{box.address} accepts only {allowed} logins",
+                smtp=f"535 5.7.8 {box.address} accepts only {allowed} logins",
+                log_detail=f"{method.value} login refused for {box.address} by auth.methods",
+            )
 
     def authorize(self, person: Person, mechanism: str, authzid: str | None) -> Principal:
         """Check that `person` may act as `authzid` (a box they co-hold, or themselves)."""

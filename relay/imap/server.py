@@ -117,7 +117,10 @@ class ImapService:
                 # RFC 3501 §6.2.3 / RFC 2595 §3.2: no plaintext login.
                 caps += ["STARTTLS", "LOGINDISABLED"]
             else:
-                caps += ["AUTH=PLAIN", "AUTH=EXTERNAL", "SASL-IR"]
+                caps += ["AUTH=PLAIN", "AUTH=EXTERNAL"]
+                if s.tls_active and self.runtime.authenticator.tokens_offered:
+                    caps += ["AUTH=OAUTHBEARER", "AUTH=XOAUTH2"]  # RFC 7628 §3.3
+                caps.append("SASL-IR")
         limit = self.runtime.config.limits.imap_max_literal_bytes
         return [*caps, *EXTENSIONS, f"APPENDLIMIT={limit}"]  # RFC 7889
 

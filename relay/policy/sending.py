@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from relay.config.model import Config, Mailbox, Person, Right
+from relay.config.model import AuthMethod, Config, Mailbox, Person, Right
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,7 @@ def may_send_as(
     day: dt.date,
     *,
     session_box: str | None = None,
+    method: AuthMethod | None = None,
 ) -> SendVerdict:
     """Decide whether `person` may use `address` as envelope sender or From."""
     address = address.lower()
@@ -45,6 +46,15 @@ def may_send_as(
             None,
             f"550 5.7.1 {address} is not a mailbox of this server; send from a box you hold",
             "send-as.unknown-box",
+        )
+    if method is not None and method not in box.auth_methods:
+        allowed = " or ".join(m.value for m in AuthMethod if m in box.auth_methods)
+        return SendVerdict(
+            False,
+            box,
+            f"550 5.7.1 {address} accepts only {allowed} logins; this session logged in "
+            f"with {method.value}",
+            "send-as.auth-method",
         )
     rights = box.rights_of(person.id, day)
     if Right.SEND in rights:

@@ -82,6 +82,9 @@ class BaseHandler:
     async def auth_external(self, server: RelaySMTP, authzid: str | None) -> AuthResult:
         return AuthResult(success=False, handled=False, message="503 5.5.1 AUTH not offered here")
 
+    async def auth_token(self, server: RelaySMTP, mechanism: str, message: bytes) -> AuthResult:
+        return AuthResult(success=False, handled=False, message="503 5.5.1 AUTH not offered here")
+
     async def handle_exception(self, error: Exception, server: RelaySMTP | None = None) -> str:
         """Every unexpected error: a reference for the logs, never its text for the peer."""
         session = server.session if server is not None else None

@@ -11,6 +11,7 @@ import contextlib
 import ssl
 
 from relay.config.model import ListenerConfig, ListenerKind, TlsConfig, TlsMode
+from relay.identity import sasl_oauth
 from relay.runtime import Runtime
 from relay.smtp.inbound import InboundHandler
 from relay.smtp.session import COMMAND_CALL_LIMITS, RelaySMTP
@@ -61,6 +62,10 @@ class SmtpListener:
         if inbound:
             for name in list(smtp._auth_methods):
                 smtp._auth_methods.pop(name)
+        elif self.lc.tls is TlsMode.NONE or not self.runtime.authenticator.tokens_offered:
+            # Bearer tokens only over TLS and only with an issuer (RFC 7628 §5).
+            for name in sasl_oauth.MECHANISMS:
+                smtp._auth_methods.pop(name, None)
         self._sessions.add(smtp)
         return smtp
 

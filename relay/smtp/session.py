@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -43,6 +44,11 @@ COMMAND_CALL_LIMITS: dict[str, int] = {
     "EXPN": 5,
 }
 
+
+# RFC 4954 §4: an AUTH command line (with its initial response), and each SASL
+# response line, may be up to 12288 octets: access tokens (OAUTHBEARER, XOAUTH2) are
+# kilobytes long. Other commands keep aiosmtpd's limits.
+AUTH_LINE_BYTES = 12288
 
 # Replies after which the client waits for us: never held back (see RelaySMTP.push).
 _FLUSH_NOW = frozenset({b"220", b"221", b"235", b"334", b"354", b"421", b"535", b"454"})
@@ -111,15 +117,18 @@ class Hooks(Protocol):
 
     async def auth_external(self, server: RelaySMTP, authzid: str | None) -> AuthResult: ...
 
+    async def auth_token(self, server: RelaySMTP, mechanism: str, message: bytes) -> AuthResult: ...
+
     async def refused_data(self, server: RelaySMTP, reply: str) -> None: ...
 
 
 class RelaySMTP(SMTP):
     """aiosmtpd's SMTP with our DATA reader, AUTH mechanisms and reply codes."""
 
-    # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with CRLF. aiosmtpd sizes
-    # its StreamReader with this; DATA lines are then checked against the config.
-    line_length_limit = 1001
+    # aiosmtpd sizes its StreamReader with this: the longest line we read at all, an
+    # AUTH line (RFC 4954 §4). Command lines are then bounded by `command_size_limits`
+    # and DATA lines by the config (RFC 5321 §4.5.3.1.6: 1000 octets with CRLF).
+    line_length_limit = AUTH_LINE_BYTES + 2
 
     def __init__(
         self, handler: Hooks, *, probe: ListenerProbe | None = None, **kwargs: Any
@@ -150,6 +159,10 @@ class RelaySMTP(SMTP):
             probe.command(name, CommandResult.of_smtp(self._last_code))
 
         return run
+        # aiosmtpd keeps these limits in a class attribute shared by every instance;
+        # ours are per session.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        self.command_size_limits["AUTH"] = AUTH_LINE_BYTES
 
     # --- session and TLS --------------------------------------------------------
 
@@ -213,18 +226,25 @@ class RelaySMTP(SMTP):
             authzid.decode("utf-8", "replace") or None,
         )
 
-    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
-        # RFC 4616: message = [authzid] NUL authcid NUL passwd
+    async def _initial_response(self, args: list[str]) -> bytes | None:
+        """The client's first SASL message: inline (RFC 4954 §4) or after an empty 334.
+        None when it could not be read (the reply is already sent)."""
         if len(args) == 1:
             blob = await self.challenge_auth("")
-            if not isinstance(blob, bytes):
-                return AuthResult(success=False, handled=True)
-        else:
-            try:
-                blob = base64.b64decode(args[1].encode(), validate=True)
-            except (binascii.Error, ValueError):
-                await self.push("501 5.5.2 Cannot decode base64")
-                return AuthResult(success=False, handled=True)
+            return blob if isinstance(blob, bytes) else None
+        if args[1] == "=":
+            return b""  # RFC 4954 §4: "=" is an empty initial response
+        try:
+            return base64.b64decode(args[1].encode(), validate=True)
+        except (binascii.Error, ValueError):
+            await self.push("501 5.5.2 Cannot decode base64")
+            return None
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        # RFC 4616: message = [authzid] NUL authcid NUL passwd
+        blob = await self._initial_response(args)
+        if blob is None:
+            return AuthResult(success=False, handled=True)
         parts = blob.split(b"\0")
         if len(parts) != 3 or not parts[1]:
             await self.push("501 5.5.2 PLAIN needs [authzid] NUL login NUL password")
@@ -260,6 +280,26 @@ class RelaySMTP(SMTP):
                 await self.push("501 5.5.2 Cannot decode base64")
                 return AuthResult(success=False, handled=True)
         result: AuthResult = await self.relay_handler.auth_external(self, authzid or None)
+        return result
+
+    async def auth_OAUTHBEARER(self, _: Any, args: list[str]) -> AuthResult:
+        # RFC 7628 §3.1 (the listener removes it when no issuer is configured)
+        return await self._auth_bearer("OAUTHBEARER", args)
+
+    async def auth_XOAUTH2(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._auth_bearer("XOAUTH2", args)
+
+    async def _auth_bearer(self, mechanism: str, args: list[str]) -> AuthResult:
+        session = self.session
+        assert isinstance(session, RelaySession)
+        if session.relay.tls.version is None and self._tls_protocol is None:
+            # RFC 7628 §5: bearer tokens only over TLS.
+            await self.push("538 5.7.11 Encryption required for requested authentication mechanism")
+            return AuthResult(success=False, handled=True)
+        blob = await self._initial_response(args)
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        result: AuthResult = await self.relay_handler.auth_token(self, mechanism, blob)
         return result
 
     # --- DATA (RFC 5321 §4.1.1.4, §4.5.2) -----------------------------------------

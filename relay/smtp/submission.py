@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from relay.audit.events import AuthFailed, AuthSucceeded, ConversationChanged
 from relay.delivery.routing import Unroutable
 from relay.delivery.worker import resolve_recipient
-from relay.errors import AuthenticationFailed, PermissionDenied, TemporarilyLocked
+from relay.errors import AuthenticationFailed, PermissionDenied, TemporarilyLocked, TokenRejected
+from relay.identity import sasl_oauth
 from relay.identity.auth import Principal
 from relay.message.analysis import analyse
 from relay.policy import patient
@@ -60,6 +61,36 @@ class SubmissionHandler(BaseHandler):
         except (AuthenticationFailed, PermissionDenied, TemporarilyLocked) as exc:
             return await self._auth_failed(session, "EXTERNAL", None, exc)
         return await self._auth_ok(session, "EXTERNAL", principal.person.login, principal)
+
+    async def auth_token(self, server: RelaySMTP, mechanism: str, message: bytes) -> AuthResult:
+        """OAUTHBEARER / XOAUTH2. A refused token: 334 with the RFC 7628 §3.2.2 JSON,
+        the client's dummy response, then 535 5.7.8."""
+        session = server.session
+        assert isinstance(session, RelaySession)
+        try:
+            bearer = sasl_oauth.PARSERS[mechanism](message)
+        except sasl_oauth.MalformedOAuthResponse as exc:
+            return AuthResult(
+                success=False, handled=False, message=f"501 5.5.2 Malformed {mechanism}: {exc}"
+            )
+        try:
+            principal = await self.runtime.authenticator.token(
+                token=bearer.token, authzid=bearer.authzid, peer=session.relay.peer_ip
+            )
+        except TokenRejected as exc:
+            issuer = self.runtime.config.issuer
+            if issuer is not None:
+                error = sasl_oauth.failure_challenge(
+                    mechanism, exc.status, issuer.scope, issuer.discovery_url
+                )
+                if not isinstance(await server.challenge_auth(error), bytes):
+                    # aborted with "*": aiosmtpd has answered 501 already
+                    await self._auth_failed(session, mechanism, bearer.authzid, exc)
+                    return AuthResult(success=False, handled=True)
+            return await self._auth_failed(session, mechanism, bearer.authzid, exc)
+        except (AuthenticationFailed, PermissionDenied, TemporarilyLocked) as exc:
+            return await self._auth_failed(session, mechanism, bearer.authzid, exc)
+        return await self._auth_ok(session, mechanism, principal.person.login, principal)
 
     async def _auth_ok(
         self, session: RelaySession, mechanism: str, login: str, principal: Principal
@@ -195,6 +226,7 @@ class SubmissionHandler(BaseHandler):
             address,
             self.runtime.today(),
             session_box=principal.as_box,
+            method=principal.method,
         )
         if not verdict.allowed:
             await self.audit_refusal(
@@ -242,6 +274,7 @@ class SubmissionHandler(BaseHandler):
                 addr,
                 self.runtime.today(),
                 session_box=principal.as_box,
+                method=principal.method,
             )
             if not verdict.allowed:
                 reply = verdict.reply.replace("550 5.7.1 ", "550 5.7.1 From: ", 1)

@@ -249,3 +249,12 @@ class ListenerContext:
     def _newest(self, ssl_obj: ssl.SSLObject, _name: str | None, ctx: ssl.SSLContext) -> None:
         if ctx is not self.current:
             ssl_obj.context = self.current
+
+
+def https_client_context(ca_file: Path | None) -> ssl.SSLContext:
+    """For HTTPS to the token issuer (discovery, JWKS, introspection): the web PKI
+    (the system's CAs), or the CA file the config names; host name checked, TLS ≥ 1.2.
+    Not IGC-Santé: Pro Santé Connect's endpoints carry ordinary web certificates."""
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx

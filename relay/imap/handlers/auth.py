@@ -1,5 +1,6 @@
 """LOGIN and AUTHENTICATE (RFC 3501 §6.2; SASL PLAIN RFC 4616, EXTERNAL RFC 4422,
-SASL-IR RFC 4959): password and client-certificate logins, authzid = a box.
+OAUTHBEARER RFC 7628 and XOAUTH2, SASL-IR RFC 4959): password, client-certificate and
+access-token logins, authzid = a box.
 """
 
 from __future__ import annotations
@@ -8,7 +9,15 @@ import asyncio
 
 from relay.audit.events import AuthFailed, AuthSucceeded
 from relay.config.model import TlsMode
-from relay.errors import AuthenticationFailed, PermissionDenied, ProtocolError, TemporarilyLocked
+from relay.errors import (
+    AuthenticationFailed,
+    MethodNotAllowed,
+    PermissionDenied,
+    ProtocolError,
+    TemporarilyLocked,
+    TokenRejected,
+)
+from relay.identity import sasl_oauth
 from relay.identity.auth import Principal
 from relay.imap import commands as c
 from relay.imap import response as r
@@ -62,9 +71,8 @@ async def _auth_failed(s: Session, mechanism: str, login: str | None, exc: Proto
             answer=f"NO [{code}]",
         ),
     )
-    err = ImapError(
-        exc.text if not isinstance(exc, AuthenticationFailed) else "Authentication failed"
-    )
+    public = not isinstance(exc, AuthenticationFailed) or isinstance(exc, MethodNotAllowed)
+    err = ImapError(exc.text if public else "Authentication failed")
     err.imap_code = code
     raise err
 
@@ -138,4 +146,37 @@ async def h_authenticate(s: Session, cmd: c.Authenticate) -> Result:
             await _auth_failed(s, "EXTERNAL", None, exc)
             raise AssertionError("unreachable") from None
         return await _auth_ok(s, principal, "EXTERNAL", principal.person.login)
+    if (
+        cmd.mechanism in sasl_oauth.PARSERS
+        and s.tls_active
+        and s.runtime.authenticator.tokens_offered
+    ):
+        return await _token(s, cmd.mechanism, await _sasl_response(s, cmd.initial_response))
     raise Cannot("Unsupported authentication mechanism")
+
+
+async def _token(s: Session, mechanism: str, data: bytes) -> Result:
+    """OAUTHBEARER / XOAUTH2: a refused token gets the RFC 7628 §3.2.2 error challenge,
+    the client's dummy answer, then NO [AUTHENTICATIONFAILED]."""
+    try:
+        bearer = sasl_oauth.PARSERS[mechanism](data)
+    except sasl_oauth.MalformedOAuthResponse as exc:
+        raise ClientBug(f"Malformed {mechanism} response: {exc}") from None
+    try:
+        principal = await s.runtime.authenticator.token(
+            token=bearer.token, authzid=bearer.authzid, peer=s.peer
+        )
+    except TokenRejected as exc:
+        issuer = s.runtime.config.issuer
+        if issuer is not None:
+            error = sasl_oauth.failure_challenge(
+                mechanism, exc.status, issuer.scope, issuer.discovery_url
+            )
+            s.emit(r.sasl_challenge(error))
+            await s.read_line()  # the client's %x01 (RFC 7628 §3.2.3); anything ends it
+        await _auth_failed(s, mechanism, bearer.authzid, exc)
+        raise AssertionError("unreachable") from None
+    except (AuthenticationFailed, PermissionDenied, TemporarilyLocked) as exc:
+        await _auth_failed(s, mechanism, bearer.authzid, exc)
+        raise AssertionError("unreachable") from None
+    return await _auth_ok(s, principal, mechanism, principal.person.login)

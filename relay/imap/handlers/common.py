@@ -13,6 +13,7 @@ from typing import Any, TypeAlias
 from relay.audit.events import AuditEvent
 from relay.config.model import BoxType, SeenMode
 from relay.errors import ProtocolError
+from relay.identity.auth import method_allowed
 from relay.imap import acl, names
 from relay.imap import commands as c
 from relay.imap import response as r
@@ -81,19 +82,25 @@ def view(s: Session) -> View:
     config = s.runtime.config
     person = s.principal.person_id
     day = today(s)
+    method = s.principal.method
     if s.principal.as_box is not None:
         box = config.mailbox(s.principal.as_box)
-        ok = box is not None and box.rights_of(person, day)
+        ok = box is not None and box.rights_of(person, day) and method_allowed(box, method)
         return View(s.principal.as_box if ok else None, ())
     personal = next(
-        (m.address for m in config.mailboxes if m.type is BoxType.PER and m.owner == person),
+        (
+            m.address
+            for m in config.mailboxes
+            if m.type is BoxType.PER and m.owner == person and method_allowed(m, method)
+        ),
         None,
     )
+    # A box that requires another login method (auth.methods) is not shown at all.
     shared = tuple(
         sorted(
             m.address
             for m in config.mailboxes
-            if m.address != personal and m.rights_of(person, day)
+            if m.address != personal and m.rights_of(person, day) and method_allowed(m, method)
         )
     )
     return View(personal, shared)
@@ -102,7 +109,7 @@ def view(s: Session) -> View:
 def rights(s: Session, target: Target) -> str:
     assert s.principal is not None
     box = s.runtime.config.mailbox(target.box)
-    if box is None:
+    if box is None or not method_allowed(box, s.principal.method):
         return ""
     return acl.letters(box.rights_of(s.principal.person_id, today(s)), target.folder)
 
