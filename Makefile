@@ -15,10 +15,13 @@ $(STAMP): pyproject.toml
 var/pki/server.pem: | $(STAMP)
 	$(BIN)/mss-relay dev-pki var/pki --hostname localhost
 
-pki: var/pki/server.pem
+var/pki/issuer-dev.jwks.json: | $(STAMP)
+	$(BIN)/mss-relay dev-issuer var/pki
+
+pki: var/pki/server.pem var/pki/issuer-dev.jwks.json
 
 ## Set everything up and run the daemon in the foreground on the demo config.
-demo: $(STAMP) var/pki/server.pem
+demo: $(STAMP) var/pki/server.pem var/pki/issuer-dev.jwks.json
 	mkdir -p var/demo
 	$(BIN)/mss-relay check-config config/demo.toml
 	$(BIN)/mss-relay serve --config config/demo.toml --log-format console

@@ -94,11 +94,35 @@ def cmd_dev_pki(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dev_issuer(args: argparse.Namespace) -> int:
+    from relay.identity.devissuer import write_dev_issuer
+
+    key, jwks = write_dev_issuer(Path(args.dir))
+    print(f"test token issuer: signing key {key} (0600), public keys {jwks}; NOT for production")
+    return EXIT_OK
+
+
+def cmd_dev_token(args: argparse.Namespace) -> int:
+    from relay.identity.devissuer import DevTokenError, mint_dev_token
+
+    config = _load_config_or_exit(Path(args.config))
+    try:
+        print(mint_dev_token(config, args.person, lifetime_seconds=args.lifetime))
+    except DevTokenError as exc:
+        print(f"mss-relay dev-token: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    from relay.identity.devissuer import JWKS_FILE
+
     config_path = Path(args.config)
     pki_dir = Path(args.pki_dir)
     if not (pki_dir / "server.pem").exists():
         cmd_dev_pki(argparse.Namespace(dir=str(pki_dir), hostname="localhost"))
+    if not (pki_dir / JWKS_FILE).exists():
+        cmd_dev_issuer(argparse.Namespace(dir=str(pki_dir)))
     setup_logging(args.log_format)
     from relay.app import serve
 
@@ -339,6 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.add_argument("--hostname", default="localhost")
     s.set_defaults(func=cmd_dev_pki)
+
+    s = sub.add_parser("dev-issuer", help="write a TEST token issuer's key and JWKS")
+    s.add_argument("dir")
+    s.set_defaults(func=cmd_dev_issuer)
+
+    s = sub.add_parser("dev-token", help="mint a short-lived TEST access token for PERSON")
+    s.add_argument("person")
+    with_config(s)
+    s.add_argument("--lifetime", type=int, default=600, help="seconds (default 600)")
+    s.set_defaults(func=cmd_dev_token)
 
     s = sub.add_parser("demo", help="make the test PKI if needed and serve the demo config")
     s.add_argument("--config", default="config/demo.toml")

@@ -84,6 +84,16 @@ def summary(config: Config, today: dt.date | None = None) -> str:
         target = "MX" if r.mx else f"{r.host}:{r.port}"
         dn = f"  dn {r.peer_dn}" if r.peer_dn else ""
         lines.append(f"  {r.domain} -> {target}{dn}")
+    issuer = config.issuer
+    if issuer is None:
+        lines.append("tokens:     not offered (no [issuer])")
+    else:
+        keys = f"keys from {issuer.jwks_file}" if issuer.jwks_file else issuer.discovery_url
+        acr = f", acr >= {issuer.minimum_acr}" if issuer.minimum_acr else ""
+        lines.append(f"tokens:     {issuer.issuer} (client {issuer.client_id}{acr})")
+        lines.append(f"  {keys}; person by {issuer.identifier_claim!r}")
+        if issuer.dev_signing_key is not None:
+            lines.append("  issuer.dev_signing_key is set: a TEST issuer, never for production")
     return "\n".join(lines) + "\n"
 
 
