@@ -52,6 +52,7 @@ class LocalIssuer:
     requests: Counter[str] = field(default_factory=Counter)
     opaque: dict[str, dict[str, Any]] = field(default_factory=dict)  # introspection
     port: int = 0
+    broken: bool = False  # discovery answers 503 (an issuer outage)
     _runner: web.AppRunner | None = None
 
     @property
@@ -98,6 +99,8 @@ class LocalIssuer:
 
     async def _discovery(self, request: web.Request) -> web.Response:
         self.requests["discovery"] += 1
+        if self.broken:
+            return web.json_response({"error": "unavailable"}, status=503)
         return web.json_response(
             {
                 "issuer": self.url,

@@ -89,6 +89,8 @@ class IssuerKeys:
         self._loaded_for: IssuerConfig | None = None
         self._loaded_at: float | None = None  # monotonic time of the last good load
         self._kid_refetch_at: float | None = None  # last refetch for an unknown kid
+        self._failed_at: float | None = None  # last failed load
+        self._failed_for: IssuerConfig | None = None
         self._file_mtime: float | None = None
         self._jwks_uri: str | None = None
         self._lock = asyncio.Lock()
@@ -143,10 +145,23 @@ class IssuerKeys:
             assert self._keys is not None
             return self._keys
         async with self._lock:
+            now = self._monotonic()
+            # After a failed load, logins do not each wait for the issuer's timeout:
+            # the next attempt is jwks_min_refetch_seconds later.
+            backing_off = (
+                self._failed_at is not None
+                and now - self._failed_at < cfg.jwks_min_refetch_seconds
+                and self._failed_for == cfg
+            )
             if self._keys is None or self._loaded_for != cfg:
-                await self._load(cfg)  # first use (or a reloaded issuer): must succeed
-            elif self._loaded_at is not None and (
-                self._monotonic() - self._loaded_at >= cfg.jwks_max_age_seconds
+                # first use (or a reloaded issuer): must succeed
+                if backing_off:
+                    raise TokenRejected(f"issuer keys unavailable: {self.last_error}")
+                await self._load(cfg)
+            elif (
+                self._loaded_at is not None
+                and now - self._loaded_at >= cfg.jwks_max_age_seconds
+                and not backing_off
             ):
                 # stale keys keep serving; the error is logged and in status
                 with contextlib.suppress(TokenRejected):
@@ -174,10 +189,12 @@ class IssuerKeys:
                 keys = await self._load_discovered(cfg)
         except IssuerUnavailable as exc:
             self.last_error = str(exc)
+            self._failed_at, self._failed_for = self._monotonic(), cfg
             log.error("issuer.keys_unavailable", issuer=cfg.issuer, error=str(exc))
             raise TokenRejected(f"issuer keys unavailable: {exc}") from None
         self.fetches += 1
         self.last_error = None
+        self._failed_at = None
         self._keys = keys
         self._loaded_for = cfg
         self._loaded_at = self._monotonic()

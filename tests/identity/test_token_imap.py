@@ -360,22 +360,33 @@ async def test_opaque_token_by_introspection(
 
 
 @pytest.mark.parametrize("engine_name", ["sqlite"])
-async def test_issuer_unreachable_refuses_and_says_why(
-    token_daemon: RunningDaemon, issuer: LocalIssuer
+async def test_issuer_outage_refuses_says_why_and_backs_off(
+    start_token_daemon: StartDaemon, issuer: LocalIssuer
 ) -> None:
-    await issuer.stop()
+    d = await start_token_daemon(issuer_config={"jwks_min_refetch_seconds": 1})
+    issuer.broken = True
     token = issuer.mint()
 
-    def run() -> None:
-        m = connect_tls(token_daemon)
-        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
-            m.authenticate("OAUTHBEARER", _answers(oauthbearer(token)))
+    def login() -> str:
+        m = connect_tls(d)
+        try:
+            typ, _ = m.authenticate("OAUTHBEARER", _answers(oauthbearer(token)))
+        except imaplib.IMAP4.error:
+            typ = "NO"
         m.logout()
+        return typ
 
-    await asyncio.to_thread(run)
-    [row] = await token_daemon.store.audit_rows(AuditFilter(action="auth.failed"))
-    assert "issuer keys unavailable" in json.loads(row.data)["details"]["reason"]
-    assert token_daemon.runtime.issuer_keys.freshness().last_error is not None
+    assert await asyncio.to_thread(login) == "NO"
+    assert await asyncio.to_thread(login) == "NO"
+    assert issuer.requests["discovery"] == 1  # the second login did not ask again
+    failed = await d.store.audit_rows(AuditFilter(action="auth.failed"))
+    reasons = [json.loads(r.data)["details"]["reason"] for r in failed]
+    assert all("issuer keys unavailable" in r and "HTTP 503" in r for r in reasons), reasons
+    assert d.runtime.issuer_keys.freshness().last_error is not None
+    issuer.broken = False
+    await asyncio.sleep(1.2)  # past jwks_min_refetch_seconds: the issuer is asked again
+    assert await asyncio.to_thread(login) == "OK"
+    assert d.runtime.issuer_keys.freshness().last_error is None
 
 
 @pytest.mark.parametrize("engine_name", ["sqlite"])

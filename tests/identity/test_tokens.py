@@ -74,7 +74,9 @@ TIMES = ("exp", "nbf", "iat")
 def test_refused_claims(issuer: LocalIssuer, claims: dict[str, Any], reason: str) -> None:
     now = int(time.time())
     # times are offsets from now (booleans and strings stay as they are)
-    absolute = {k: now + v if k in TIMES and type(v) is int else v for k, v in claims.items()}
+    absolute: dict[str, Any] = {
+        k: now + v if k in TIMES and type(v) is int else v for k, v in claims.items()
+    }
     token = issuer.mint(**absolute)
     with pytest.raises(TokenRejected) as info:
         verified = tokens.verify_jwt(token, keyset(issuer), config(), now)
