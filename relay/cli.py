@@ -59,6 +59,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     for problem in check_files(config):
         print(f"warning: {problem}")
+    jwks = config.issuer.jwks_file if config.issuer is not None else None
+    if jwks is not None and jwks.is_file():
+        from relay.identity.issuer import IssuerUnavailable, parse_jwks
+
+        try:
+            kids = [k.kid for k in parse_jwks(jwks.read_bytes())]
+            print(f"issuer keys: {len(kids)} in {jwks} ({', '.join(map(str, kids))})")
+        except (IssuerUnavailable, OSError) as exc:
+            print(f"warning: {config.path}: issuer.jwks_file: {exc}")
     print(summary(config))
     where = config.server.policy_dir or "built-in defaults"
     print(f"policies: {where}; patient domain {policies.patient.domain}")

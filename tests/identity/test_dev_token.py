@@ -61,6 +61,11 @@ dev_signing_key = "{key}"
         assert refused.returncode == 2
         assert "dupont has neither an rpps nor a national_id" in refused.stderr
         assert "Traceback" not in refused.stderr
+        checked = await asyncio.to_thread(cli, "check-config", str(d.config_path))
+        assert "issuer keys: 1 in" in checked.stdout, checked.stdout
+        (tmp_path / "issuer" / "issuer-dev.jwks.json").write_text('{"keys": 3}')
+        checked = await asyncio.to_thread(cli, "check-config", str(d.config_path))
+        assert "issuer.jwks_file: JWKS has no 'keys' array" in checked.stdout
     finally:
         await d.daemon.stop("test finished", grace_seconds=1.0)
 
