@@ -139,6 +139,10 @@ class RelaySMTP(SMTP):
         self._counted = False  # connection_made runs again after STARTTLS
         self._last_code: int | None = None  # of the last reply pushed
         super().__init__(handler, **kwargs)
+        # aiosmtpd keeps these limits in a class attribute shared by every instance;
+        # ours are per session.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        self.command_size_limits["AUTH"] = AUTH_LINE_BYTES
         if probe is not None:
             # Every command aiosmtpd dispatches, counted once with its final reply
             # (AUTH's 334 and DATA's 354 are intermediate). The names come from our
@@ -159,10 +163,6 @@ class RelaySMTP(SMTP):
             probe.command(name, CommandResult.of_smtp(self._last_code))
 
         return run
-        # aiosmtpd keeps these limits in a class attribute shared by every instance;
-        # ours are per session.
-        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
-        self.command_size_limits["AUTH"] = AUTH_LINE_BYTES
 
     # --- session and TLS --------------------------------------------------------
 
