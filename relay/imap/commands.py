@@ -191,13 +191,46 @@ class ListReturn(enum.StrEnum):
 
 
 class SearchReturn(enum.StrEnum):
-    """ESEARCH result options (RFC 4731 §3.1) and SAVE (RFC 5182 §2.1)."""
+    """ESEARCH result options (RFC 4731 §3.1), SAVE (RFC 5182 §2.1), and CONTEXT,
+    UPDATE and PARTIAL (RFC 5267 §4.1, §4.4; PARTIAL's range is `Search.partial`)."""
 
     MIN = "MIN"
     MAX = "MAX"
     ALL = "ALL"
     COUNT = "COUNT"
     SAVE = "SAVE"
+    CONTEXT = "CONTEXT"
+    UPDATE = "UPDATE"
+    PARTIAL = "PARTIAL"
+
+
+class SortKey(enum.StrEnum):
+    """SORT criteria (RFC 5256 §3; DISPLAYFROM/DISPLAYTO RFC 5957 §3)."""
+
+    ARRIVAL = "ARRIVAL"
+    CC = "CC"
+    DATE = "DATE"
+    FROM = "FROM"
+    SIZE = "SIZE"
+    SUBJECT = "SUBJECT"
+    TO = "TO"
+    DISPLAYFROM = "DISPLAYFROM"
+    DISPLAYTO = "DISPLAYTO"
+
+
+@dataclass(frozen=True, slots=True)
+class SortCriterion:
+    """One sort key, with ``REVERSE`` before it (RFC 5256 §3)."""
+
+    key: SortKey
+    reverse: bool = False
+
+
+class ThreadAlgorithm(enum.StrEnum):
+    """THREAD algorithms (RFC 5256 §3)."""
+
+    ORDEREDSUBJECT = "ORDEREDSUBJECT"
+    REFERENCES = "REFERENCES"
 
 
 class AclMode(enum.StrEnum):
@@ -556,6 +589,40 @@ class Search(Command):
     charset: str | None = None
     criteria: SearchKey
     return_options: frozenset[SearchReturn] | None = None
+    partial: tuple[int, int] | None = None  # RFC 5267 §4.4 PARTIAL low:high, low <= high
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sort(Command):
+    """SORT and UID SORT (RFC 5256 §3), with ESORT's ``RETURN (...)`` (RFC 5267 §3):
+    `return_options` and `partial` as for `Search`; None answers ``* SORT``."""
+
+    name: ClassVar[str] = "SORT"
+    uid: bool = False
+    criteria: tuple[SortCriterion, ...]
+    charset: str
+    search: SearchKey
+    return_options: frozenset[SearchReturn] | None = None
+    partial: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Thread(Command):
+    """THREAD and UID THREAD (RFC 5256 §3)."""
+
+    name: ClassVar[str] = "THREAD"
+    uid: bool = False
+    algorithm: ThreadAlgorithm
+    charset: str
+    search: SearchKey
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelUpdate(Command):
+    """CANCELUPDATE (RFC 5267 §4.3): stop the updates of the searches with these tags."""
+
+    name: ClassVar[str] = "CANCELUPDATE"
+    tags: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

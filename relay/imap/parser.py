@@ -973,47 +973,142 @@ def _search_key_inner(cur: _Cursor) -> c.SearchKey:
     raise _Fail("Unknown search key")
 
 
-def _search_return(cur: _Cursor) -> frozenset[c.SearchReturn] | None:
+_Returns: TypeAlias = tuple[frozenset[c.SearchReturn] | None, tuple[int, int] | None]
+
+
+def _search_return(cur: _Cursor) -> _Returns:
     # RFC 4731 §3.1 / RFC 4466 §2.6: SP "RETURN" SP "(" [opt *(SP opt)] ")"
     if not cur.at(b" RETURN "):
-        return None
+        return None, None
     cur.pos += len(b" RETURN ")
+    partial: tuple[int, int] | None = None
 
     def opt() -> c.SearchReturn:
+        nonlocal partial
         try:
-            return c.SearchReturn(cur.keyword("a search return option"))
+            ret = c.SearchReturn(cur.keyword("a search return option"))
         except ValueError:
             raise _Fail("Unknown search return option") from None
+        if ret is c.SearchReturn.PARTIAL:
+            # RFC 5267 §4.4: "PARTIAL" SP partial-range ; partial-range = nz:nz
+            cur.sp()
+            low = cur.number("a partial range", nonzero=True)
+            cur.take(b":", "':' in the partial range")
+            high = cur.number("a partial range", nonzero=True)
+            cur.delimited("partial range")
+            partial = (min(low, high), max(low, high))
+        return ret
 
     opts = frozenset(cur.paren_list(opt, "search return options", empty_ok=True))
-    return opts or frozenset({c.SearchReturn.ALL})  # RFC 4731 §3.1: () means ALL
+    return opts or frozenset({c.SearchReturn.ALL}), partial  # RFC 4731 §3.1: () is ALL
+
+
+def _charset(cur: _Cursor) -> str:
+    """A SEARCH/SORT/THREAD charset we decode; sets the cursor's codec."""
+    charset = cur.astring("a charset").upper()
+    codec = _CHARSETS.get(charset)
+    if codec is None:
+        raise _Fail("Unsupported charset", FailureKind.BAD_CHARSET)
+    cur.charset = codec
+    return charset
+
+
+def _search_keys(cur: _Cursor) -> c.SearchKey:
+    """``1*(SP search-key)`` to the end of the command, as one key."""
+    keys = [_search_key(cur)]
+    while cur.try_sp():
+        keys.append(_search_key(cur))
+    cur.end()
+    return keys[0] if len(keys) == 1 else c.SearchAnd(tuple(keys))
 
 
 def _search(uid: bool) -> _Handler:
     def parse(cur: _Cursor, tag: str) -> c.Command:
-        returns = _search_return(cur)
+        returns, partial = _search_return(cur)
         charset: str | None = None
         if cur.at_end():
             raise _Fail("Expected search criteria")
         cur.sp()
         if cur.at(b"CHARSET "):
             cur.pos += len(b"CHARSET ")
-            charset = cur.astring("a charset").upper()
-            codec = _CHARSETS.get(charset)
-            if codec is None:
-                raise _Fail("Unsupported charset", FailureKind.BAD_CHARSET)
-            cur.charset = codec
+            charset = _charset(cur)
             cur.sp()
-        keys = [_search_key(cur)]
-        while cur.try_sp():
-            keys.append(_search_key(cur))
-        cur.end()
-        criteria = keys[0] if len(keys) == 1 else c.SearchAnd(tuple(keys))
+        criteria = _search_keys(cur)
         return c.Search(
-            tag=tag, uid=uid, charset=charset, criteria=criteria, return_options=returns
+            tag=tag,
+            uid=uid,
+            charset=charset,
+            criteria=criteria,
+            return_options=returns,
+            partial=partial,
         )
 
     return parse
+
+
+def _sort_criterion(cur: _Cursor) -> c.SortCriterion:
+    # RFC 5256 §5: sort-criterion = ["REVERSE" SP] sort-key
+    word = cur.keyword("a sort key")
+    reverse = word == "REVERSE"
+    if reverse:
+        cur.sp()
+        word = cur.keyword("a sort key")
+    try:
+        return c.SortCriterion(c.SortKey(word), reverse)
+    except ValueError:
+        raise _Fail("Unknown sort key") from None
+
+
+def _sort(uid: bool) -> _Handler:
+    def parse(cur: _Cursor, tag: str) -> c.Command:
+        # RFC 5256 §5 / RFC 5267 §3: "SORT" [search-return-opts] SP sort-criteria
+        # SP charset 1*(SP search-key)
+        returns, partial = _search_return(cur)
+        cur.sp()
+        criteria = tuple(cur.paren_list(lambda: _sort_criterion(cur), "sort criteria"))
+        cur.sp()
+        charset = _charset(cur)
+        cur.sp()
+        return c.Sort(
+            tag=tag,
+            uid=uid,
+            criteria=criteria,
+            charset=charset,
+            search=_search_keys(cur),
+            return_options=returns,
+            partial=partial,
+        )
+
+    return parse
+
+
+def _thread(uid: bool) -> _Handler:
+    def parse(cur: _Cursor, tag: str) -> c.Command:
+        # RFC 5256 §5: "THREAD" SP thread-alg SP search-criteria
+        cur.sp()
+        try:
+            algorithm = c.ThreadAlgorithm(cur.keyword("a thread algorithm"))
+        except ValueError:
+            raise _Fail("Unknown thread algorithm") from None
+        cur.sp()
+        charset = _charset(cur)
+        cur.sp()
+        return c.Thread(
+            tag=tag, uid=uid, algorithm=algorithm, charset=charset, search=_search_keys(cur)
+        )
+
+    return parse
+
+
+def _cancelupdate(cur: _Cursor, tag: str) -> c.Command:
+    # RFC 5267 §4.3: "CANCELUPDATE" 1*(SP quoted)
+    tags = []
+    while cur.try_sp():
+        tags.append(cur.string())
+    if not tags:
+        raise _Fail("Expected the tags of the searches to cancel")
+    cur.end()
+    return c.CancelUpdate(tag=tag, tags=tuple(tags))
 
 
 # -- FETCH (RFC 3501 §6.4.5)
@@ -1274,6 +1369,9 @@ _COMMANDS: Final[dict[str, _Handler]] = {
     "DELETEACL": _mailbox_identifier(c.DeleteAcl),
     "LISTRIGHTS": _mailbox_identifier(c.ListRights),
     "MYRIGHTS": _mailbox_only(c.MyRights),
+    "SORT": _sort(uid=False),
+    "THREAD": _thread(uid=False),
+    "CANCELUPDATE": _cancelupdate,
 }
 
 # RFC 3501 §6.4.8 (and RFC 4315 §2.1 EXPUNGE, RFC 6851 §3.2 MOVE)
@@ -1284,6 +1382,8 @@ _UID_COMMANDS: Final[dict[str, _Handler]] = {
     "SEARCH": _search(uid=True),
     "STORE": _store(uid=True),
     "EXPUNGE": _uid_expunge,
+    "SORT": _sort(uid=True),
+    "THREAD": _thread(uid=True),
 }
 
 

@@ -26,6 +26,7 @@ from relay.config import lost_access
 from relay.config.model import Config, ListenerConfig, TlsConfig, TlsMode
 from relay.imap import response as r
 from relay.imap.session import Session
+from relay.imap.sort import KeyCache
 from relay.imap.state import State
 from relay.runtime import Runtime
 from relay.store.mailstore import Changes, MailStore
@@ -51,7 +52,19 @@ EXTENSIONS: tuple[str, ...] = (
     "ACL",  # RFC 4314
     "RIGHTS=kxte",  # RFC 4314 §2.1.1
     "CONDSTORE",  # RFC 7162
+    "SORT",  # RFC 5256 (relay.imap.sort)
+    "SORT=DISPLAY",  # RFC 5957
+    "ESORT",  # RFC 5267 §3
+    "THREAD=ORDEREDSUBJECT",  # RFC 5256 (relay.imap.thread)
+    "THREAD=REFERENCES",
+    "SEARCHRES",  # RFC 5182
+    "CONTEXT=SEARCH",  # RFC 5267 §4 (relay.imap.context)
+    "CONTEXT=SORT",
 )
+
+# Sort and thread keys kept in memory (a few hundred bytes each): 10,000-message
+# folders sort without reading the store once their keys are known.
+SORT_KEY_CACHE_ENTRIES = 200_000
 
 # A shared change set is read from the lowest MODSEQ of the folder's watchers, but not
 # from further back than this below the asking session's: a session that has not
@@ -82,6 +95,7 @@ class ImapService:
         self.listener = listener
         self.mail = MailStore(runtime.store)
         self.probe = runtime.metrics.listener("imap", listener.host, listener.port)
+        self.sort_keys = KeyCache(SORT_KEY_CACHE_ENTRIES)
         self._tls: ListenerContext | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()

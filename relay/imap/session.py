@@ -32,6 +32,7 @@ from relay.errors import ProtocolError
 from relay.identity.auth import Principal
 from relay.imap import commands as c
 from relay.imap import response as r
+from relay.imap.context import SearchContext
 from relay.imap.flags import RECENT, MailboxFlags, shown
 from relay.imap.names import Target
 from relay.imap.parser import CommandReader, NeedContinuation, NeedData, ParseFailure
@@ -64,6 +65,8 @@ class Selected:
     recent: set[int] = field(default_factory=set)  # \Recent for this session (§2.3.2)
     dirty: bool = False
     pending_expunge: set[int] = field(default_factory=set)
+    saved: list[int] = field(default_factory=list)  # RFC 5182 "$": UIDs
+    contexts: list[SearchContext] = field(default_factory=list)  # RFC 5267 UPDATE
 
     def seq_of(self, uid: int) -> int:
         """The message number of `uid` (1-based); the UID must be in the snapshot."""
@@ -448,6 +451,10 @@ class Session:
                     self.emit(r.untagged(b"%d RECENT" % len(sel.recent)))
         elif allow_expunge and sel.pending_expunge:
             self._expunge_pending()
+        if sel.contexts:
+            from relay.imap.handlers.contexts import update_contexts
+
+            await update_contexts(self, sel)
 
     async def _take_recent(self, sel: Selected, uids: list[int], watermark: int) -> None:
         """Which of the newly seen `uids` are \\Recent for this session (RFC 3501 §2.3.2):
@@ -475,6 +482,10 @@ class Session:
         if uid not in sel.flags:
             return
         seq = sel.seq_of(uid)
+        for ctx in sel.contexts:
+            # RFC 5267 §4.3: the REMOVEFROM names the message before its EXPUNGE.
+            if (update := ctx.drop(uid, seq)) is not None:
+                self.emit(r.untagged(update))
         del sel.uids[seq - 1]
         del sel.flags[uid]
         sel.recent.discard(uid)

@@ -75,6 +75,9 @@ _SELECTED: Final[tuple[type[c.Command], ...]] = (
     c.Store,
     c.Copy,
     c.Move,
+    c.Sort,  # RFC 5256
+    c.Thread,
+    c.CancelUpdate,  # RFC 5267 §4.3
 )
 
 # Which commands each state accepts.

@@ -131,7 +131,9 @@ class MessageMeta:
     """Everything the IMAP server serves about a message without re-reading it.
 
     `message_id` is the Message-ID without angle brackets, comments or whitespace
-    (for the audit trail), None when absent.
+    (for the audit trail), None when absent. `references` is the References header
+    unfolded, None when absent (THREAD=REFERENCES, RFC 5256 §6.4; messages stored
+    before it was kept have None).
     """
 
     size: int
@@ -140,6 +142,7 @@ class MessageMeta:
     body: BodyPart
     search: SearchHeaders
     message_id: str | None = None
+    references: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A compact JSON-able dict; `from_json` gives back an equal MessageMeta."""
@@ -154,6 +157,8 @@ class MessageMeta:
             d["e"] = env
         if self.message_id is not None:
             d["m"] = self.message_id
+        if self.references is not None:
+            d["r"] = self.references
         srch: dict[str, str] = {}
         for key, attr, raw in _search_keys(self.envelope):
             value = getattr(self.search, attr)
@@ -182,6 +187,7 @@ class MessageMeta:
             sent = srch.get("sent")
             values["sent"] = None if sent is None else dt.date.fromisoformat(_str(sent))
             mid = d.get("m")
+            refs = d.get("r")
             return cls(
                 size=_int(d["z"]),
                 header_end=_int(d["h"]),
@@ -189,6 +195,7 @@ class MessageMeta:
                 body=_part_from_json(d["b"], 0),
                 search=SearchHeaders(**values),
                 message_id=None if mid is None else _str(mid),
+                references=None if refs is None else _str(refs),
             )
         except MetaFormatError:
             raise
@@ -211,6 +218,7 @@ def analyse(raw: bytes) -> MessageMeta:
         body=body,
         search=_search_headers(envelope),
         message_id=normalise_message_id(envelope.message_id),
+        references=headers.get(_REFERENCES),
     )
 
 
@@ -250,7 +258,8 @@ _MIME_FIELDS = frozenset(
         b"content-md5",
     }
 )
-_WANTED = _MIME_FIELDS | frozenset(_ENVELOPE_FIELDS)
+_REFERENCES = b"references"  # THREAD=REFERENCES (RFC 5256 §6.4)
+_WANTED = _MIME_FIELDS | frozenset(_ENVELOPE_FIELDS) | {_REFERENCES}
 
 
 def header_end(raw: bytes, start: int, end: int) -> tuple[int, int]:

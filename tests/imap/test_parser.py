@@ -418,6 +418,26 @@ VALID: list[tuple[bytes, c.Command]] = [
     # --- ACL (RFC 4314)
     (b"a GETACL INBOX", c.GetAcl(tag="a", mailbox="INBOX")),
     (b"a MYRIGHTS x", c.MyRights(tag="a", mailbox="x")),
+    # --- SORT / THREAD (RFC 5256), CONTEXT (RFC 5267); more in test_parser_ext.py
+    (
+        b"a SORT (DATE) UTF-8 ALL",
+        c.Sort(
+            tag="a",
+            criteria=(c.SortCriterion(c.SortKey.DATE),),
+            charset="UTF-8",
+            search=c.SearchAll(),
+        ),
+    ),
+    (
+        b"a THREAD REFERENCES UTF-8 ALL",
+        c.Thread(
+            tag="a",
+            algorithm=c.ThreadAlgorithm.REFERENCES,
+            charset="UTF-8",
+            search=c.SearchAll(),
+        ),
+    ),
+    (b'a CANCELUPDATE "t1"', c.CancelUpdate(tag="a", tags=("t1",))),
     (b"a LISTRIGHTS x bob", c.ListRights(tag="a", mailbox="x", identifier="bob")),
     (b"a DELETEACL x bob", c.DeleteAcl(tag="a", mailbox="x", identifier="bob")),
     (

@@ -42,8 +42,10 @@ from relay.imap.handlers.mailboxes import (
     h_subscribe,
 )
 from relay.imap.handlers.rights import h_getacl, h_listrights, h_myrights, h_setacl
-from relay.imap.handlers.search import h_search
+from relay.imap.handlers.search import h_cancelupdate, h_search
+from relay.imap.handlers.sort import h_sort
 from relay.imap.handlers.store import h_close, h_expunge, h_store
+from relay.imap.handlers.thread import h_thread
 
 HANDLERS: dict[type[c.Command], Handler] = {
     c.Capability: h_capability,
@@ -81,4 +83,7 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.Store: h_store,
     c.Copy: h_copy,
     c.Move: h_copy,
+    c.Sort: h_sort,
+    c.Thread: h_thread,
+    c.CancelUpdate: h_cancelupdate,
 }

@@ -199,7 +199,8 @@ def writable(s: Session) -> Selected:
 def members(sel: Selected, seqset: c.SequenceSet, uid: bool) -> list[int]:
     """The UIDs a sequence set names, ascending (RFC 3501 §6.4.8 for UID sets)."""
     if seqset.saved:
-        return []
+        # RFC 5182 §2.1: "$" is the saved result, less what was expunged since.
+        return sorted(u for u in sel.saved if u in sel.flags)
     if uid:
         # Each range is a slice of the sorted UID list: O(ranges · log n), not O(n).
         largest = sel.largest_uid

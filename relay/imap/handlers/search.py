@@ -1,44 +1,62 @@
-"""SEARCH and UID SEARCH (RFC 3501 §6.4.4, ESEARCH RFC 4731)."""
+"""SEARCH and UID SEARCH (RFC 3501 §6.4.4; ESEARCH RFC 4731; SEARCHRES RFC 5182;
+CONTEXT=SEARCH, PARTIAL and UPDATE RFC 5267 §4).
+
+`matching` evaluates criteria over the selected folder (or some of its messages); SORT,
+THREAD and the live search contexts use it too. `answer` sends a result the way the
+command's RETURN options ask, saves it for ``$`` and registers a live context.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from relay.imap import commands as c
 from relay.imap import response as r
-from relay.imap.handlers.common import RAW_BATCH, Result, need, selected
+from relay.imap.context import MAX_CONTEXTS, SearchContext, esearch, resolve_saved, to_save
+from relay.imap.handlers.common import RAW_BATCH, ImapError, Result, need, selected
 from relay.imap.search import Candidate, matches, needs, uses_modseq
 from relay.imap.session import Selected, Session
 from relay.message.analysis import MessageMeta
 from relay.store.mailstore import MessageRow
 
 
-async def h_search(s: Session, cmd: c.Search) -> Result:
-    sel = selected(s)
-    need(s, sel.target, "r", "read messages")
-    want = needs(cmd.criteria)
-    with_modseq = uses_modseq(cmd.criteria)
-    if with_modseq:
-        s.enable_condstore()  # RFC 7162 §3.1: SEARCH MODSEQ enables CONDSTORE
-    uids = list(sel.uids)
+class NoUpdate(ImapError):
+    """RFC 5267 §4.2: the server will not keep this search live."""
+
+    imap_code = "NOUPDATE"
+
+
+async def matching(
+    s: Session, sel: Selected, criteria: c.SearchKey, uids: Sequence[int] | None = None
+) -> list[tuple[int, int]]:
+    """(message number, UID) of the messages matching `criteria`, ascending; only
+    among `uids` when given. ``$`` is the saved result (RFC 5182 §2.1)."""
+    criteria = resolve_saved(criteria, sel.saved)
+    want = needs(criteria)
+    candidates = list(sel.uids if uids is None else uids)
+    total = len(sel.uids)
     rows: dict[int, MessageRow] = {}
     metas: dict[str, MessageMeta] = {}
-    if want.row:
+    if want.row and candidates:
         rows, metas, _ = await s.service.mail.fetch_data(
-            sel.folder.id, uids, meta=want.meta, raw=False
+            sel.folder.id, candidates, meta=want.meta, raw=False
         )
-    n = len(uids)
+    n = len(candidates)
+    step = RAW_BATCH if want.raw else max(n, 1)
     found: list[tuple[int, int]] = []
-    for start in range(0, n, RAW_BATCH if want.raw else max(n, 1)):
-        batch = uids[start : start + (RAW_BATCH if want.raw else n)]
+    for start in range(0, n, step):
+        batch = candidates[start : start + step]
         raws: dict[str, bytes] = {}
         if want.raw:
             raws = await s.service.mail.raws(rows[u].blob_id for u in batch if u in rows)
-        for i, uid in enumerate(batch, start=start + 1):
+        for uid in batch:
+            f = sel.flags.get(uid)
             row = rows.get(uid)
-            if want.row and row is None:
+            if f is None or (want.row and row is None):
                 continue  # expunged meanwhile
-            f = sel.flags[uid]
+            seq = sel.seq_of(uid)
             cand = Candidate(
-                seq=i,
+                seq=seq,
                 uid=uid,
                 flags=sel.flags_of(uid),
                 modseq=f.modseq,
@@ -47,48 +65,101 @@ async def h_search(s: Session, cmd: c.Search) -> Result:
                 meta=metas.get(row.blob_id) if row else None,
                 raw=raws.get(row.blob_id) if row else None,
             )
-            if matches(cmd.criteria, cand, messages=n, largest_uid=sel.largest_uid):
-                found.append((i, uid))
-    numbers = [u if cmd.uid else i for i, u in found]
+            if matches(criteria, cand, messages=total, largest_uid=sel.largest_uid):
+                found.append((seq, uid))
+    return found
+
+
+def answer(
+    s: Session,
+    sel: Selected,
+    cmd: c.Search | c.Sort,
+    uids: list[int],
+    *,
+    legacy: str,
+    sort: tuple[c.SortCriterion, ...] | None,
+    criteria: c.SearchKey,
+) -> None:
+    """Send the result (UIDs in result order) as ``* SEARCH``/``* SORT`` (`legacy`)
+    or ``* ESEARCH``; save it for ``$``; keep it live for ``RETURN (UPDATE)``."""
+    numbers = uids if cmd.uid else [sel.seq_of(u) for u in uids]
+    opts = cmd.return_options
     # RFC 7162 §3.1.5: with MODSEQ in the criteria, the highest mod-sequence of the
     # messages returned comes with them (none returned: no MODSEQ).
-    modseq = max((sel.flags[u].modseq for _, u in found), default=0) if with_modseq else 0
-    if cmd.return_options is None:
-        tail = f" (MODSEQ {modseq})" if modseq else ""
-        s.emit(r.untagged("SEARCH" + "".join(f" {x}" for x in numbers) + tail))
-    else:
-        # RFC 4731 ESEARCH
-        parts = [f'(TAG "{cmd.tag}")']
-        if cmd.uid:
-            parts.append("UID")
-        opts = cmd.return_options
-        if numbers and c.SearchReturn.MIN in opts:
-            parts.append(f"MIN {min(numbers)}")
-        if numbers and c.SearchReturn.MAX in opts:
-            parts.append(f"MAX {max(numbers)}")
-        if numbers and c.SearchReturn.ALL in opts:
-            parts.append("ALL " + r.sequence_set(sorted(numbers)))
-        if c.SearchReturn.COUNT in opts:
-            parts.append(f"COUNT {len(numbers)}")
-        if modseq and opts - {c.SearchReturn.SAVE}:
+    with_modseq = uses_modseq(criteria) and bool(uids)
+    if opts is None:
+        tail = f" (MODSEQ {max(sel.flags[u].modseq for u in uids)})" if with_modseq else ""
+        s.emit(r.untagged(legacy + "".join(f" {x}" for x in numbers) + tail))
+        return
+    if c.SearchReturn.SAVE in opts:
+        # RFC 5182 §2.4: the UIDs are kept, so "$" survives expunges of other messages.
+        sel.saved = to_save(sorted(uids), opts)
+    if opts != {c.SearchReturn.SAVE}:  # RFC 5182 §2.1: SAVE alone returns nothing
+        ordered = sort is not None
+        data = esearch(cmd.tag, cmd.uid, numbers, opts, cmd.partial, sorted_result=ordered)
+        if with_modseq:
             # RFC 7162 §3.1.5 / RFC 4731 §3.2: the highest MODSEQ of what is returned.
-            parts.append(f"MODSEQ {_returned_modseq(found, opts, cmd.uid, sel)}")
-        s.emit(r.untagged("ESEARCH " + " ".join(parts)))
-    return f"{'UID ' if cmd.uid else ''}SEARCH completed", None
+            data += f" MODSEQ {_returned_modseq(uids, opts, sel, sorted_result=ordered)}"
+        s.emit(r.untagged(data))
+    if c.SearchReturn.UPDATE in opts:
+        sel.contexts = [x for x in sel.contexts if x.tag != cmd.tag]
+        shown = opts - {c.SearchReturn.UPDATE, c.SearchReturn.CONTEXT, c.SearchReturn.SAVE}
+        sel.contexts.append(
+            SearchContext(
+                tag=cmd.tag,
+                uid=cmd.uid,
+                criteria=criteria,
+                sort=sort,
+                options=frozenset(shown),
+                result=list(uids),
+                seen={u: sel.flags[u].modseq for u in sel.uids},
+            )
+        )
 
 
 def _returned_modseq(
-    found: list[tuple[int, int]], opts: frozenset[c.SearchReturn], uid: bool, sel: Selected
+    uids: list[int], opts: frozenset[c.SearchReturn], sel: Selected, *, sorted_result: bool
 ) -> int:
     """The highest MODSEQ among the messages an ESEARCH answer names: all of them with
     ALL (or COUNT), else only the MIN and MAX ones (RFC 4731 §3.2)."""
-    if opts & {c.SearchReturn.ALL, c.SearchReturn.COUNT}:
-        chosen = found
-    else:
-        key = (lambda x: x[1]) if uid else (lambda x: x[0])
-        chosen = []
-        if c.SearchReturn.MIN in opts:
-            chosen.append(min(found, key=key))
+    chosen = uids
+    if not opts & {c.SearchReturn.ALL, c.SearchReturn.COUNT}:
+        first, last = (uids[0], uids[-1]) if sorted_result else (min(uids), max(uids))
+        picked = [first] if c.SearchReturn.MIN in opts else []
         if c.SearchReturn.MAX in opts:
-            chosen.append(max(found, key=key))
-    return max(sel.flags[u].modseq for _, u in chosen)
+            picked.append(last)
+        chosen = picked or uids
+    return max(sel.flags[u].modseq for u in chosen)
+
+
+def check_update(sel: Selected, cmd: c.Search | c.Sort) -> None:
+    """RFC 5267 §4.2: refuse a new live context beyond the limit, before any work."""
+    opts = cmd.return_options or frozenset()
+    if c.SearchReturn.UPDATE in opts:
+        if c.SearchReturn.SAVE in opts:
+            # RFC 5267 §4.1 leaves UPDATE with SAVE undefined; the saved result would
+            # drift from the updates.
+            raise NoUpdate(f'UPDATE cannot be combined with SAVE "{cmd.tag}"')
+        if len([x for x in sel.contexts if x.tag != cmd.tag]) >= MAX_CONTEXTS:
+            raise NoUpdate(f'Too many live searches "{cmd.tag}"')
+
+
+async def h_search(s: Session, cmd: c.Search) -> Result:
+    sel = selected(s)
+    need(s, sel.target, "r", "read messages")
+    check_update(sel, cmd)
+    criteria = resolve_saved(cmd.criteria, sel.saved)
+    if uses_modseq(criteria):
+        s.enable_condstore()  # RFC 7162 §3.1: SEARCH MODSEQ enables CONDSTORE
+    if cmd.return_options is not None and c.SearchReturn.SAVE in cmd.return_options:
+        sel.saved = []  # RFC 5182 §2.1: a failed SEARCH ... SAVE leaves "$" empty
+    found = await matching(s, sel, criteria)
+    answer(s, sel, cmd, [u for _, u in found], legacy="SEARCH", sort=None, criteria=criteria)
+    return f"{'UID ' if cmd.uid else ''}SEARCH completed", None
+
+
+async def h_cancelupdate(s: Session, cmd: c.CancelUpdate) -> Result:
+    """RFC 5267 §4.3: the named live searches send no more updates."""
+    sel = selected(s)
+    sel.contexts = [x for x in sel.contexts if x.tag not in cmd.tags]
+    return "CANCELUPDATE completed", None

@@ -55,7 +55,7 @@ async def h_expunge(s: Session, cmd: c.Expunge) -> Result:
     need(s, sel.target, "e", "expunge messages")
     uids: list[int] | None = None
     if cmd.uids is not None:
-        uids = [u for u in sel.uids if cmd.uids.contains(u, sel.largest_uid)]
+        uids = members(sel, cmd.uids, True)
     gone = await _expunge(s, sel, uids, f"{'UID ' if uids is not None else ''}EXPUNGE ({sel.name})")
     for uid, _ in gone:
         s.forget(uid)

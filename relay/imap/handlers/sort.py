@@ -1,0 +1,61 @@
+"""SORT and UID SORT (RFC 5256 §3), ESORT and CONTEXT=SORT (RFC 5267 §3, §4).
+
+Sort keys come from the metadata computed at acceptance, through the service's key
+cache (`relay.imap.sort.KeyCache`, by blob): a second SORT of a folder reads only its
+message rows (one query) and whatever its search criteria need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from relay.imap import commands as c
+from relay.imap.handlers.common import Result, need, selected
+from relay.imap.handlers.search import answer, check_update, matching
+from relay.imap.session import Selected, Session
+from relay.imap.sort import MessageKeys, keys_of, sort_messages
+from relay.store.mailstore import MessageRow
+
+
+async def message_keys(s: Session, sel: Selected, uids: Sequence[int]) -> dict[int, MessageKeys]:
+    """The sort and thread keys of the given messages (those still there): one query
+    for the rows, the keys from the service's cache, metadata read only for the
+    messages never sorted before."""
+    if not uids:
+        return {}
+    cache = s.service.sort_keys
+    rows, _, _ = await s.service.mail.fetch_data(sel.folder.id, uids, meta=False, raw=False)
+    out: dict[int, MessageKeys] = {}
+    missing: list[MessageRow] = []
+    for uid, row in rows.items():
+        keys = cache.get(row.blob_id)
+        if keys is None:
+            missing.append(row)
+        else:
+            out[uid] = keys
+    if missing:
+        metas = await s.service.mail.metas(row.blob_id for row in missing)
+        for row in missing:
+            meta = metas.get(row.blob_id)
+            if meta is not None:
+                out[row.uid] = keys = keys_of(meta, row.internal_date, row.size)
+                cache.put(row.blob_id, keys)
+    return out
+
+
+async def sorted_uids(
+    s: Session, sel: Selected, criteria: Sequence[c.SortCriterion], uids: Sequence[int]
+) -> list[int]:
+    """`uids` (ascending) in SORT order."""
+    keys = await message_keys(s, sel, uids)
+    return sort_messages([(u, keys[u]) for u in uids if u in keys], criteria)
+
+
+async def h_sort(s: Session, cmd: c.Sort) -> Result:
+    sel = selected(s)
+    need(s, sel.target, "r", "read messages")
+    check_update(sel, cmd)
+    found = await matching(s, sel, cmd.search)
+    order = await sorted_uids(s, sel, cmd.criteria, [u for _, u in found])
+    answer(s, sel, cmd, order, legacy="SORT", sort=cmd.criteria, criteria=cmd.search)
+    return f"{'UID ' if cmd.uid else ''}SORT completed", None
