@@ -545,6 +545,37 @@ class Append(Command):
     binary: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class CatenateUrl:
+    """A CATENATE part taken from a message by IMAP URL (RFC 4469 §3)."""
+
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppendMessage:
+    """One message of an APPEND: flags, date, and its parts (RFC 3502, RFC 4469).
+
+    A plain literal is one ``bytes`` part; CATENATE gives text parts (``bytes``) and
+    `CatenateUrl` parts in order. ``binary`` when any text came as a literal8.
+    """
+
+    flags: tuple[str, ...] = ()
+    internal_date: dt.datetime | None = None
+    parts: tuple[bytes | CatenateUrl, ...] = ()
+    binary: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppendMany(Command):
+    """APPEND of several messages (MULTIAPPEND, RFC 3502) or of messages built with
+    CATENATE (RFC 4469); a single plain message parses as `Append`."""
+
+    name: ClassVar[str] = "APPEND"
+    mailbox: str
+    messages: tuple[AppendMessage, ...]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Check(Command):
     """RFC 3501 §6.4.1."""

@@ -828,10 +828,29 @@ def _status(cur: _Cursor, tag: str) -> c.Command:
 
 
 def _append(cur: _Cursor, tag: str) -> c.Command:
-    # RFC 3501 §9: "APPEND" SP mailbox [SP flag-list] [SP date-time] SP literal
+    # RFC 3501 §9 / RFC 4466 §2.3 / RFC 3502 (MULTIAPPEND) / RFC 4469 (CATENATE):
+    # "APPEND" SP mailbox 1*(SP [flag-list SP] [date-time SP] append-data)
     cur.sp()
     mailbox = cur.mailbox()
-    cur.sp()
+    messages: list[c.AppendMessage] = []
+    while not messages or not cur.at_end():
+        cur.sp()
+        messages.append(_append_message(cur))
+    cur.end()
+    first = messages[0]
+    if len(messages) == 1 and len(first.parts) == 1 and isinstance(first.parts[0], bytes):
+        return c.Append(
+            tag=tag,
+            mailbox=mailbox,
+            flags=first.flags,
+            internal_date=first.internal_date,
+            message=first.parts[0],
+            binary=first.binary,
+        )
+    return c.AppendMany(tag=tag, mailbox=mailbox, messages=tuple(messages))
+
+
+def _append_message(cur: _Cursor) -> c.AppendMessage:
     flags: tuple[str, ...] = ()
     when: dt.datetime | None = None
     if cur.peek() == 0x28:
@@ -840,14 +859,34 @@ def _append(cur: _Cursor, tag: str) -> c.Command:
     if cur.peek() == 0x22:
         when = cur.date_time()
         cur.sp()
+    if cur.at(b"CATENATE "):
+        # RFC 4469 §5: "CATENATE" SP "(" cat-part *(SP cat-part) ")"
+        cur.pos += len(b"CATENATE ")
+        binary = False
+
+        def part() -> bytes | c.CatenateUrl:
+            nonlocal binary
+            word = cur.keyword("TEXT or URL")
+            if word not in ("TEXT", "URL"):
+                raise _Fail("Expected TEXT or URL")
+            cur.sp()
+            if word == "URL":
+                return c.CatenateUrl(cur.astring("a URL"))
+            data, is_binary = _message_literal(cur)
+            binary = binary or is_binary
+            return data
+
+        parts = tuple(cur.paren_list(part, "catenate parts"))
+        return c.AppendMessage(flags, when, parts, binary)
+    data, binary = _message_literal(cur)
+    return c.AppendMessage(flags, when, (data,), binary)
+
+
+def _message_literal(cur: _Cursor) -> tuple[bytes, bool]:
     if cur.peek() not in (0x7B, 0x7E):
         raise _Fail("Expected the message as a literal")
     # NUL is tolerated in a plain literal here: the octets are stored as they are.
-    message, binary = cur.string_bytes(binary_ok=True, nul_ok=True)
-    cur.end()
-    return c.Append(
-        tag=tag, mailbox=mailbox, flags=flags, internal_date=when, message=message, binary=binary
-    )
+    return cur.string_bytes(binary_ok=True, nul_ok=True)
 
 
 def _expunge(cur: _Cursor, tag: str) -> c.Command:

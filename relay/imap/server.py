@@ -60,6 +60,9 @@ EXTENSIONS: tuple[str, ...] = (
     "SEARCHRES",  # RFC 5182
     "CONTEXT=SEARCH",  # RFC 5267 §4 (relay.imap.context)
     "CONTEXT=SORT",
+    "MULTIAPPEND",  # RFC 3502 (relay.imap.handlers.multiappend)
+    "CATENATE",  # RFC 4469
+    "BINARY",  # RFC 3516
 )
 
 # Sort and thread keys kept in memory (a few hundred bytes each): 10,000-message

@@ -307,7 +307,12 @@ class Session:
             if exc.log_detail:
                 log.info("imap.refused", session=self.id, command=cmd.name, detail=exc.log_detail)
             await self._settle(cmd)
-            err_code = r.ResponseCode(exc.imap_code) if exc.imap_code else None
+            err_code: r.ResponseCode | r.Code | None = None
+            if exc.imap_code:
+                # A code may carry an argument: [BADURL "url"], [NOUPDATE "tag"].
+                argument: str = getattr(exc, "imap_argument", "")
+                err_code = r.ResponseCode(exc.imap_code)
+                err_code = r.Code(err_code, argument) if argument else err_code
             status = r.Status.BAD if exc.imap_status == "BAD" else r.Status.NO
             self.emit(r.tagged(cmd.tag, status, exc.text, err_code))
             if status is r.Status.BAD:

@@ -58,6 +58,7 @@ _AUTHENTICATED: Final[tuple[type[c.Command], ...]] = (
     c.Lsub,
     c.Status,
     c.Append,
+    c.AppendMany,  # RFC 3502, RFC 4469
     c.Idle,
     c.GetAcl,
     c.SetAcl,

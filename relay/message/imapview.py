@@ -8,8 +8,8 @@ plain data for sections) and does no I/O.
 
 from __future__ import annotations
 
-import binascii
 import functools
+import re
 from collections.abc import Iterator
 from typing import Final
 
@@ -470,8 +470,28 @@ def _decode_body(data: bytes, node: BodyPart) -> bytes | None:
     if enc == "base64":
         return decode_base64(data)
     if enc == "quoted-printable":
-        return binascii.a2b_qp(data)
+        return decode_qp(data)
     return None
+
+
+_QP_ESCAPE: Final = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def decode_qp(data: bytes) -> bytes:
+    """RFC 2045 §6.7 quoted-printable: trailing white space on a line is dropped (rule
+    3), a final ``=`` (after that) is a soft line break (rule 5), ``=XX`` is an octet;
+    any other ``=`` is kept as it is (the robustness the RFC's note recommends)."""
+    out = bytearray()
+    lines = data.split(b"\n")
+    for i, line in enumerate(lines):
+        line = line.removesuffix(b"\r").rstrip(b" \t")
+        soft = line.endswith(b"=")
+        if soft:
+            line = line[:-1]
+        out += _QP_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), line)
+        if not soft and i < len(lines) - 1:
+            out += b"\r\n"
+    return bytes(out)
 
 
 # ----------------------------------------------------------------------------- SEARCH

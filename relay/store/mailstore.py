@@ -134,6 +134,16 @@ class StoreResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Appended:
+    """One message to append: its bytes, their metadata, flags and internal date."""
+
+    raw: bytes
+    meta: MessageMeta
+    flags: frozenset[str]
+    internal_date: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
 class CopyResult:
     uidvalidity: int
     source_uids: tuple[int, ...]
@@ -689,50 +699,85 @@ class MailStore:
     ) -> tuple[int, int]:
         """APPEND (RFC 3501 §6.3.11): blob, metadata and message row in one
         transaction with the audit event. Returns (uidvalidity, uid) for APPENDUID."""
-        blob_id = secrets.token_hex(16)
-        sealed = self.store.cipher.seal(blob_id, raw)
-        sealed_meta = self.store.seal_meta(blob_id, meta.to_json())
+        uidvalidity, uids = await self.append_many(
+            box,
+            folder,
+            [Appended(raw, meta, flags, internal_date)],
+            person=person,
+            make_event=lambda got: [make_event(got[0])],
+        )
+        return uidvalidity, uids[0]
 
-        async def unit(conn: AsyncConnection, ctx: TxContext) -> tuple[int, int]:
+    async def append_many(
+        self,
+        box: str,
+        folder: str,
+        messages: Sequence[Appended],
+        *,
+        person: str | None,
+        make_event: Callable[[list[int]], Sequence[AuditEvent | None]],
+    ) -> tuple[int, list[int]]:
+        """MULTIAPPEND (RFC 3502 §6.3.11): every message or none, in one transaction
+        with their audit events (`make_event` is given the new UIDs); one APPEND is
+        the case of a single message. Returns
+        (uidvalidity, uids in the order given)."""
+        sealed = []
+        for m in messages:
+            blob_id = secrets.token_hex(16)
+            sealed.append(
+                (
+                    blob_id,
+                    self.store.cipher.seal(blob_id, m.raw),
+                    self.store.seal_meta(blob_id, m.meta.to_json()),
+                )
+            )
+
+        async def unit(conn: AsyncConnection, ctx: TxContext) -> tuple[int, list[int]]:
             info = await self._folder_in(conn, box, folder)
-            await conn.execute(
-                insert(t.blobs).values(
-                    id=blob_id,
-                    size=len(raw),
-                    data=sealed,
-                    meta=sealed_meta,
-                    created_at=self.store.clock(),
-                )
-            )
-            modseq, uid, uidvalidity = await self._bump(conn, info.id, 1)
-            res = await conn.execute(
-                insert(t.messages).values(
-                    folder_id=info.id,
-                    uid=uid,
-                    modseq=modseq,
-                    blob_id=blob_id,
-                    # The instant in UTC (SQLite keeps no zone) and the zone apart.
-                    internal_date=internal_date.astimezone(dt.UTC),
-                    internal_offset=offset_minutes(internal_date),
-                    size=len(raw),
-                    flags=format_flags(flags - {SEEN} if person else flags),
-                    message_id=meta.message_id,
-                )
-            )
-            if person is not None and SEEN in flags:
-                assert res.inserted_primary_key is not None
+            modseq, first, uidvalidity = await self._bump(conn, info.id, len(messages))
+            uids: list[int] = []
+            for n, (m, (blob_id, data, meta)) in enumerate(zip(messages, sealed, strict=True)):
                 await conn.execute(
-                    insert(t.seen).values(message_id=res.inserted_primary_key[0], person=person)
+                    insert(t.blobs).values(
+                        id=blob_id,
+                        size=len(m.raw),
+                        data=data,
+                        meta=meta,
+                        created_at=self.store.clock(),
+                    )
                 )
+                res = await conn.execute(
+                    insert(t.messages).values(
+                        folder_id=info.id,
+                        uid=first + n,
+                        modseq=modseq,
+                        blob_id=blob_id,
+                        # The instant in UTC (SQLite keeps no zone) and the zone apart.
+                        internal_date=m.internal_date.astimezone(dt.UTC),
+                        internal_offset=offset_minutes(m.internal_date),
+                        size=len(m.raw),
+                        flags=format_flags(m.flags - {SEEN} if person else m.flags),
+                        message_id=m.meta.message_id,
+                    )
+                )
+                if person is not None and SEEN in m.flags:
+                    assert res.inserted_primary_key is not None
+                    await conn.execute(
+                        insert(t.seen).values(message_id=res.inserted_primary_key[0], person=person)
+                    )
+                uids.append(first + n)
             ctx.touch(info.id)
-            event = make_event(uid)
-            _audit(ctx, event)
+            events = list(make_event(uids))
+            for event in events:
+                _audit(ctx, event)
             mirror = await _mirror_of(conn, info.id)
             if mirror is not None:
+                # One journal row for the whole append (gateway mode replays it).
+                first_event = next((e for e in events if e is not None), None)
                 await _journal(
-                    conn, self.store.clock(), mirror, "append", info.id, {"uids": [uid]}, event
+                    conn, self.store.clock(), mirror, "append", info.id, {"uids": uids}, first_event
                 )
-            return uidvalidity, uid
+            return uidvalidity, uids
 
         return await self.store.transact(unit)
 

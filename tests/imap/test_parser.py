@@ -438,6 +438,18 @@ VALID: list[tuple[bytes, c.Command]] = [
         ),
     ),
     (b'a CANCELUPDATE "t1"', c.CancelUpdate(tag="a", tags=("t1",))),
+    # --- MULTIAPPEND (RFC 3502), CATENATE (RFC 4469)
+    (
+        b'a APPEND x (\\Seen) {1}\r\nA CATENATE (URL "/x/;uid=1" TEXT {1}\r\nB)',
+        c.AppendMany(
+            tag="a",
+            mailbox="x",
+            messages=(
+                c.AppendMessage(flags=("\\Seen",), parts=(b"A",)),
+                c.AppendMessage(parts=(c.CatenateUrl("/x/;uid=1"), b"B")),
+            ),
+        ),
+    ),
     (b"a LISTRIGHTS x bob", c.ListRights(tag="a", mailbox="x", identifier="bob")),
     (b"a DELETEACL x bob", c.DeleteAcl(tag="a", mailbox="x", identifier="bob")),
     (

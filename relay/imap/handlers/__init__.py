@@ -41,6 +41,7 @@ from relay.imap.handlers.mailboxes import (
     h_status,
     h_subscribe,
 )
+from relay.imap.handlers.multiappend import h_append_many
 from relay.imap.handlers.rights import h_getacl, h_listrights, h_myrights, h_setacl
 from relay.imap.handlers.search import h_cancelupdate, h_search
 from relay.imap.handlers.sort import h_sort
@@ -68,6 +69,7 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.Lsub: h_list,
     c.Status: h_status,
     c.Append: h_append,
+    c.AppendMany: h_append_many,
     c.Idle: h_idle,
     c.MyRights: h_myrights,
     c.GetAcl: h_getacl,

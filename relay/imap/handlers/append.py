@@ -11,22 +11,38 @@ from relay.imap import response as r
 from relay.imap.handlers.common import Result, existing, need, rights, seen_person, traced, who
 from relay.imap.session import Session
 from relay.message.analysis import MessageMeta, analyse
+from relay.message.binary import encode_binary_parts
 from relay.store.mailstore import DELETED, SEEN
+
+
+def settable(have: str, flags: tuple[str, ...]) -> frozenset[str]:
+    """The flags a person with rights `have` may set on a new message: the others are
+    dropped, not refused (RFC 4314 §4)."""
+    return frozenset(
+        f
+        for f in flags
+        if (f == SEEN and "s" in have)
+        or (f == DELETED and "t" in have)
+        or (f not in (SEEN, DELETED) and "w" in have)
+    )
+
+
+def prepared(raw: bytes, binary: bool) -> tuple[bytes, MessageMeta]:
+    """The octets to store and their metadata: binary content sent as a literal8 is
+    stored base64-encoded (RFC 3516 §4.4, `relay.message.binary`)."""
+    meta = analyse(raw)
+    if binary:
+        encoded = encode_binary_parts(raw, meta)
+        if encoded is not raw:
+            return encoded, analyse(encoded)
+    return raw, meta
 
 
 async def h_append(s: Session, cmd: c.Append) -> Result:
     target = await existing(s, cmd.mailbox, trycreate=True)
     need(s, target, "i", "add messages")
-    have = rights(s, target)
-    # RFC 4314 §4: flags the person may not set are dropped, not refused.
-    allowed_flags = {
-        f
-        for f in cmd.flags
-        if (f == SEEN and "s" in have)
-        or (f == DELETED and "t" in have)
-        or (f not in (SEEN, DELETED) and "w" in have)
-    }
-    meta: MessageMeta = await asyncio.to_thread(analyse, cmd.message)
+    allowed_flags = settable(rights(s, target), cmd.flags)
+    raw, meta = await asyncio.to_thread(prepared, cmd.message, cmd.binary)
     when = cmd.internal_date or dt.datetime.now(dt.UTC)
     traced_box = traced(s, target.box)
 
@@ -38,16 +54,16 @@ async def h_append(s: Session, cmd: c.Append) -> Result:
             folder=target.folder,
             uid=uid,
             message_id=meta.message_id,
-            size_bytes=len(cmd.message),
+            size_bytes=len(raw),
             answer="OK",
         )
 
     uidvalidity, uid = await s.service.mail.append(
         target.box,
         target.folder,
-        cmd.message,
+        raw,
         meta,
-        frozenset(allowed_flags),
+        allowed_flags,
         when,
         person=seen_person(s, target.box),
         make_event=event,

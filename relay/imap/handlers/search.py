@@ -21,9 +21,13 @@ from relay.store.mailstore import MessageRow
 
 
 class NoUpdate(ImapError):
-    """RFC 5267 §4.2: the server will not keep this search live."""
+    """RFC 5267 §4.2: the server will not keep this search live (``[NOUPDATE "tag"]``)."""
 
     imap_code = "NOUPDATE"
+
+    def __init__(self, text: str, tag: str) -> None:
+        super().__init__(text)
+        self.imap_argument = r.quoted(tag).decode()
 
 
 async def matching(
@@ -139,9 +143,9 @@ def check_update(sel: Selected, cmd: c.Search | c.Sort) -> None:
         if c.SearchReturn.SAVE in opts:
             # RFC 5267 §4.1 leaves UPDATE with SAVE undefined; the saved result would
             # drift from the updates.
-            raise NoUpdate(f'UPDATE cannot be combined with SAVE "{cmd.tag}"')
+            raise NoUpdate("UPDATE cannot be combined with SAVE", cmd.tag)
         if len([x for x in sel.contexts if x.tag != cmd.tag]) >= MAX_CONTEXTS:
-            raise NoUpdate(f'Too many live searches "{cmd.tag}"')
+            raise NoUpdate("Too many live searches", cmd.tag)
 
 
 async def h_search(s: Session, cmd: c.Search) -> Result:
