@@ -13,7 +13,17 @@ server's event loop:
    store flags / logout; cycles/s and p50/p99 of a cycle;
 2. `FETCH 1:* (UID FLAGS)` and `SEARCH UNSEEN` on the full box (median of 5);
 3. sessions kept open: each client loops over fetch headers / fetch body / store
-   flags for `--seconds`; commands/s.
+   flags for `--seconds`; commands/s;
+4. the search extensions on the full box: `SORT (DATE)`, `SORT (SUBJECT)`,
+   `THREAD REFERENCES` and `SEARCH TEXT word`, the first run (cold) and the median
+   of 5 (warm), in ms. With `--dovecot SCRIPT` the same messages are appended to the
+   reference Dovecot (started by SCRIPT under `flock REFERENCE_LOCK`, stopped after)
+   and the same commands timed there, in the same sitting; the ratio is printed.
+   `--only-extensions` skips phases 1 to 3.
+
+The messages are varied for phase 4: subjects with and without ``Re:``, a thread of
+five messages at a time chained by References, dates a minute apart in mixed zones,
+and the word "urgent" in one body of a hundred.
 
 Everything is bounded: counts, durations and socket timeouts.
 """
@@ -38,6 +48,52 @@ from pathlib import Path
 from typing import Any
 
 SOCKET_TIMEOUT = 30.0
+REFERENCE_LOCK = "/work/team/reference.lock"
+# The commands of phase 4, and a label each.
+EXTENSION_COMMANDS: tuple[tuple[str, str], ...] = (
+    ("sort_date", "SORT (DATE) UTF-8 ALL"),
+    ("sort_subject", "SORT (SUBJECT) UTF-8 ALL"),
+    ("thread_references", "THREAD REFERENCES UTF-8 ALL"),
+    ("search_text", "SEARCH TEXT urgent"),
+)
+
+
+def bench_message(i: int, box: str) -> bytes:
+    """Message number `i` of the bench box (the same for mss-relay and Dovecot)."""
+    thread, pos = divmod(i, 5)
+    refs = " ".join(f"<bench{thread * 5 + k}@cabinet.example>" for k in range(pos))
+    zone = ("+0100", "+0000", "-0500")[i % 3]
+    minute = i % 60
+    hour = (i // 60) % 24
+    day = 1 + (i // 1440) % 28
+    subject = ("Re: " * min(pos, 2)) + f"Compte rendu {thread % 700}"
+    word = "urgent" if i % 100 == 7 else "courant"
+    return (
+        f"From: Dr Martin {i % 37} <martin{i % 37}@cpts-demo.mssante.fr>\r\nTo: <{box}>\r\n"
+        f"Subject: {subject}\r\nDate: Mon, {day:02d} Mar 2026 {hour:02d}:{minute:02d}:00 {zone}\r\n"
+        f"Message-ID: <bench{i}@cabinet.example>\r\n"
+        + (f"References: {refs}\r\n" if refs else "")
+        + "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        + "Ligne de compte rendu.\r\n" * 20
+        + f"Suivi {word}.\r\n"
+        + "Ligne de compte rendu.\r\n" * 20
+    ).encode()
+
+
+def time_extensions(c: Client) -> dict[str, float]:
+    """Phase 4 on the selected box: first run and median of 5 of each command (ms)."""
+    out: dict[str, float] = {}
+    for name, text in EXTENSION_COMMANDS:
+        times = []
+        for _ in range(6):
+            t1 = time.perf_counter()
+            lines = c.cmd(text)
+            times.append(time.perf_counter() - t1)
+            if not lines[-1].split(b" ", 2)[1].startswith(b"OK"):
+                raise RuntimeError(f"{text}: {lines[-1]!r}")
+        out[f"{name}_first_ms"] = times[0] * 1000
+        out[f"{name}_ms"] = statistics.median(times[1:]) * 1000
+    return out
 
 
 # ------------------------------------------------------------------ client side
@@ -53,6 +109,20 @@ class Client:
         self.buf = b""
         self.n = 0
         self.read_until(b"* OK")
+
+    @classmethod
+    def unverified(cls, port: int) -> Client:
+        """For the reference server on loopback, whose certificate is its own."""
+        self = cls.__new__(cls)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        raw = socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT)
+        self.sock = ctx.wrap_socket(raw)
+        self.buf = b""
+        self.n = 0
+        self.read_until(b"* OK")
+        return self
 
     def read_until(self, prefix: bytes) -> list[bytes]:
         lines = []
@@ -98,6 +168,14 @@ def client_main(args: argparse.Namespace) -> None:
     """Run in a separate process; prints one JSON object."""
     uids = list(range(1, args.messages + 1))
     out: dict[str, Any] = {}
+    if args.only_extensions:
+        c = Client(args.port, args.ca)
+        c.cmd(f'LOGIN {args.login} "{args.password}"')
+        c.cmd(f'SELECT "{args.mailbox}"')
+        out.update(time_extensions(c))
+        c.close()
+        print(json.dumps(out))
+        return
     lock = threading.Lock()
 
     def one_cycle(rng: random.Random) -> None:
@@ -178,7 +256,79 @@ def client_main(args: argparse.Namespace) -> None:
     for t in threads:
         t.join(timeout=args.seconds + 120)
     out["steady_commands_per_s"] = sum(counts) / (time.perf_counter() - t0)
+
+    # 4. the search extensions
+    c = Client(args.port, args.ca)
+    c.cmd(f'LOGIN {args.login} "{args.password}"')
+    c.cmd(f'SELECT "{args.mailbox}"')
+    out.update(time_extensions(c))
+    c.close()
     print(json.dumps(out))
+
+
+def reference_main(args: argparse.Namespace) -> None:
+    """Phase 4 against the reference Dovecot (already started): fill a fresh folder
+    with the same messages by MULTIAPPEND, then time the same commands."""
+    c = Client.unverified(args.port)
+    c.cmd(f'LOGIN {args.login} "{args.password}"')
+    c.n += 1
+    c.sock.sendall(b'r%d DELETE "bench"\r\n' % c.n)  # may not exist: NO is fine
+    c.read_until(b"r%d " % c.n)
+    c.cmd('CREATE "bench"')
+    t0 = time.perf_counter()
+    for start in range(0, args.messages, 200):
+        parts = []
+        for i in range(start, min(args.messages, start + 200)):
+            raw = bench_message(i, "secretariat@cpts-demo.mssante.fr")
+            parts.append(b" {%d+}\r\n" % len(raw) + raw)
+        c.n += 1
+        c.sock.sendall(b"r%d APPEND bench" % c.n + b"".join(parts) + b"\r\n")
+        last = c.read_until(b"r%d " % c.n)[-1]
+        if b" OK" not in last:
+            raise RuntimeError(f"reference APPEND: {last!r}")
+    filled = time.perf_counter() - t0
+    c.cmd('SELECT "bench"')
+    out: dict[str, Any] = {"filled_s": filled}
+    out.update(time_extensions(c))
+    c.cmd('DELETE "bench"')
+    c.close()
+    print(json.dumps(out))
+
+
+def run_reference(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Start Dovecot under the team lock, run `reference_main` in a subprocess, stop it."""
+    script = args.dovecot
+    inner = (
+        f"{script} start >/dev/null && "
+        f"{sys.executable} -m bench.imap_load reference --port {args.dovecot_port} "
+        f"--login {args.dovecot_user} --password {args.dovecot_password} "
+        f"--messages {args.messages}; rc=$?; {script} stop >/dev/null; exit $rc"
+    )
+    proc = subprocess.run(
+        ["flock", REFERENCE_LOCK, "sh", "-c", inner],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if proc.returncode != 0:
+        print(f"reference run failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+        return None
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def print_extensions(result: dict[str, Any], ref: dict[str, Any] | None, n: int) -> None:
+    for name, text in EXTENSION_COMMANDS:
+        ours, first = result[f"{name}_ms"], result[f"{name}_first_ms"]
+        line = f"{text} on {n}: {ours:.1f} ms (first run {first:.1f} ms)"
+        if ref is not None:
+            theirs, tfirst = ref[f"{name}_ms"], ref[f"{name}_first_ms"]
+            line += (
+                f"; Dovecot {theirs:.1f} ms (first run {tfirst:.1f} ms), "
+                f"ratio {ours / max(theirs, 0.001):.2f}"
+            )
+        print(line)
 
 
 # ------------------------------------------------------------------ server side
@@ -190,12 +340,7 @@ async def fill(store: Any, box: str, n: int) -> float:
     from relay.store.store import Acceptance
 
     async def one(i: int) -> None:
-        raw = (
-            f"From: Dr Martin <martin@cpts-demo.mssante.fr>\r\nTo: <{box}>\r\n"
-            f"Subject: Compte rendu {i}\r\nDate: Mon, 02 Mar 2026 10:00:00 +0100\r\n"
-            f"Message-ID: <bench{i}@cabinet.example>\r\nMIME-Version: 1.0\r\n"
-            f"Content-Type: text/plain; charset=utf-8\r\n\r\n" + "Ligne de compte rendu.\r\n" * 40
-        ).encode()
+        raw = bench_message(i, box)
         meta = analyse(raw)
         await store.accept(
             Acceptance(
@@ -275,10 +420,18 @@ async def server_main(args: argparse.Namespace) -> None:
                 "--seconds",
                 str(args.seconds),
             ]
+            if args.only_extensions:
+                cmd.append("--only-extensions")
             proc = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.PIPE)
             stdout, _ = await asyncio.wait_for(proc.communicate(), timeout=1800)
             result = json.loads(stdout.decode().strip().splitlines()[-1])
             print(f"engine {args.engine}, box {args.box} ({mailbox}), {args.clients} clients")
+            ref = run_reference(args) if args.dovecot else None
+            if ref is not None:
+                print(f"Dovecot filled with the same {args.messages} in {ref['filled_s']:.1f} s")
+            print_extensions(result, ref, args.messages)
+            if args.only_extensions:
+                return
             print(
                 f"cycles (login/select/fetch headers/fetch body/store/logout): "
                 f"{result['cycles']} in all, {result['cycles_per_s']:.1f} cycles/s, "
@@ -315,7 +468,9 @@ def logging_quiet() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("role", nargs="?", default="server", choices=["server", "client"])
+    parser.add_argument(
+        "role", nargs="?", default="server", choices=["server", "client", "reference"]
+    )
     parser.add_argument("--engine", default="sqlite", choices=["sqlite", "postgresql"])
     parser.add_argument("--box", default="shared", choices=["shared", "personal"])
     parser.add_argument("--messages", type=int, default=10_000)
@@ -327,6 +482,11 @@ def main() -> None:
     parser.add_argument("--login")
     parser.add_argument("--password")
     parser.add_argument("--mailbox")
+    parser.add_argument("--only-extensions", action="store_true", help="phase 4 only")
+    parser.add_argument("--dovecot", help="the reference Dovecot script (start|stop)")
+    parser.add_argument("--dovecot-port", type=int, default=10993)
+    parser.add_argument("--dovecot-user", default="testuser")
+    parser.add_argument("--dovecot-password", default="testpass")
     args = parser.parse_args()
     args.messages = max(1, min(args.messages, 200_000))
     args.clients = max(1, min(args.clients, 200))
@@ -334,6 +494,8 @@ def main() -> None:
     args.seconds = max(1, min(args.seconds, 600))
     if args.role == "client":
         client_main(args)
+    elif args.role == "reference":
+        reference_main(args)
     else:
         asyncio.run(server_main(args))
 

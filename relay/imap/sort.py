@@ -15,15 +15,15 @@ under REVERSE.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from email.utils import parsedate_tz
 from typing import Any, TypeVar
 
 from relay.imap import commands as c
-from relay.message.analysis import MessageMeta, decode_words
+from relay.message.analysis import Envelope, MessageMeta, decode_words
 from relay.message.imapview import parse_addresses
 
 _WSP = re.compile(r"[ \t\r\n]+")
@@ -133,45 +133,73 @@ def message_ids(value: str | None) -> tuple[str, ...]:
     return tuple(ident for m in _MSG_ID.finditer(value) if (ident := "".join(m.group(1).split())))
 
 
-@dataclass(frozen=True, slots=True)
 class MessageKeys:
-    """What SORT and THREAD compare for one message, already in comparison form."""
+    """What SORT and THREAD compare for one message, in comparison form, each key
+    computed the first time it is asked for (address parsing is costly, and a SORT
+    by DATE needs none of it), then kept."""
 
-    arrival: float
-    date: float
-    size: int
-    subject: str  # base subject, case-mapped
-    reply: bool  # the subject marked a reply or forward (RFC 5256 §2.1)
-    from_: str
-    to: str
-    cc: str
-    display_from: str
-    display_to: str
-    message_id: str | None
-    references: tuple[str, ...]  # References, or In-Reply-To's first ID (RFC 5256 §6.4)
+    def __init__(
+        self,
+        envelope: Envelope,
+        message_id: str | None,
+        references: str | None,
+        internal_date: dt.datetime,
+        size: int,
+    ) -> None:
+        self._env = envelope
+        self._references = references
+        self.message_id = message_id
+        self.arrival = internal_date.timestamp()
+        self.size = size
+
+    @functools.cached_property
+    def date(self) -> float:
+        return sent_date(self._env.date, dt.datetime.fromtimestamp(self.arrival, dt.UTC))
+
+    @functools.cached_property
+    def _subject(self) -> tuple[str, bool]:
+        base, reply = base_subject(self._env.subject)
+        return casemap(base), reply
+
+    @property
+    def subject(self) -> str:
+        """The base subject (RFC 5256 §2.1), case-mapped."""
+        return self._subject[0]
+
+    @property
+    def reply(self) -> bool:
+        """Whether the subject marked a reply or forward (RFC 5256 §2.1)."""
+        return self._subject[1]
+
+    @functools.cached_property
+    def from_(self) -> str:
+        return casemap(_mailbox(self._env.from_))
+
+    @functools.cached_property
+    def to(self) -> str:
+        return casemap(_mailbox(self._env.to))
+
+    @functools.cached_property
+    def cc(self) -> str:
+        return casemap(_mailbox(self._env.cc))
+
+    @functools.cached_property
+    def display_from(self) -> str:
+        return casemap(_display(self._env.from_))
+
+    @functools.cached_property
+    def display_to(self) -> str:
+        return casemap(_display(self._env.to))
+
+    @functools.cached_property
+    def references(self) -> tuple[str, ...]:
+        """References, or In-Reply-To's first Message ID (RFC 5256 §3 REFERENCES)."""
+        return message_ids(self._references) or message_ids(self._env.in_reply_to)[:1]
 
 
 def keys_of(meta: MessageMeta, internal_date: dt.datetime, size: int) -> MessageKeys:
     """The sort and thread keys of a message from its stored metadata."""
-    env = meta.envelope
-    subject, reply = base_subject(env.subject)
-    refs = message_ids(meta.references)
-    if not refs:
-        refs = message_ids(env.in_reply_to)[:1]
-    return MessageKeys(
-        arrival=internal_date.timestamp(),
-        date=sent_date(env.date, internal_date),
-        size=size,
-        subject=casemap(subject),
-        reply=reply,
-        from_=casemap(_mailbox(env.from_)),
-        to=casemap(_mailbox(env.to)),
-        cc=casemap(_mailbox(env.cc)),
-        display_from=casemap(_display(env.from_)),
-        display_to=casemap(_display(env.to)),
-        message_id=meta.message_id,
-        references=refs,
-    )
+    return MessageKeys(meta.envelope, meta.message_id, meta.references, internal_date, size)
 
 
 _KEY_OF: dict[c.SortKey, Callable[[MessageKeys], Any]] = {

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from relay.imap.sort import MessageKeys
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     """A thread container (RFC 5256 §6.4: a message, or a dummy with no number)."""
 

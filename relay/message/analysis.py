@@ -203,6 +203,24 @@ class MessageMeta:
             raise MetaFormatError(f"malformed metadata: {type(exc).__name__}") from None
 
 
+def headers_from_json(d: Any) -> tuple[Envelope, str | None, str | None]:
+    """(envelope, Message-ID, References) from `MessageMeta.to_json` output, without
+    rebuilding the body tree (what SORT and THREAD need); MetaFormatError if malformed."""
+    try:
+        if not isinstance(d, dict) or d.get("v") != JSON_VERSION:
+            raise MetaFormatError("unknown metadata version")
+        mid, refs = d.get("m"), d.get("r")
+        return (
+            _envelope_from_json(d.get("e", {})),
+            None if mid is None else _str(mid),
+            None if refs is None else _str(refs),
+        )
+    except MetaFormatError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MetaFormatError(f"malformed metadata: {type(exc).__name__}") from None
+
+
 # --------------------------------------------------------------------------- analyse
 
 

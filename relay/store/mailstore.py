@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.audit.events import AuditEvent
 from relay.errors import StoreError
-from relay.message.analysis import MessageMeta
+from relay.message.analysis import Envelope, MessageMeta, headers_from_json
 from relay.store import schema as t
 from relay.store.store import Store, TxContext, offset_minutes
 
@@ -395,6 +395,38 @@ class MailStore:
 
         for r in await self.store.read(read):
             out[r.id] = self._meta(r.id, bytes(r.meta))
+        return out
+
+    async def headers(
+        self, blob_ids: Iterable[str]
+    ) -> dict[str, tuple[Envelope, str | None, str | None]]:
+        """(envelope, Message-ID, References) of the given blobs: from the metadata
+        cache, or decrypted without building the body tree (SORT and THREAD keys)."""
+        ids = list(dict.fromkeys(blob_ids))
+        out: dict[str, tuple[Envelope, str | None, str | None]] = {}
+        missing = []
+        for i in ids:
+            meta = self._meta_cache.get(i)
+            if meta is None:
+                missing.append(i)
+            else:
+                out[i] = (meta.envelope, meta.message_id, meta.references)
+        if not missing:
+            return out
+
+        async def read(conn: AsyncConnection) -> list[Any]:
+            found: list[Any] = []
+            for i in range(0, len(missing), _IN_LIMIT):
+                chunk = missing[i : i + _IN_LIMIT]
+                found += (
+                    await conn.execute(
+                        select(t.blobs.c.id, t.blobs.c.meta).where(t.blobs.c.id.in_(chunk))
+                    )
+                ).all()
+            return found
+
+        for r in await self.store.read(read):
+            out[r.id] = headers_from_json(self.store.open_meta(r.id, bytes(r.meta)))
         return out
 
     async def fetch_data(

@@ -12,7 +12,7 @@ from relay.imap import commands as c
 from relay.imap import context as ctx
 from relay.imap.sort import KeyCache, MessageKeys, base_subject, keys_of, sent_date, sort_messages
 from relay.imap.thread import ordered_subject, references, render
-from relay.message.analysis import analyse
+from relay.message.analysis import Envelope, analyse
 
 UTC = dt.UTC
 
@@ -90,22 +90,15 @@ def test_keys_of(headers: str, attr: str, value: object) -> None:
 
 
 def _k(**kw: object) -> MessageKeys:
-    base: dict[str, object] = {
-        "arrival": 0.0,
-        "date": 0.0,
-        "size": 0,
-        "subject": "",
-        "reply": False,
-        "from_": "",
-        "to": "",
-        "cc": "",
-        "display_from": "",
-        "display_to": "",
-        "message_id": None,
-        "references": (),
-    }
-    base.update(kw)
-    return MessageKeys(**base)  # type: ignore[arg-type]
+    """Keys with the given values set directly (the lazily computed ones included)."""
+    mid = kw.pop("message_id", None)
+    k = MessageKeys(Envelope(), mid if isinstance(mid, str) else None, None, INTERNAL, 0)
+    for name in ("arrival", "size"):
+        if name in kw:
+            setattr(k, name, kw.pop(name))
+    k.__dict__["_subject"] = (kw.pop("subject", ""), kw.pop("reply", False))
+    k.__dict__.update(kw)
+    return k
 
 
 S = c.SortCriterion

@@ -13,14 +13,14 @@ from relay.imap import commands as c
 from relay.imap.handlers.common import Result, need, selected
 from relay.imap.handlers.search import answer, check_update, matching
 from relay.imap.session import Selected, Session
-from relay.imap.sort import MessageKeys, keys_of, sort_messages
+from relay.imap.sort import MessageKeys, sort_messages
 from relay.store.mailstore import MessageRow
 
 
 async def message_keys(s: Session, sel: Selected, uids: Sequence[int]) -> dict[int, MessageKeys]:
     """The sort and thread keys of the given messages (those still there): one query
-    for the rows, the keys from the service's cache, metadata read only for the
-    messages never sorted before."""
+    for the rows, the keys from the service's cache, headers read (without the body
+    tree) only for the messages never sorted before."""
     if not uids:
         return {}
     cache = s.service.sort_keys
@@ -34,11 +34,11 @@ async def message_keys(s: Session, sel: Selected, uids: Sequence[int]) -> dict[i
         else:
             out[uid] = keys
     if missing:
-        metas = await s.service.mail.metas(row.blob_id for row in missing)
+        headers = await s.service.mail.headers(row.blob_id for row in missing)
         for row in missing:
-            meta = metas.get(row.blob_id)
-            if meta is not None:
-                out[row.uid] = keys = keys_of(meta, row.internal_date, row.size)
+            found = headers.get(row.blob_id)
+            if found is not None:
+                out[row.uid] = keys = MessageKeys(*found, row.internal_date, row.size)
                 cache.put(row.blob_id, keys)
     return out
 
