@@ -756,3 +756,53 @@ class MyRights(Command):
 
     name: ClassVar[str] = "MYRIGHTS"
     mailbox: str
+
+
+# ---------------------------------------------------------------------------- NOTIFY
+
+
+class NotifyFilter(enum.StrEnum):
+    """Which mailboxes an event group covers (RFC 5465 §6)."""
+
+    SELECTED = "SELECTED"
+    SELECTED_DELAYED = "SELECTED-DELAYED"
+    INBOXES = "INBOXES"
+    PERSONAL = "PERSONAL"
+    SUBSCRIBED = "SUBSCRIBED"
+    SUBTREE = "SUBTREE"
+    MAILBOXES = "MAILBOXES"
+
+
+class NotifyEvent(enum.StrEnum):
+    """RFC 5465 §5 events (names compare case-insensitively; kept as the RFC spells them)."""
+
+    MESSAGE_NEW = "MessageNew"
+    MESSAGE_EXPUNGE = "MessageExpunge"
+    FLAG_CHANGE = "FlagChange"
+    ANNOTATION_CHANGE = "AnnotationChange"
+    MAILBOX_NAME = "MailboxName"
+    SUBSCRIPTION_CHANGE = "SubscriptionChange"
+    MAILBOX_METADATA_CHANGE = "MailboxMetadataChange"
+    SERVER_METADATA_CHANGE = "ServerMetadataChange"
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyGroup:
+    """One ``(filter events)`` group; `fetch` are MessageNew's fetch attributes;
+    no events at all is ``NONE`` (no notification for those mailboxes)."""
+
+    filter: NotifyFilter
+    mailboxes: tuple[str, ...] = ()
+    events: frozenset[NotifyEvent] = frozenset()
+    fetch: tuple[FetchAttr, ...] = ()
+    unknown: tuple[str, ...] = ()  # event names we do not know (BADEVENT)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notify(Command):
+    """NOTIFY (RFC 5465 §3): ``NOTIFY NONE`` has `groups` None; ``NOTIFY SET [STATUS]``
+    the groups in order."""
+
+    name: ClassVar[str] = "NOTIFY"
+    groups: tuple[NotifyGroup, ...] | None
+    status: bool = False

@@ -1139,6 +1139,70 @@ def _thread(uid: bool) -> _Handler:
     return parse
 
 
+_NOTIFY_EVENTS: Final = {e.value.upper(): e for e in c.NotifyEvent}
+
+
+def _notify_group(cur: _Cursor) -> c.NotifyGroup:
+    # RFC 5465 §8: event-group = "(" filter-mailboxes SP events ")"
+    cur.take(b"(", "'(' before an event group")
+    try:
+        kind = c.NotifyFilter(cur.keyword("a mailbox filter"))
+    except ValueError:
+        raise _Fail("Unknown mailbox filter") from None
+    names: tuple[str, ...] = ()
+    if kind in (c.NotifyFilter.SUBTREE, c.NotifyFilter.MAILBOXES):
+        cur.sp()
+        if cur.peek() == 0x28:
+            names = tuple(cur.paren_list(cur.mailbox, "mailboxes"))
+        else:
+            names = (cur.mailbox(),)
+    cur.sp()
+    events: set[c.NotifyEvent] = set()
+    unknown: list[str] = []
+    fetch: tuple[c.FetchAttr, ...] = ()
+    if cur.at(b"NONE") and cur.buf[cur.pos + 4 : cur.pos + 5] == b")":
+        cur.pos += 4
+    else:
+
+        def event() -> None:
+            nonlocal fetch
+            word = cur.atom("an event")
+            known = _NOTIFY_EVENTS.get(word.upper())
+            if known is None:
+                unknown.append(word)
+                return
+            events.add(known)
+            if known is c.NotifyEvent.MESSAGE_NEW and cur.at(b" ("):
+                cur.pos += 1
+                fetch = tuple(cur.paren_list(lambda: _fetch_attr(cur), "fetch items"))
+
+        cur.paren_list(event, "events")
+    cur.take(b")", "')' after the event group")
+    return c.NotifyGroup(kind, names, frozenset(events), fetch, tuple(unknown))
+
+
+def _notify(cur: _Cursor, tag: str) -> c.Command:
+    # RFC 5465 §8: "NOTIFY" SP ("NONE" / "SET" [SP "STATUS"] 1*(SP event-group))
+    cur.sp()
+    word = cur.keyword("NONE or SET")
+    if word == "NONE":
+        cur.end()
+        return c.Notify(tag=tag, groups=None)
+    if word != "SET":
+        raise _Fail("Expected NONE or SET")
+    status = False
+    if cur.at(b" STATUS"):
+        cur.pos += len(b" STATUS")
+        status = True
+    groups = []
+    while cur.try_sp():
+        groups.append(_notify_group(cur))
+    if not groups:
+        raise _Fail("Expected an event group")
+    cur.end()
+    return c.Notify(tag=tag, groups=tuple(groups), status=status)
+
+
 def _cancelupdate(cur: _Cursor, tag: str) -> c.Command:
     # RFC 5267 §4.3: "CANCELUPDATE" 1*(SP quoted)
     tags = []
@@ -1411,6 +1475,7 @@ _COMMANDS: Final[dict[str, _Handler]] = {
     "SORT": _sort(uid=False),
     "THREAD": _thread(uid=False),
     "CANCELUPDATE": _cancelupdate,
+    "NOTIFY": _notify,
 }
 
 # RFC 3501 §6.4.8 (and RFC 4315 §2.1 EXPUNGE, RFC 6851 §3.2 MOVE)

@@ -63,6 +63,7 @@ EXTENSIONS: tuple[str, ...] = (
     "MULTIAPPEND",  # RFC 3502 (relay.imap.handlers.multiappend)
     "CATENATE",  # RFC 4469
     "BINARY",  # RFC 3516
+    "NOTIFY",  # RFC 5465 (relay.imap.handlers.notify)
 )
 
 # Sort and thread keys kept in memory (a few hundred bytes each): 10,000-message
@@ -104,6 +105,7 @@ class ImapService:
         self._tasks: set[asyncio.Task[None]] = set()
         self.sessions: set[Session] = set()
         self._watchers: dict[int, set[Session]] = {}
+        self._notify_watchers: dict[int, set[Session]] = {}  # NOTIFY, RFC 5465
         self._generation: dict[int, int] = {}  # watched folder id -> commits seen
         self._change_sets: dict[tuple[int, str | None], _ChangeSet] = {}
         # Per watched folder, a UID below which every message's \Recent is known to be
@@ -222,14 +224,28 @@ class ImapService:
                 for key in [k for k in self._change_sets if k[0] == folder_id]:
                     del self._change_sets[key]
 
+    def watch_notify(self, s: Session, folder_ids: set[int]) -> None:
+        """Wake `s` after commits to these folders (other than its selected one)."""
+        for fid in folder_ids:
+            self._notify_watchers.setdefault(fid, set()).add(s)
+
+    def unwatch_notify(self, s: Session, folder_ids: set[int]) -> None:
+        for fid in folder_ids:
+            watchers = self._notify_watchers.get(fid)
+            if watchers is not None:
+                watchers.discard(s)
+                if not watchers:
+                    del self._notify_watchers[fid]
+
     def _on_commit(self, folder_ids: frozenset[int]) -> None:
         for fid in folder_ids:
             watchers = self._watchers.get(fid)
-            if not watchers:
-                continue
-            # First: a change set read from now on sees this commit.
-            self._generation[fid] = self._generation.get(fid, 0) + 1
-            for s in list(watchers):
+            if watchers:
+                # First: a change set read from now on sees this commit.
+                self._generation[fid] = self._generation.get(fid, 0) + 1
+                for s in list(watchers):
+                    s.notify(fid)
+            for s in list(self._notify_watchers.get(fid, ())):
                 s.notify(fid)
 
     async def changes(self, folder_id: int, since: int, person: str | None) -> Changes:

@@ -35,6 +35,7 @@ from relay.imap import response as r
 from relay.imap.context import SearchContext
 from relay.imap.flags import RECENT, MailboxFlags, shown
 from relay.imap.names import Target
+from relay.imap.notify import NotifySpec, Watched
 from relay.imap.parser import CommandReader, NeedContinuation, NeedData, ParseFailure
 from relay.imap.state import Event, State, allowed, transition
 from relay.metrics import CommandResult
@@ -121,6 +122,14 @@ class Session:
         self.bad_in_a_row = 0
         self.wake = asyncio.Event()
         self.idling = False  # in IDLE, waiting: commits wake the session at once
+        # NOTIFY (RFC 5465): the spec, the other folders watched (id -> what to report
+        # there), those with news not yet sent, and whether the session is waiting
+        # for a command (then news is sent at once, as in IDLE).
+        self.notify_spec: NotifySpec | None = None
+        self.notify_watch: dict[int, Watched] = {}
+        self.notify_pending: set[int] = set()
+        self.notify_sent: dict[int, tuple[tuple[c.StatusAttr, int], ...]] = {}
+        self.waiting_notify = False
         self.revoked: str | None = None  # why the session must end (access withdrawn)
         self._read_task: asyncio.Task[bytes] | None = None
         self.id = secrets.token_hex(4)
@@ -169,7 +178,7 @@ class Session:
         deadline = asyncio.get_running_loop().time() + (limit_seconds or self._timeout())
         while True:
             self._check_revoked()
-            if wake_on_notify and self.selected is not None and self.selected.dirty:
+            if wake_on_notify and self._has_news():
                 return b""  # a commit came before this wait began
             if self._read_task is None:
                 self._read_task = asyncio.ensure_future(self.stream.read(READ_CHUNK))
@@ -195,6 +204,18 @@ class Session:
                 continue
             if not done:
                 raise TimeoutError
+
+    def _has_news(self) -> bool:
+        """Whether something is waiting to be told (IDLE, or NOTIFY between commands)."""
+        if self.notify_pending:
+            return True
+        if self.selected is None or not self.selected.dirty:
+            return False
+        return (self.idling and not self.waiting_notify) or self._notify_selected()
+
+    def _notify_selected(self) -> bool:
+        group = self.notify_spec.selected if self.notify_spec is not None else None
+        return group is not None and bool(group.events)
 
     def _check_revoked(self) -> None:
         if self.revoked is not None:
@@ -232,6 +253,7 @@ class Session:
             pass
         finally:
             self.deselect()
+            self.service.unwatch_notify(self, set(self.notify_watch))
             if self._read_task is not None:
                 self._read_task.cancel()
             with contextlib.suppress(Exception):
@@ -244,7 +266,10 @@ class Session:
         while self.state is not State.LOGOUT:
             event = self.reader.next_event()
             if isinstance(event, NeedData):
-                data = await self.receive()
+                if self.notify_spec is not None:
+                    data = await self._wait_notifying()
+                else:
+                    data = await self.receive()
                 if data is None:
                     return
                 self.reader.feed(data)
@@ -257,6 +282,20 @@ class Session:
                 continue
             await self._run_command(event)
             await self.flush_if_large()
+
+    async def _wait_notifying(self) -> bytes | None:
+        """Wait for a command while NOTIFY is set: news is sent as it comes (RFC 5465 §3)."""
+        from relay.imap.handlers.notify import deliver
+
+        while True:
+            await deliver(self)
+            self.waiting_notify = True
+            try:
+                data = await self.receive(wake_on_notify=True)
+            finally:
+                self.waiting_notify = False
+            if data != b"":
+                return data
 
     async def _parse_failure(self, failure: ParseFailure) -> None:
         code: r.ResponseCode | None = r.ResponseCode(failure.code) if failure.code else None
@@ -345,6 +384,10 @@ class Session:
 
     async def _settle(self, cmd: c.Command) -> None:
         """Send pending folder updates before a tagged response (RFC 3501 §7)."""
+        if self.notify_pending and self.principal is not None:
+            from relay.imap.handlers.notify import deliver_others
+
+            await deliver_others(self)
         if self.selected is None or self.principal is None:
             return
         no_expunge = isinstance(cmd, c.Fetch | c.Store | c.Search) and not getattr(
@@ -382,6 +425,10 @@ class Session:
         """Called after a commit touched `folder_id` (the selected folder)."""
         if self.selected is not None and self.selected.folder.id == folder_id:
             self.selected.dirty = True
+            if self.idling and (not self.waiting_notify or self._notify_selected()):
+                self.wake.set()
+        if folder_id in self.notify_watch:
+            self.notify_pending.add(folder_id)
             if self.idling:
                 self.wake.set()
 
@@ -408,6 +455,20 @@ class Session:
                 )
             )
 
+    def set_notify(self, spec: NotifySpec | None, watch: dict[int, Watched]) -> None:
+        """Replace the NOTIFY spec and the folders watched for it (RFC 5465 §3)."""
+        self.service.unwatch_notify(self, set(self.notify_watch))
+        self.notify_spec = spec
+        self.notify_watch = dict(watch)
+        self.notify_pending.clear()
+        self.service.watch_notify(self, set(watch))
+
+    def unwatch_one(self, folder_id: int) -> None:
+        """Stop reporting a folder (gone, or the person may no longer read it)."""
+        self.notify_watch.pop(folder_id, None)
+        self.notify_pending.discard(folder_id)
+        self.service.unwatch_notify(self, {folder_id})
+
     def revoke(self, reason: str) -> None:
         """End the session at once (access withdrawn by a config reload)."""
         self.revoked = reason
@@ -416,7 +477,12 @@ class Session:
     # --- snapshot updates -----------------------------------------------------------
 
     async def refresh(self, *, allow_expunge: bool) -> None:
-        """Bring the snapshot up to date and emit EXISTS / EXPUNGE / FETCH."""
+        """Bring the snapshot up to date and emit EXISTS / EXPUNGE / FETCH (and the
+        NOTIFY news of other folders, RFC 5465)."""
+        if self.notify_pending and self.principal is not None:
+            from relay.imap.handlers.notify import deliver_others
+
+            await deliver_others(self)
         sel = self.selected
         if sel is None:
             return

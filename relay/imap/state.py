@@ -59,6 +59,7 @@ _AUTHENTICATED: Final[tuple[type[c.Command], ...]] = (
     c.Status,
     c.Append,
     c.AppendMany,  # RFC 3502, RFC 4469
+    c.Notify,  # RFC 5465
     c.Idle,
     c.GetAcl,
     c.SetAcl,

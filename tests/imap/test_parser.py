@@ -438,6 +438,8 @@ VALID: list[tuple[bytes, c.Command]] = [
         ),
     ),
     (b'a CANCELUPDATE "t1"', c.CancelUpdate(tag="a", tags=("t1",))),
+    # --- NOTIFY (RFC 5465); more in test_parser_ext.py
+    (b"a NOTIFY NONE", c.Notify(tag="a", groups=None)),
     # --- MULTIAPPEND (RFC 3502), CATENATE (RFC 4469)
     (
         b'a APPEND x (\\Seen) {1}\r\nA CATENATE (URL "/x/;uid=1" TEXT {1}\r\nB)',

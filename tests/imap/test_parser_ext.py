@@ -78,3 +78,26 @@ def test_cancelupdate() -> None:
 def test_refused(line: bytes, kind: FailureKind) -> None:
     out = parse_command(line)
     assert isinstance(out, ParseFailure) and out.kind is kind and out.tag == "a"
+
+
+def test_notify_set() -> None:
+    cmd = parse_command(
+        b"n NOTIFY SET STATUS (SELECTED (MessageNew (UID FLAGS) messageexpunge)) "
+        b"(SUBTREE (INBOX Partages) (FlagChange Bogus)) (MAILBOXES x NONE)"
+    )
+    assert isinstance(cmd, c.Notify) and cmd.status and cmd.groups is not None
+    sel, sub, none = cmd.groups
+    assert sel.filter is c.NotifyFilter.SELECTED
+    assert sel.events == {c.NotifyEvent.MESSAGE_NEW, c.NotifyEvent.MESSAGE_EXPUNGE}
+    assert [a.item for a in sel.fetch] == [c.FetchItem.UID, c.FetchItem.FLAGS]
+    assert sub.mailboxes == ("INBOX", "Partages") and sub.unknown == ("Bogus",)
+    assert none.mailboxes == ("x",) and none.events == frozenset()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"n NOTIFY", b"n NOTIFY SET", b"n NOTIFY SET (ELSEWHERE (MessageNew))", b"n NOTIFY ALL"],
+)
+def test_notify_refused(line: bytes) -> None:
+    out = parse_command(line)
+    assert isinstance(out, ParseFailure) and out.kind is FailureKind.SYNTAX

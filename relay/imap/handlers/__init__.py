@@ -42,6 +42,7 @@ from relay.imap.handlers.mailboxes import (
     h_subscribe,
 )
 from relay.imap.handlers.multiappend import h_append_many
+from relay.imap.handlers.notify import h_notify
 from relay.imap.handlers.rights import h_getacl, h_listrights, h_myrights, h_setacl
 from relay.imap.handlers.search import h_cancelupdate, h_search
 from relay.imap.handlers.sort import h_sort
@@ -88,4 +89,5 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.Sort: h_sort,
     c.Thread: h_thread,
     c.CancelUpdate: h_cancelupdate,
+    c.Notify: h_notify,
 }
