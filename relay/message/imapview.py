@@ -484,13 +484,15 @@ def decode_qp(data: bytes) -> bytes:
     out = bytearray()
     lines = data.split(b"\n")
     for i, line in enumerate(lines):
+        # A hard line break is kept as it came (CRLF, or a bare LF as in lenient mail).
+        end = b"\r\n" if line.endswith(b"\r") else b"\n"
         line = line.removesuffix(b"\r").rstrip(b" \t")
         soft = line.endswith(b"=")
         if soft:
             line = line[:-1]
         out += _QP_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), line)
         if not soft and i < len(lines) - 1:
-            out += b"\r\n"
+            out += end
     return bytes(out)
 
 

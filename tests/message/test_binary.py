@@ -19,7 +19,7 @@ from relay.message.imapview import binary_section, decode_qp, section
         (b"a=3Db=3d\r\n", b"a=b=\r\n"),  # both cases of hex
         (b"50% =ZZ off", b"50% =ZZ off"),  # a bad escape is kept
         (b"no final line end", b"no final line end"),
-        (b"bare\nlf\n", b"bare\r\nlf\r\n"),
+        (b"bare\nlf\n", b"bare\nlf\n"),  # line ends kept as they came
         (b"", b""),
     ],
 )
