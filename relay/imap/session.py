@@ -39,7 +39,7 @@ from relay.imap.notify import NotifySpec, Watched
 from relay.imap.parser import CommandReader, NeedContinuation, NeedData, ParseFailure
 from relay.imap.state import Event, State, allowed, transition
 from relay.metrics import CommandResult
-from relay.store.mailstore import Flagged, FolderInfo, FolderMissing
+from relay.store.mailstore import Flagged, FolderInfo, FolderMissing, MessageRow
 
 if TYPE_CHECKING:
     from relay.imap.server import ImapService
@@ -68,6 +68,9 @@ class Selected:
     pending_expunge: set[int] = field(default_factory=set)
     saved: list[int] = field(default_factory=list)  # RFC 5182 "$": UIDs
     contexts: list[SearchContext] = field(default_factory=list)  # RFC 5267 UPDATE
+    # Message rows already read (blob, size, dates): a UID's row never changes while
+    # the folder is selected, so SORT and THREAD read each once (relay.imap.handlers.sort).
+    rows: dict[int, MessageRow] = field(default_factory=dict)
 
     def seq_of(self, uid: int) -> int:
         """The message number of `uid` (1-based); the UID must be in the snapshot."""
@@ -560,5 +563,6 @@ class Session:
         del sel.uids[seq - 1]
         del sel.flags[uid]
         sel.recent.discard(uid)
+        sel.rows.pop(uid, None)
         sel.pending_expunge.discard(uid)
         self.emit(r.untagged(b"%d EXPUNGE" % seq))

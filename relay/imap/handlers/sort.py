@@ -18,13 +18,17 @@ from relay.store.mailstore import MessageRow
 
 
 async def message_keys(s: Session, sel: Selected, uids: Sequence[int]) -> dict[int, MessageKeys]:
-    """The sort and thread keys of the given messages (those still there): one query
-    for the rows, the keys from the service's cache, headers read (without the body
-    tree) only for the messages never sorted before."""
+    """The sort and thread keys of the given messages (those still there): the rows
+    not yet read in this selection in one query, the keys from the service's cache,
+    headers read (without the body tree) only for messages never sorted before."""
     if not uids:
         return {}
     cache = s.service.sort_keys
-    rows, _, _ = await s.service.mail.fetch_data(sel.folder.id, uids, meta=False, raw=False)
+    unknown = [u for u in uids if u not in sel.rows]
+    if unknown:
+        read, _, _ = await s.service.mail.fetch_data(sel.folder.id, unknown, meta=False, raw=False)
+        sel.rows.update(read)
+    rows = {u: row for u in uids if (row := sel.rows.get(u)) is not None}
     out: dict[int, MessageKeys] = {}
     missing: list[MessageRow] = []
     for uid, row in rows.items():
