@@ -20,6 +20,7 @@ import base64
 import binascii
 import collections
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -131,13 +132,25 @@ class RelaySMTP(SMTP):
     line_length_limit = AUTH_LINE_BYTES + 2
 
     def __init__(
-        self, handler: Hooks, *, probe: ListenerProbe | None = None, **kwargs: Any
+        self,
+        handler: Hooks,
+        *,
+        probe: ListenerProbe | None = None,
+        on_open: Callable[[RelaySMTP], None] | None = None,
+        on_close: Callable[[RelaySMTP], None] | None = None,
+        **kwargs: Any,
     ) -> None:
         self.relay_handler = handler
         self._pending_replies: list[bytes] = []
         self._probe = probe
         self._counted = False  # connection_made runs again after STARTTLS
         self._last_code: int | None = None  # of the last reply pushed
+        # The listener's bookkeeping (see SmtpListener): told when the connection is
+        # really there (after the handshake on implicit TLS: a failed handshake never
+        # reaches connection_made) and when it is gone, so it never holds a dead one.
+        self._on_open = on_open
+        self._on_close = on_close
+        self._lost = False
         super().__init__(handler, **kwargs)
         # aiosmtpd keeps these limits in a class attribute shared by every instance;
         # ours are per session.
@@ -170,10 +183,14 @@ class RelaySMTP(SMTP):
         return RelaySession(self.loop)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        starttls_done = self._original_transport is not None
         super().connection_made(transport)
-        if self._probe is not None and not self._counted:
-            self._counted = True
-            self._probe.opened()
+        if not starttls_done:
+            if self._probe is not None and not self._counted:
+                self._counted = True
+                self._probe.opened()
+            if self._on_open is not None:
+                self._on_open(self)
         session = self.session
         assert isinstance(session, RelaySession)
         peer = session.peer
@@ -185,10 +202,42 @@ class RelaySMTP(SMTP):
             self._auth_require_tls = False
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._lost:
+            # aiosmtpd calls this itself after a failed STARTTLS handshake, and the
+            # transport calls it again: the first call did the work.
+            return
+        self._lost = True
         if self._probe is not None and self._counted:
             self._counted = False
             self._probe.closed()
-        super().connection_lost(error)
+        try:
+            super().connection_lost(error)
+        finally:
+            # Replies still held for a pipelining client have nobody to go to.
+            self._pending_replies.clear()
+            on_close, self._on_close = self._on_close, None
+            self._on_open = None
+            if on_close is not None:
+                on_close(self)
+            task = self._handler_coroutine
+            if task is None or task.done():
+                self._release()
+            else:
+                task.add_done_callback(self._release)
+
+    def _release(self, _: object = None) -> None:
+        """Break the reference cycles aiosmtpd builds (bound methods in its dispatch
+        tables, the StreamWriter and its protocol, the finished handler task and its
+        traceback) so that a closed session, its read buffer and its envelope are
+        freed when the connection ends, not at the next full garbage collection."""
+        self._smtp_methods = {}
+        self._auth_methods = {}
+        self._handle_hooks = {}
+        self._handler_coroutine = None
+        self._client_connected_cb = None
+        self._writer = None  # type: ignore[assignment]
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        self.envelope = None
 
     async def push(self, status: Any) -> None:
         data = replies.enhance(status) if isinstance(status, str) else status

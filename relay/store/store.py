@@ -383,6 +383,10 @@ class Store:
                     break
                 batch.append(item)
             await self._commit_batch(batch)
+            # Not held while waiting for the next unit: the last batch's messages
+            # (ciphertext up to 25 MB each) would stay in memory until then.
+            first = item = None
+            batch.clear()
 
     async def _commit_batch(self, batch: list[_Pending[Any]]) -> None:
         started = self._batch_started = time.monotonic()
