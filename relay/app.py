@@ -112,6 +112,7 @@ class Daemon:
         self.startup_ms = 0.0
         self.crl_refresher: CrlRefresher | None = None  # fresh CRLs, TLS contexts
         self.worker: DeliveryWorker | None = None  # the outbound queue
+        self.anchoring: asyncio.Task[None] | None = None  # audit head, outside the database
 
     async def start(self) -> Runtime:
         started = time.monotonic()
@@ -139,11 +140,21 @@ class Daemon:
             await self.worker.start()
             store.on_queued(self.worker.wake)
             await store.record(DaemonStarted(version=VERSION, config_file=str(self.config_path)))
+            await store.anchor("start")
+            self.anchoring = asyncio.create_task(self._anchor_loop(), name="audit-anchors")
         except BaseException:
             await self.stop("start failed")
             raise
         self.startup_ms = (time.monotonic() - started) * 1000
         return runtime
+
+    async def _anchor_loop(self) -> None:
+        """Anchor the audit head outside the database every few minutes (the store
+        anchors it at stop too: relay.audit.anchors)."""
+        while self.runtime is not None:
+            await asyncio.sleep(self.runtime.config.limits.audit_anchor_interval_seconds)
+            if self.runtime is not None:
+                await self.runtime.store.anchor("interval")
 
     def _wake_crl_refresher(self) -> None:
         if self.crl_refresher is not None:
@@ -156,6 +167,11 @@ class Daemon:
     async def stop(
         self, reason: str = "stopped", grace_seconds: float = SHUTDOWN_GRACE_SECONDS
     ) -> None:
+        anchoring, self.anchoring = self.anchoring, None
+        if anchoring is not None:
+            anchoring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await anchoring
         worker, self.worker = self.worker, None
         if worker is not None:
             await worker.stop(grace_seconds)

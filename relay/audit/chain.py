@@ -75,15 +75,27 @@ def row_hash(
 
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
+    """The verdict on the chain: the first break found, the anchors that contradict the
+    database (`findings`), and what the reader should know (`notes`)."""
+
     ok: bool
     rows: int
     first_broken_seq: int | None = None
     reason: str | None = None
+    findings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    summary: str = "chain intact"
 
     def __str__(self) -> str:
         if self.ok:
-            return f"OK: {self.rows} audit rows, chain intact"
-        return f"BROKEN at row {self.first_broken_seq}: {self.reason}"
+            lines = [f"OK: {self.rows} audit rows, {self.summary}"]
+        elif self.first_broken_seq is None:
+            lines = [f"BROKEN: {self.reason}"]
+        else:
+            lines = [f"BROKEN at row {self.first_broken_seq}: {self.reason}"]
+        lines += [f"  {f}" for f in self.findings]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
 
 
 def verify(

@@ -500,12 +500,14 @@ def _read_storage(r: _Reading, data_dir: Path) -> StorageConfig:
     if schema is not None and not url.startswith(POSTGRES_PREFIX):
         t.problem("schema", "only PostgreSQL has schemas; remove it for SQLite")
     audit_key_file = t.parsed("audit_key_file", _path_parser(r.base))
+    anchors = t.parsed("audit_anchor_file", _path_parser(r.base))
     t.finish()
     return StorageConfig(
         url=url,
         key_file=key_file,
         schema=schema,
         audit_key_file=audit_key_file or key_file.with_name("audit.key"),
+        audit_anchor_file=anchors or data_dir / "audit-anchors.jsonl",
     )
 
 

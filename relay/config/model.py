@@ -97,10 +97,17 @@ class StorageConfig:
     # HMAC-SHA256 key of the audit chain, created with the blob key. None: "audit.key"
     # in the key file's folder.
     audit_key_file: Path | None = None
+    # Append-only file the audit head is anchored to (relay.audit.anchors). None:
+    # "audit-anchors.jsonl" in the key file's folder (the loader gives data_dir).
+    audit_anchor_file: Path | None = None
 
     @property
     def audit_key_path(self) -> Path:
         return self.audit_key_file or self.key_file.with_name("audit.key")
+
+    @property
+    def audit_anchor_path(self) -> Path:
+        return self.audit_anchor_file or self.key_file.with_name("audit-anchors.jsonl")
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +268,13 @@ class Limits:
     # Before login a client has this long to authenticate (RFC 3501 §5.4 only bounds
     # the authenticated autologout timer, at 30 minutes at least).
     imap_login_timeout_seconds: int = 60
+    # Throttling (relay.identity.throttle): failures of one login from one address before
+    # that login is refused from that address; failures from one address, any logins,
+    # before the address is refused; how long both last (and the window they count in).
+    # Failures of a login from anywhere only slow the answers down: the right password
+    # from an address that has not failed is never refused.
     auth_failures_before_lockout: int = 5
+    auth_address_failures_before_lockout: int = 20
     auth_lockout_seconds: int = 300
     max_bad_commands: int = 10
     # outbound queue (Postfix style defaults)
@@ -284,6 +297,10 @@ class Limits:
     # CRL refresh (relay.delivery.crl): IGC-Santé publishes CRLs daily
     crl_refresh_interval_seconds: int = 3600
     crl_fetch_timeout_seconds: int = 10
+    # The audit head is anchored outside the database this often, and at start and
+    # stop (relay.audit.anchors): rows since the newest anchor are what a key holder
+    # with database access could still rewrite unnoticed.
+    audit_anchor_interval_seconds: int = 300
 
 
 @dataclass(frozen=True, slots=True)

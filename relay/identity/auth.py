@@ -2,8 +2,11 @@
 
 Passwords are argon2id hashes from the config, verified in a worker thread (an argon2
 check costs tens of milliseconds: on the event loop it would stall every session).
-Repeated failures, counted per peer address and per login, are slowed down and then
-refused for a while (`Limits.auth_failures_before_lockout`, `auth_lockout_seconds`).
+Repeated failures are throttled by `relay.identity.throttle`: per (address, login) and
+per address they lead to a refusal *from that address* for a while, per login to
+slower answers; the right password from an address that has not failed is never
+refused (`Limits.auth_failures_before_lockout`, `auth_address_failures_before_lockout`,
+`auth_lockout_seconds`).
 
 Delegated access (DESIGN.md): a person may authorise as a box they co-hold, with a
 SASL authorization identity (RFC 4616) or with the login form `person*box`. The
@@ -22,6 +25,7 @@ password guessing) with a reply naming the methods that are accepted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -41,10 +45,8 @@ from relay.errors import (
 )
 from relay.identity import tokens
 from relay.identity.passwords import verify_password
+from relay.identity.throttle import Decision, Throttle, ThrottlePolicy, Verdict
 
-# Slow-down after the n-th consecutive failure: min(BASE * 2**(n-1), CAP) seconds.
-FAILURE_DELAY_BASE_SECONDS = 0.1
-FAILURE_DELAY_CAP_SECONDS = 2.0
 # A successful password check is remembered (as a keyed hash, never the password)
 # so a client that logs in again and again does not pay argon2 each time.
 VERIFIED_CACHE_SECONDS = 300.0
@@ -91,13 +93,6 @@ def _listing(methods: frozenset[AuthMethod]) -> str:
     return " or ".join(m.value for m in AuthMethod if m in methods)
 
 
-@dataclass(slots=True)
-class _Failures:
-    count: int = 0
-    last: float = 0.0
-    locked_until: float = 0.0
-
-
 def split_login(login: str) -> tuple[str, str | None]:
     """`person*box` → ("person", "box"); a plain login → (login, None)."""
     if "*" in login:
@@ -121,51 +116,43 @@ class Authenticator:
         self._tokens = tokens
         self._now = monotonic
         self._today = today
-        self._by_peer: dict[str, _Failures] = {}
-        self._by_login: dict[str, _Failures] = {}
+        self._throttle = Throttle(self._policy())
+        # Attempts on a login under attack from addresses that have failed: one at a time.
+        self._login_locks: dict[str, asyncio.Lock] = {}
         self._cache_key = secrets.token_bytes(32)
         self._verified: dict[bytes, float] = {}
 
     # --- throttling ---------------------------------------------------------------
 
+    def _policy(self) -> ThrottlePolicy:
+        limits = self._config().limits
+        return ThrottlePolicy(
+            pair_failures_before_lockout=limits.auth_failures_before_lockout,
+            address_failures_before_lockout=limits.auth_address_failures_before_lockout,
+            lockout_seconds=float(limits.auth_lockout_seconds),
+        )
+
+    def _decide(self, peer: str, login: str | None) -> Decision:
+        self._throttle.policy = self._policy()  # the limits of the moment (reload)
+        decision = self._throttle.before(self._now(), peer, login)
+        if decision.verdict is not Verdict.ALLOW:
+            raise TemporarilyLocked(
+                "Too many authentication failures from your address, try again later",
+                log_detail=f"throttled: {decision.verdict.value} for "
+                f"{decision.retry_after_seconds:.0f} s more",
+            )
+        return decision
+
     def check_not_locked(self, peer: str, login: str | None) -> None:
-        now = self._now()
-        for table, key in ((self._by_peer, peer), (self._by_login, login)):
-            if key is None:
-                continue
-            entry = table.get(key)
-            if entry is not None and entry.locked_until > now:
-                raise TemporarilyLocked(
-                    "Too many authentication failures, try again later",
-                    log_detail=f"locked: {key}",
-                )
+        """Raise TemporarilyLocked if `peer` (for `login`) is refused for now."""
+        self._decide(peer, login)
 
     def record_failure(self, peer: str, login: str | None) -> float:
         """Count a failure; return how long to wait before answering."""
-        limits = self._config().limits
-        now = self._now()
-        delay = 0.0
-        for table, key in ((self._by_peer, peer), (self._by_login, login)):
-            if key is None:
-                continue
-            entry = table.setdefault(key, _Failures())
-            if now - entry.last > limits.auth_lockout_seconds:
-                entry.count = 0
-            entry.count += 1
-            entry.last = now
-            if entry.count >= limits.auth_failures_before_lockout:
-                entry.locked_until = now + limits.auth_lockout_seconds
-            delay = max(
-                delay,
-                min(FAILURE_DELAY_BASE_SECONDS * 2 ** (entry.count - 1), FAILURE_DELAY_CAP_SECONDS),
-            )
-        return delay
+        return self._throttle.failed(self._now(), peer, login)
 
     def record_success(self, peer: str, login: str) -> None:
-        self._by_login.pop(login, None)
-        entry = self._by_peer.get(peer)
-        if entry is not None and entry.locked_until <= self._now():
-            self._by_peer.pop(peer, None)
+        self._throttle.succeeded(self._now(), peer, login)
 
     # --- checks -------------------------------------------------------------------
 
@@ -178,25 +165,30 @@ class Authenticator:
         right password), AuthenticationFailed after the slow-down otherwise.
         """
         person_login, star_box = split_login(login)
-        self.check_not_locked(peer, person_login)
-        config = self._config()
-        person = config.person_by_login(person_login)
-        if person is not None:
-            wanted = None if authzid == login else authzid or star_box
-            try:
-                self.check_method(person, AuthMethod.PASSWORD, wanted)
-            except MethodNotAllowed:
-                await asyncio.sleep(self.record_failure(peer, person_login))
-                raise
-        ok = False
-        if person is not None and person.password_hash:
-            ok = await self._verify(person, password)
-        if not ok or person is None:
-            await asyncio.sleep(self.record_failure(peer, person_login))
-            raise AuthenticationFailed(
-                "Authentication failed",
-                log_detail="unknown login" if person is None else "bad password",
-            )
+        decision = self._decide(peer, person_login)
+        lock = self._login_locks.setdefault(person_login, asyncio.Lock())
+        try:
+            async with lock if decision.one_at_a_time else contextlib.nullcontext():
+                person = self._config().person_by_login(person_login)
+                if person is not None:
+                    wanted = None if authzid == login else authzid or star_box
+                    try:
+                        self.check_method(person, AuthMethod.PASSWORD, wanted)
+                    except MethodNotAllowed:
+                        await asyncio.sleep(self.record_failure(peer, person_login))
+                        raise
+                ok = False
+                if person is not None and person.password_hash:
+                    ok = await self._verify(person, password)
+                if not ok or person is None:
+                    await asyncio.sleep(self.record_failure(peer, person_login))
+                    raise AuthenticationFailed(
+                        "Authentication failed",
+                        log_detail="unknown login" if person is None else "bad password",
+                    )
+        finally:
+            if not lock.locked():
+                self._login_locks.pop(person_login, None)
         if authzid == login:
             authzid = None  # mbsync sends its login (`person*box`) as the authzid too
         box = authzid or star_box

@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 import structlog
@@ -28,14 +29,24 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from relay.audit.anchors import (
+    Anchor,
+    append_line,
+    check,
+    judge,
+    make_anchor,
+    parse,
+    read_lines,
+    to_line,
+)
 from relay.audit.chain import AuditRow, VerifyResult, canonical_json, row_hash, verify
 from relay.audit.events import AuditEvent
 from relay.config.model import StorageConfig
 from relay.errors import StoreError
 from relay.metrics import Metrics
 from relay.store import schema as t
-from relay.store.crypto import BlobCipher
-from relay.store.keys import KeyKind, OpenedKeys
+from relay.store.crypto import BlobCipher, key_id
+from relay.store.keys import KeyKind, OpenedKeys, RegisteredKey, registered_keys
 
 T = TypeVar("T")
 
@@ -205,6 +216,11 @@ class Store:
         self.audit_key = audit_key
         self.keyed_from = keyed_from
         self.keys: OpenedKeys | None = None
+        # Anchors (relay.audit.anchors): the newest head this store wrote, and the
+        # newest it anchored; None until it writes or anchors one.
+        self.anchor_file: Path | None = None
+        self._written_head: tuple[int, str] | None = None
+        self._anchored_head: tuple[int, str] | None = None
         self.clock = clock
         self.dialect = write_engine.dialect.name
         self._queue: asyncio.Queue[_Pending[Any] | None] = asyncio.Queue()
@@ -269,6 +285,7 @@ class Store:
             metrics=metrics,
         )
         store.keys = opened
+        store.anchor_file = storage.audit_anchor_path
         if store.dialect == "postgresql":
             await store._listen(storage)
         store.start()
@@ -310,11 +327,13 @@ class Store:
             self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
 
     async def close(self) -> None:
-        """Finish every unit already handed in, then close the engines."""
+        """Finish every unit already handed in, anchor the audit head this store wrote
+        (if it wrote any), then close the engines."""
         if self._writer is not None:
             await self._queue.put(None)
             await self._writer
             self._writer = None
+        await self.anchor("stop")
         if self._thread_writer is not None:
             self._thread_writer.close()
         if self._thread_readers is not None:
@@ -420,6 +439,8 @@ class Store:
             return
         self.commits += 1
         self.metrics.committed(len(batch), time.monotonic() - started, (ev for _, ev in written))
+        if written:
+            self._written_head = (written[-1][0].seq, written[-1][0].hash)
         touched: set[int] = set()
         for item, (ok, value) in zip(batch, outcomes, strict=True):
             if ok:
@@ -582,6 +603,37 @@ class Store:
                 raise StoreError("the audit chain is keyed but this store has no audit key")
             return self.audit_key
         return None
+
+    async def anchor(self, reason: str) -> Anchor | None:
+        """Append the newest audit head this store wrote to the anchor file and to the
+        log, unless it is already anchored (relay.audit.anchors). Never raises: a
+        failure is logged as an error (the trail is still written; only its outside
+        proof is late)."""
+        head = self._written_head
+        if head is None or head == self._anchored_head or self.audit_key is None:
+            return None
+        path = self.anchor_file
+        anchor = make_anchor(
+            self.audit_key,
+            ts=self.clock().astimezone(dt.UTC).isoformat(timespec="seconds"),
+            seq=head[0],
+            hash=head[1],
+            keyed_from=self.keyed_from,
+            key_id=key_id(self.audit_key),
+            node=self.node_id,
+            reason=reason,
+        )
+        if path is not None:
+            try:
+                await asyncio.to_thread(append_line, path, to_line(anchor))
+            except OSError as exc:
+                log.error("audit.anchor_failed", file=str(path), error=str(exc))
+                return None
+        self._anchored_head = head
+        audit_log.info(
+            "audit.anchor", seq=anchor.seq, hash=anchor.hash, reason=reason, file=str(path)
+        )
+        return anchor
 
     # --- mailboxes and folders ----------------------------------------------------
 
@@ -846,20 +898,44 @@ class Store:
         return int(row.seq), str(row.hash), keyed_from
 
     async def verify_audit(self) -> VerifyResult:
-        """Check the whole audit chain with the audit key (relay.audit.chain)."""
+        """Check the whole audit chain with the audit key (relay.audit.chain) and against
+        every anchor written outside the database (relay.audit.anchors)."""
         head = await self.audit_head_row()
         rows = await self.audit_rows()
+        kinds = {r.kind for r in await self.read(_registered_keys)}
+        path = self.anchor_file
+        lines = await asyncio.to_thread(read_lines, path) if path is not None else None
+        anchors, problems = parse(lines or [], self.audit_key)
         if head is None:
-            return VerifyResult(
+            result = VerifyResult(
                 False,
                 len(rows),
                 None,
-                "the audit_head row is missing: the database was tampered with or not "
-                "migrated; the newest rows cannot be checked",
+                "the audit_head row is missing (deleted?): the newest rows cannot be "
+                "checked against the head",
             )
-        seq, head_hash, keyed_from = head
-        return verify(
-            rows, head_seq=seq, head_hash=head_hash, key=self.audit_key, keyed_from=keyed_from
+            keyed_from = anchors[-1].keyed_from if anchors else self.keyed_from
+        else:
+            seq, head_hash, keyed_from = head
+            result = verify(
+                rows, head_seq=seq, head_hash=head_hash, key=self.audit_key, keyed_from=keyed_from
+            )
+        contradictions = check(
+            anchors,
+            {r.seq: r.hash for r in rows},
+            rows=rows[-1].seq if rows else 0,
+            keyed_from=keyed_from,
+            path=path or "",
+        )
+        return judge(
+            result,
+            anchors=anchors,
+            contradictions=contradictions,
+            problems=problems,
+            anchor_file=path if lines is not None else None,
+            keyed_from=keyed_from,
+            audit_key_registered=KeyKind.AUDIT in kinds,
+            rows=len(rows),
         )
 
     async def audit_rows(self, flt: AuditFilter | None = None) -> list[AuditRow]:
@@ -954,6 +1030,10 @@ class Store:
     async def sql_scalar(self, sql: str, params: dict[str, Any] | None = None) -> Any:
         async with self._read.connect() as conn:
             return (await conn.execute(text(sql), params or {})).scalar()
+
+
+async def _registered_keys(conn: AsyncConnection) -> list[RegisteredKey]:
+    return await registered_keys(conn)
 
 
 def _iso(value: dt.datetime) -> str:

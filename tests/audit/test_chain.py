@@ -43,7 +43,11 @@ async def test_intact_chain_verifies(store: Store) -> None:
     await store.record(*events(5))
     ok, broken, text = await verify_store(store)
     assert (ok, broken) == (True, None)
-    assert text == "OK: 5 audit rows, chain intact"
+    assert text.startswith("OK: 5 audit rows, chain intact\n  note: no anchor file")
+    assert await store.anchor("test") is not None
+    assert await store.anchor("test") is None  # the same head is anchored once
+    _, _, text = await verify_store(store)
+    assert text.startswith("OK: 5 audit rows, chain intact; agrees with 1 anchor(s)")
 
 
 async def test_modified_row_is_caught(store: Store) -> None:
