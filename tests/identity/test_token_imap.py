@@ -250,9 +250,12 @@ async def test_refusals_and_logins_are_audited(
 
 @pytest.mark.parametrize("engine_name", ["sqlite"])
 async def test_failed_tokens_share_the_login_throttle(
-    token_daemon: RunningDaemon, issuer: LocalIssuer
+    start_token_daemon: StartDaemon, issuer: LocalIssuer
 ) -> None:
-    """harness: 4 failures lock the peer out; then even a good token waits."""
+    """A rejected token names nobody: it counts for the address (relay.identity.throttle),
+    and at auth_address_failures_before_lockout (4 here) the address waits, even with a
+    good token."""
+    token_daemon = await start_token_daemon(limits="auth_address_failures_before_lockout = 4")
     bad, good = issuer.mint(exp=1), issuer.mint()
 
     def run() -> bytes:
