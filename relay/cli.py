@@ -112,8 +112,19 @@ def cmd_dev_issuer(args: argparse.Namespace) -> int:
 
 
 def cmd_dev_token(args: argparse.Namespace) -> int:
-    from relay.identity.devissuer import DevTokenError, mint_dev_token
+    from relay.identity.devissuer import (
+        MAX_DEV_TOKEN_LIFETIME_SECONDS,
+        DevTokenError,
+        mint_dev_token,
+    )
 
+    if not 1 <= args.lifetime <= MAX_DEV_TOKEN_LIFETIME_SECONDS:
+        print(
+            f"mss-relay dev-token: --lifetime must be 1 to {MAX_DEV_TOKEN_LIFETIME_SECONDS} "
+            f"seconds, got {args.lifetime}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     config = _load_config_or_exit(Path(args.config))
     try:
         print(mint_dev_token(config, args.person, lifetime_seconds=args.lifetime))

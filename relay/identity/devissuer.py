@@ -25,6 +25,7 @@ from relay.identity.tokens import token_identifiers
 KEY_FILE = "issuer-dev.key.json"
 JWKS_FILE = "issuer-dev.jwks.json"
 DEV_TOKEN_LIFETIME_SECONDS = 600  # short-lived, like a real access token
+MAX_DEV_TOKEN_LIFETIME_SECONDS = 86_400  # a test token never outlives a day
 
 
 class DevTokenError(Exception):

@@ -74,6 +74,10 @@ def test_dev_token_without_issuer_says_so(repo_root: Path) -> None:
     done = cli("dev-token", "martin", "--config", str(repo_root / "config/relay.example.toml"))
     assert done.returncode == 2 and "no [issuer] section" in done.stderr
     assert "Traceback" not in done.stderr
+    demo = str(repo_root / "config/demo.toml")
+    for lifetime in ("0", "100000"):
+        done = cli("dev-token", "dupont", "--config", demo, "--lifetime", lifetime)
+        assert done.returncode == 2 and "--lifetime must be 1 to 86400 seconds" in done.stderr
 
 
 def test_demo_config_has_a_test_issuer(repo_root: Path) -> None:
