@@ -71,6 +71,11 @@ class Selected:
     # Message rows already read (blob, size, dates): a UID's row never changes while
     # the folder is selected, so SORT and THREAD read each once (relay.imap.handlers.sort).
     rows: dict[int, MessageRow] = field(default_factory=dict)
+    # The last SORT orders and THREAD answers, by what they were computed from (the
+    # criteria and the exact messages): asked again on an unchanged folder, they are
+    # answered without sorting again (a few entries; see relay.imap.handlers.sort).
+    sort_memo: dict[tuple[object, ...], list[int]] = field(default_factory=dict)
+    thread_memo: dict[tuple[object, ...], str] = field(default_factory=dict)
 
     def seq_of(self, uid: int) -> int:
         """The message number of `uid` (1-based); the UID must be in the snapshot."""

@@ -462,12 +462,14 @@ class MailStore:
             metas = await self.metas(row.blob_id for row in rows.values())
         return rows, metas, raws
 
-    async def raws(self, blob_ids: Iterable[str]) -> dict[str, bytes]:
-        """Decrypted message bytes of the given blobs."""
+    async def raws(self, blob_ids: Iterable[str], *, per_query: int = 50) -> dict[str, bytes]:
+        """Decrypted message bytes of the given blobs, `per_query` blobs a query (the
+        caller bounds the bytes it asks for at once)."""
         ids = list(dict.fromkeys(blob_ids))
         out: dict[str, bytes] = {}
-        for i in range(0, len(ids), 50):
-            chunk = ids[i : i + 50]
+        step = max(1, min(per_query, _IN_LIMIT))
+        for i in range(0, len(ids), step):
+            chunk = ids[i : i + step]
             stmt = select(t.blobs.c.id, t.blobs.c.data).where(t.blobs.c.id.in_(chunk))
             for r in await self.store.read(_all(stmt)):
                 out[r.id] = self.store.cipher.open(r.id, bytes(r.data))

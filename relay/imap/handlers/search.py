@@ -8,12 +8,12 @@ command's RETURN options ask, saves it for ``$`` and registers a live context.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from relay.imap import commands as c
 from relay.imap import response as r
 from relay.imap.context import MAX_CONTEXTS, SearchContext, esearch, resolve_saved, to_save
-from relay.imap.handlers.common import RAW_BATCH, ImapError, Result, need, selected
+from relay.imap.handlers.common import ImapError, Result, need, selected
 from relay.imap.search import Candidate, matches, needs, uses_modseq
 from relay.imap.session import Selected, Session
 from relay.message.analysis import MessageMeta
@@ -45,14 +45,12 @@ async def matching(
         rows, metas, _ = await s.service.mail.fetch_data(
             sel.folder.id, candidates, meta=want.meta, raw=False
         )
-    n = len(candidates)
-    step = RAW_BATCH if want.raw else max(n, 1)
     found: list[tuple[int, int]] = []
-    for start in range(0, n, step):
-        batch = candidates[start : start + step]
+    for batch in _batches(candidates, rows, want.raw):
         raws: dict[str, bytes] = {}
         if want.raw:
-            raws = await s.service.mail.raws(rows[u].blob_id for u in batch if u in rows)
+            ids = [rows[u].blob_id for u in batch if u in rows]
+            raws = await s.service.mail.raws(ids, per_query=len(ids))
         for uid in batch:
             f = sel.flags.get(uid)
             row = rows.get(uid)
@@ -72,6 +70,31 @@ async def matching(
             if matches(criteria, cand, messages=total, largest_uid=sel.largest_uid):
                 found.append((seq, uid))
     return found
+
+
+# Message bytes decrypted at once by a body search: bounded in count and in octets,
+# so 10,000 small letters take 20 reads and one 25 MB attachment is read alone.
+RAW_BATCH_MESSAGES = 500
+RAW_BATCH_BYTES = 8 * 1024 * 1024
+
+
+def _batches(uids: list[int], rows: dict[int, MessageRow], raw: bool) -> Iterator[list[int]]:
+    if not raw:
+        if uids:
+            yield uids
+        return
+    batch: list[int] = []
+    size = 0
+    for uid in uids:
+        row = rows.get(uid)
+        weight = row.size if row is not None else 0
+        if batch and (len(batch) >= RAW_BATCH_MESSAGES or size + weight > RAW_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(uid)
+        size += weight
+    if batch:
+        yield batch
 
 
 def answer(

@@ -8,6 +8,7 @@ message rows (one query) and whatever its search criteria need.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 from relay.imap import commands as c
 from relay.imap.handlers.common import Result, need, selected
@@ -15,6 +16,8 @@ from relay.imap.handlers.search import answer, check_update, matching
 from relay.imap.session import Selected, Session
 from relay.imap.sort import MessageKeys, sort_messages
 from relay.store.mailstore import MessageRow
+
+_V = TypeVar("_V")
 
 
 async def message_keys(s: Session, sel: Selected, uids: Sequence[int]) -> dict[int, MessageKeys]:
@@ -47,12 +50,31 @@ async def message_keys(s: Session, sel: Selected, uids: Sequence[int]) -> dict[i
     return out
 
 
+MEMO_ENTRIES = 4  # results kept per selection, per command kind
+
+
+def remember(memo: dict[tuple[object, ...], _V], key: tuple[object, ...], value: _V) -> _V:
+    """Keep `value` under `key`, dropping the oldest entries past MEMO_ENTRIES."""
+    while len(memo) >= MEMO_ENTRIES:
+        memo.pop(next(iter(memo)))
+    memo[key] = value
+    return value
+
+
 async def sorted_uids(
     s: Session, sel: Selected, criteria: Sequence[c.SortCriterion], uids: Sequence[int]
 ) -> list[int]:
-    """`uids` (ascending) in SORT order."""
+    """`uids` (ascending) in SORT order. The order depends only on the messages and
+    their keys, which never change for a UID: an identical request is answered from
+    the selection's memo."""
+    key = (tuple(criteria), tuple(uids))
+    known = sel.sort_memo.get(key)
+    if known is not None:
+        return list(known)
     keys = await message_keys(s, sel, uids)
-    return sort_messages([(u, keys[u]) for u in uids if u in keys], criteria)
+    order: list[int] = sort_messages([(u, keys[u]) for u in uids if u in keys], criteria)
+    remember(sel.sort_memo, key, order)
+    return list(order)
 
 
 async def h_sort(s: Session, cmd: c.Sort) -> Result:
