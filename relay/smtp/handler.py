@@ -74,15 +74,17 @@ class BaseHandler:
     def advertise(self, server: RelaySMTP, capability: str) -> bool:
         return True
 
-    async def auth_password(
+    async def authenticate_password(
         self, server: RelaySMTP, mechanism: str, login: str, password: str, authzid: str | None
     ) -> AuthResult:
         return AuthResult(success=False, handled=False, message="503 5.5.1 AUTH not offered here")
 
-    async def auth_external(self, server: RelaySMTP, authzid: str | None) -> AuthResult:
+    async def authenticate_external(self, server: RelaySMTP, authzid: str | None) -> AuthResult:
         return AuthResult(success=False, handled=False, message="503 5.5.1 AUTH not offered here")
 
-    async def auth_token(self, server: RelaySMTP, mechanism: str, message: bytes) -> AuthResult:
+    async def authenticate_token(
+        self, server: RelaySMTP, mechanism: str, message: bytes
+    ) -> AuthResult:
         return AuthResult(success=False, handled=False, message="503 5.5.1 AUTH not offered here")
 
     async def handle_exception(self, error: Exception, server: RelaySMTP | None = None) -> str:
@@ -225,6 +227,9 @@ class BaseHandler:
         message = raw if isinstance(raw, bytearray) else bytearray(raw)
         message[0:0] = trace
         meta = analyse(bytes(message))
+        # Taken now: the store empties `message` once sealed, before the audit event is
+        # built (issue 9: every message.accepted said size_bytes=0).
+        size = len(message)
         message_id = meta.message_id
         sender = envelope.mail_from or ""
         rcpts = tuple(envelope.rcpt_tos)
@@ -239,7 +244,7 @@ class BaseHandler:
                 message_id=message_id,
                 sender=sender,
                 recipients=rcpts,
-                size_bytes=len(message),
+                size_bytes=size,
                 queue_id=queue_id,
                 request=f"MAIL FROM:<{sender}> ({len(rcpts)} RCPT)",
                 answer="250 2.0.0",

@@ -61,6 +61,7 @@ async def test_trusted_peer_delivers(daemon: RunningDaemon) -> None:
     [event] = await daemon.store.audit_rows(AuditFilter(action="message.accepted"))
     details = json.loads(event.data)["details"]
     assert details["certificate_subject"] == daemon.pki.subjects["peer"]
+    assert details["size_bytes"] == len(stored.raw) > len(MESSAGE)
     assert event.person is None and event.peer == "127.0.0.1"
 
 

@@ -89,6 +89,8 @@ async def test_submission_delivers_with_trace_and_headers_intact(daemon: Running
     assert event.person == "martin" and event.box == MARTIN_BOX
     assert details["recipients"] == [SHARED]
     assert details["message_id"] == "cr1@cabinet.example"
+    # the size of what was stored, trace header included (it said 0 before issue 9)
+    assert details["size_bytes"] == len(stored.raw) > len(data)
 
 
 async def test_implicit_tls_with_aiosmtplib(daemon: RunningDaemon) -> None:
