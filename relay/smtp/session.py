@@ -112,13 +112,17 @@ class Hooks(Protocol):
 
     async def handle_exception(self, error: Exception, server: RelaySMTP | None = None) -> str: ...
 
-    async def auth_password(
+    # Not named auth_*: aiosmtpd takes every handler method named auth_<x> for a SASL
+    # mechanism <x> and advertises it (EHLO said "AUTH ... external password").
+    async def authenticate_password(
         self, server: RelaySMTP, mechanism: str, login: str, password: str, authzid: str | None
     ) -> AuthResult: ...
 
-    async def auth_external(self, server: RelaySMTP, authzid: str | None) -> AuthResult: ...
+    async def authenticate_external(self, server: RelaySMTP, authzid: str | None) -> AuthResult: ...
 
-    async def auth_token(self, server: RelaySMTP, mechanism: str, message: bytes) -> AuthResult: ...
+    async def authenticate_token(
+        self, server: RelaySMTP, mechanism: str, message: bytes
+    ) -> AuthResult: ...
 
     async def refused_data(self, server: RelaySMTP, reply: str) -> None: ...
 
@@ -156,6 +160,12 @@ class RelaySMTP(SMTP):
         # ours are per session.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self.command_size_limits["AUTH"] = AUTH_LINE_BYTES
+        # Only the mechanisms this class implements (auth_PLAIN, auth_LOGIN,
+        # auth_EXTERNAL, auth_OAUTHBEARER, auth_XOAUTH2): never one aiosmtpd found by
+        # name on the handler.
+        self._auth_methods = {
+            name: impl for name, impl in self._auth_methods.items() if impl.is_builtin
+        }
         if probe is not None:
             # Every command aiosmtpd dispatches, counted once with its final reply
             # (AUTH's 334 and DATA's 354 are intermediate). The names come from our
@@ -240,9 +250,10 @@ class RelaySMTP(SMTP):
         self.envelope = None
 
     async def push(self, status: Any) -> None:
-        data = replies.enhance(status) if isinstance(status, str) else status
-        if isinstance(data, str):
-            data = data.encode("utf-8")
+        if isinstance(status, str):
+            data = replies.ascii_reply(replies.enhance(status)).encode("ascii")
+        else:
+            data = status
         if data[:3].isdigit():
             self._last_code = int(data[:3])
         self._pending_replies.append(data + b"\r\n")
@@ -267,7 +278,7 @@ class RelaySMTP(SMTP):
     # --- AUTH (RFC 4954) ----------------------------------------------------------
 
     async def _auth_password(self, mechanism: str, login: bytes, password: bytes, authzid: bytes):  # type: ignore[no-untyped-def]
-        return await self.relay_handler.auth_password(
+        return await self.relay_handler.authenticate_password(
             self,
             mechanism,
             login.decode("utf-8", "replace"),
@@ -288,6 +299,14 @@ class RelaySMTP(SMTP):
         except (binascii.Error, ValueError):
             await self.push("501 5.5.2 Cannot decode base64")
             return None
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        # SASL mechanism names are upper case (RFC 4422 §3.1); accept a client that
+        # writes them otherwise, as Postfix does, instead of a 504 for "auth plain".
+        if arg:
+            mechanism, sep, rest = arg.strip().partition(" ")
+            arg = mechanism.upper() + sep + rest
+        await super().smtp_AUTH(arg)
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         # RFC 4616: message = [authzid] NUL authcid NUL passwd
@@ -328,7 +347,7 @@ class RelaySMTP(SMTP):
             except (binascii.Error, ValueError):
                 await self.push("501 5.5.2 Cannot decode base64")
                 return AuthResult(success=False, handled=True)
-        result: AuthResult = await self.relay_handler.auth_external(self, authzid or None)
+        result: AuthResult = await self.relay_handler.authenticate_external(self, authzid or None)
         return result
 
     async def auth_OAUTHBEARER(self, _: Any, args: list[str]) -> AuthResult:
@@ -348,7 +367,7 @@ class RelaySMTP(SMTP):
         blob = await self._initial_response(args)
         if blob is None:
             return AuthResult(success=False, handled=True)
-        result: AuthResult = await self.relay_handler.auth_token(self, mechanism, blob)
+        result: AuthResult = await self.relay_handler.authenticate_token(self, mechanism, blob)
         return result
 
     # --- DATA (RFC 5321 §4.1.1.4, §4.5.2) -----------------------------------------

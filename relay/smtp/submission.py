@@ -33,7 +33,7 @@ class SubmissionHandler(BaseHandler):
 
     protocol = "smtp-submission"
 
-    async def auth_password(
+    async def authenticate_password(
         self, server: RelaySMTP, mechanism: str, login: str, password: str, authzid: str | None
     ) -> AuthResult:
         session = server.session
@@ -46,7 +46,7 @@ class SubmissionHandler(BaseHandler):
             return await self._auth_failed(session, mechanism, login, exc)
         return await self._auth_ok(session, mechanism, login, principal)
 
-    async def auth_external(self, server: RelaySMTP, authzid: str | None) -> AuthResult:
+    async def authenticate_external(self, server: RelaySMTP, authzid: str | None) -> AuthResult:
         session = server.session
         assert isinstance(session, RelaySession)
         cert = session.relay.tls.peer
@@ -62,7 +62,9 @@ class SubmissionHandler(BaseHandler):
             return await self._auth_failed(session, "EXTERNAL", None, exc)
         return await self._auth_ok(session, "EXTERNAL", principal.person.login, principal)
 
-    async def auth_token(self, server: RelaySMTP, mechanism: str, message: bytes) -> AuthResult:
+    async def authenticate_token(
+        self, server: RelaySMTP, mechanism: str, message: bytes
+    ) -> AuthResult:
         """OAUTHBEARER / XOAUTH2. A refused token: 334 with the RFC 7628 §3.2.2 JSON,
         the client's dummy response, then 535 5.7.8."""
         session = server.session
