@@ -3,11 +3,16 @@
 aiosmtpd's built-in replies lack RFC 3463 enhanced status codes, which we advertise
 (ENHANCEDSTATUSCODES, RFC 2034: every reply but the greeting and EHLO/HELO). `enhance`
 adds them to any 4xx/5xx reply that has none, from the table below.
+
+Reply text is ASCII (RFC 5321 §4.2: "text" is printable US-ASCII); the templates are
+written so, and `ascii_reply` is the net for what a reply echoes (an address under
+SMTPUTF8, a certificate subject): accents dropped, anything else a "?".
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _ENHANCED = re.compile(r"^\d{3}[ -]\d\.\d{1,3}\.\d{1,3}(?: |$)")
 
@@ -44,7 +49,7 @@ REWORDED: dict[str, str] = {
     ),
     "552 Error: Too much mail data": "552 5.3.4 Message size exceeds the fixed maximum",
     "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
-    "500 Command line too long": "500 5.5.2 Line too long (RFC 5321 §4.5.3.1.4)",
+    "500 Command line too long": "500 5.5.2 Line too long (RFC 5321 section 4.5.3.1.4)",
     "554 Command refused due to lack of security": "554 5.7.0 TLS handshake not accepted",
 }
 
@@ -53,9 +58,11 @@ NEED_AUTH = "530 5.7.0 Authentication required"
 LOCAL_ERROR = "451 4.3.0 Local error in processing (reference {ref})"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients (at most {limit} per message)"
 BARE_LINE_ENDING = (
-    "550 5.6.0 Message refused: bare LF or CR in the data (RFC 5321 §2.3.8); nothing stored"
+    "550 5.6.0 Message refused: bare LF or CR in the data (RFC 5321 section 2.3.8); nothing stored"
 )
-LINE_TOO_LONG = "500 5.5.2 Line too long: at most {limit} octets with CRLF (RFC 5321 §4.5.3.1.6)"
+LINE_TOO_LONG = (
+    "500 5.5.2 Line too long: at most {limit} octets with CRLF (RFC 5321 section 4.5.3.1.6)"
+)
 TOO_BIG = "552 5.3.4 Message too big: at most {limit} octets"
 RELAY_DENIED = "550 5.7.1 Relaying denied: {address} is not a mailbox of this server"
 UNKNOWN_BOX = "550 5.1.1 {address}: no such mailbox here"
@@ -89,3 +96,14 @@ def enhance(reply: str) -> str:
     if rest.startswith("Error: "):
         rest = rest[len("Error: ") :]
     return f"{code}{sep}{enhanced} {rest}".rstrip()
+
+
+def ascii_reply(reply: str) -> str:
+    """`reply` in printable ASCII: "é" becomes "e", any other character (controls
+    included, so no echoed CR or LF can start a second reply) becomes "?"."""
+    if reply.isascii() and reply.isprintable():
+        return reply
+    stripped = "".join(
+        ch for ch in unicodedata.normalize("NFKD", reply) if not unicodedata.combining(ch)
+    )
+    return "".join(ch if " " <= ch <= "~" else "?" for ch in stripped)
