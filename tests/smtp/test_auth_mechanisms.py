@@ -1,6 +1,7 @@
 """AUTH as advertised and as answered (issue 9, item 8): aiosmtpd took the handler's
-`auth_password`/`auth_external` (and later `auth_token`) methods for SASL mechanisms named "password" and
-"external", advertised them, and `AUTH password` ended in a traceback and a 451."""
+`auth_password`/`auth_external`/`auth_token` methods for SASL mechanisms named
+"password", "external" and "token", advertised them, and `AUTH password` ended in a
+traceback and a 451."""
 
 from __future__ import annotations
 
