@@ -119,6 +119,14 @@ class BaseHandler:
             sender=envelope.mail_from if envelope else None,
         )
 
+    async def refused_session(
+        self, server: RelaySMTP, *, stage: str, reply: str, rule: str
+    ) -> None:
+        session = server.session
+        assert isinstance(session, RelaySession)
+        log.warning("smtp.session_refused", peer=session.relay.peer_ip, stage=stage, rule=rule)
+        await self.audit_refusal(session, stage=stage, reason=reply, rule=rule)
+
     async def audit_refusal(
         self,
         session: RelaySession,

@@ -66,6 +66,11 @@ LINE_TOO_LONG = (
 TOO_BIG = "552 5.3.4 Message too big: at most {limit} octets"
 RELAY_DENIED = "550 5.7.1 Relaying denied: {address} is not a mailbox of this server"
 UNKNOWN_BOX = "550 5.1.1 {address}: no such mailbox here"
+TLS_ALREADY_ACTIVE = "503 5.5.1 TLS is already active (RFC 3207 section 4.2)"
+PIPELINED_AFTER_STARTTLS = (
+    "554 5.5.1 Commands sent after STARTTLS before the TLS handshake are refused"
+    " (RFC 3207 section 4.2): closing"
+)
 NO_CERTIFICATE = "530 5.7.0 A client certificate is required on this port"
 TRUST_NOT_LISTED = "550 5.7.1 Sender domain {domain} is not in the MSSante trust space"
 TRUST_NO_DN = (

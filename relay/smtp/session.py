@@ -126,6 +126,12 @@ class Hooks(Protocol):
 
     async def refused_data(self, server: RelaySMTP, reply: str) -> None: ...
 
+    async def refused_session(
+        self, server: RelaySMTP, *, stage: str, reply: str, rule: str
+    ) -> None:
+        """A refusal that ends the session (before any message)."""
+        ...
+
 
 class RelaySMTP(SMTP):
     """aiosmtpd's SMTP with our DATA reader, AUTH mechanisms and reply codes."""
@@ -274,6 +280,35 @@ class RelaySMTP(SMTP):
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd routes here too; keep one implementation, in the handler.
         return await self.relay_handler.handle_exception(error, self)
+
+    # --- STARTTLS (RFC 3207) -----------------------------------------------------
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        session = self.session
+        assert isinstance(session, RelaySession)
+        if session.relay.tls.version is not None or self._tls_protocol is not None:
+            # RFC 3207 §4.2: STARTTLS is not offered once TLS is up (after STARTTLS or
+            # on implicit TLS); a client asking again is out of sequence.
+            await self.push(replies.TLS_ALREADY_ACTIVE)
+            return
+        leftover = len(self._reader._buffer)  # type: ignore[attr-defined]
+        if not arg and self.tls_context and leftover:
+            # RFC 3207 §4.2 (and CVE-2011-0411): what a client sent after STARTTLS
+            # in clear must not run after the handshake. Discard it and end the
+            # session now: the client is waiting for replies to those commands, not
+            # starting a handshake, and would hold the connection until a timeout.
+            self._reader._buffer.clear()  # type: ignore[attr-defined]
+            await self.relay_handler.refused_session(
+                self,
+                stage="starttls",
+                reply=replies.PIPELINED_AFTER_STARTTLS,
+                rule="starttls.pipelined",
+            )
+            await self.push(replies.PIPELINED_AFTER_STARTTLS)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super().smtp_STARTTLS(arg)
 
     # --- AUTH (RFC 4954) ----------------------------------------------------------
 
