@@ -273,7 +273,11 @@ class RelaySMTP(SMTP):
             return
         out = b"".join(self._pending_replies)
         self._pending_replies.clear()
-        assert self._writer is not None
+        if self._writer is None or self.transport is None or self.transport.is_closing():
+            # The client has gone (or we are closing): commands it pipelined before it
+            # left are still being read, their replies have nobody to go to. Writing
+            # to a TLS transport in that state raises (asyncio's sslproto).
+            return
         self._writer.write(out)
         await self._writer.drain()
 
