@@ -36,6 +36,7 @@ from relay.metrics import Metrics
 from relay.policy.model import PolicyError, load_policies
 from relay.runtime import Listener, ListenerFactory, Runtime
 from relay.smtp.listener import make_listener as smtp_listener
+from relay.store.rotation import KeyRotator
 from relay.store.store import Store
 from relay.web.server import DaemonView
 from relay.web.server import make_listener as web_listener
@@ -113,6 +114,7 @@ class Daemon:
         self.crl_refresher: CrlRefresher | None = None  # fresh CRLs, TLS contexts
         self.worker: DeliveryWorker | None = None  # the outbound queue
         self.anchoring: asyncio.Task[None] | None = None  # audit head, outside the database
+        self.key_rotator: KeyRotator | None = None  # new message keys, re-encryption
 
     async def start(self) -> Runtime:
         started = time.monotonic()
@@ -138,6 +140,8 @@ class Daemon:
             runtime.reload_hooks.append(lambda _old, _new: self._wake_crl_refresher())
             self.worker = DeliveryWorker(runtime, self.crl_refresher)
             await self.worker.start()
+            self.key_rotator = KeyRotator(store, config.storage, lambda: runtime.config.limits)
+            await self.key_rotator.start()
             store.on_queued(self.worker.wake)
             await store.record(DaemonStarted(version=VERSION, config_file=str(self.config_path)))
             await store.anchor("start")
@@ -172,6 +176,9 @@ class Daemon:
             anchoring.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await anchoring
+        rotator, self.key_rotator = self.key_rotator, None
+        if rotator is not None:
+            await rotator.stop()
         worker, self.worker = self.worker, None
         if worker is not None:
             await worker.stop(grace_seconds)

@@ -424,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_config(s)
     s.set_defaults(func=cmd_key_init)
+    from relay.store.cli import register as register_backup
+    from relay.store.cli import register_key
+
+    register_key(ksub)
+    register_backup(sub)
 
     ins = sub.add_parser("ins", help="patient identifiers (INS)")
     isub = ins.add_subparsers(dest="ins_command", required=True)

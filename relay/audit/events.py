@@ -178,6 +178,61 @@ class KeyCreated(AuditEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class KeyRotated(AuditEvent):
+    """`mss-relay key rotate`: a new message key seals from now on; the old one is kept
+    read-only (retired) until every blob it sealed is re-encrypted."""
+
+    ACTION: ClassVar[str] = "store.key_rotated"
+    old_key_id: str
+    new_key_id: str
+    blobs: int  # sealed with the old key at the moment of rotation
+    operator: str  # the OS user who ran the command
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyReloaded(AuditEvent):
+    """A running node took the new message key: it seals new messages with it."""
+
+    ACTION: ClassVar[str] = "store.key_reloaded"
+    key_id: str
+    node: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyReencrypted(AuditEvent):
+    """Every blob a retired message key sealed is re-encrypted with the active key; the
+    retired key is unregistered and its file removed."""
+
+    ACTION: ClassVar[str] = "store.key_reencrypted"
+    old_key_id: str
+    new_key_id: str
+    blobs: int  # re-encrypted by this process (others may have done some)
+    by: str  # node id or "cli"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreBackedUp(AuditEvent):
+    """`mss-relay backup DIR`: a consistent snapshot with the key files and anchors."""
+
+    ACTION: ClassVar[str] = "store.backed_up"
+    directory: str
+    engine: str
+    audit_seq: int  # the audit head inside the snapshot
+    operator: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreRestored(AuditEvent):
+    """`mss-relay restore DIR` onto an empty data directory; `audit verify` passed."""
+
+    ACTION: ClassVar[str] = "store.restored"
+    directory: str
+    backed_up_at: str
+    audit_seq: int
+    operator: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class KeyRegistered(AuditEvent):
     """An existing key file's fingerprint was recorded (a store from before fingerprints,
     or keys made before the database)."""

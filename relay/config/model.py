@@ -295,6 +295,14 @@ class Limits:
     delivery_lease_seconds: int = 1800
     queue_poll_seconds: int = 1  # how often an idle worker looks for due rows
     # CRL refresh (relay.delivery.crl): IGC-Santé publishes CRLs daily
+    # message key rotation (relay.store.rotation): how often a node looks for a new key,
+    # blobs re-encrypted per transaction and the pause between two (the disk stays
+    # available to mail), and how long after a rotation the retired key is kept at
+    # least (every node must have taken the new key by then)
+    key_poll_seconds: int = 2
+    key_reencrypt_batch_blobs: int = 16
+    key_reencrypt_pause_ms: int = 10
+    key_switch_grace_seconds: int = 30
     crl_refresh_interval_seconds: int = 3600
     crl_fetch_timeout_seconds: int = 10
     # The audit head is anchored outside the database this often, and at start and

@@ -262,6 +262,9 @@ class Store:
                 from relay.store.migrate import upgrade
 
                 await upgrade(write_engine, schema=storage.schema)
+            from relay.store.rotation import finish_interrupted_switch
+
+            await finish_interrupted_switch(write_engine, storage)
             opened, keyed_from = await _settle_keys(
                 write_engine, storage, may_create=may_create_keys, now=clock()
             )
@@ -344,6 +347,19 @@ class Store:
         await self._read.dispose()
         if self._write is not self._read:
             await self._write.dispose()
+
+    def reload_keys(self, storage: StorageConfig) -> None:
+        """Re-read the message key files (`relay.store.rotation`): new blobs are sealed
+        with the key file's key from now on; retired keys keep opening what they sealed."""
+        from relay.store.crypto import KeyRing, read_key_file, read_retired_keys
+
+        active = read_key_file(storage.key_file)
+        if active is None:
+            raise StoreError(f"{storage.key_file}: the message key file is missing")
+        ring = KeyRing(
+            active, read_retired_keys(storage.key_file), legacy_id=self.cipher.ring.legacy_id
+        )
+        self.cipher = BlobCipher(ring)
 
     def writer_state(self) -> WriterState:
         writer = self._writer
