@@ -276,6 +276,20 @@ def _finish(
 
 async def backup(storage: StorageConfig, directory: Path, *, now: dt.datetime) -> Manifest:
     """Write a backup of the store to `directory`, which must not exist or be empty."""
+    try:
+        return await _backup(storage, directory, now=now)
+    except OSError as exc:  # a folder not writable, a disk full, pg_dump not installed
+        raise BackupError(_os_problem(exc)) from None
+
+
+def _os_problem(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError) and exc.filename in ("pg_dump", "pg_restore"):
+        return f"{exc.filename} not found: install PostgreSQL's client tools (postgresql-client)"
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
+
+
+async def _backup(storage: StorageConfig, directory: Path, *, now: dt.datetime) -> Manifest:
     copied = await asyncio.to_thread(_start, storage, directory)
     engine = "sqlite" if storage.url.startswith("sqlite") else "postgresql"
     if engine == "sqlite":
@@ -406,6 +420,13 @@ async def _pg_restore(storage: StorageConfig, dump: Path) -> None:
 
 async def restore_files(storage: StorageConfig, data_dir: Path, directory: Path) -> Manifest:
     """Check the backup and the target, then put the database and the files in place."""
+    try:
+        return await _restore_files(storage, data_dir, directory)
+    except OSError as exc:
+        raise BackupError(_os_problem(exc)) from None
+
+
+async def _restore_files(storage: StorageConfig, data_dir: Path, directory: Path) -> Manifest:
     manifest = await asyncio.to_thread(read_manifest, directory)
     await asyncio.to_thread(check_target, storage, data_dir, manifest)
     if manifest.engine == "postgresql":

@@ -168,6 +168,12 @@ async def test_damaged_backup_is_refused_before_anything_is_written(
             cli, "backup", str(tmp_path / "b"), "--config", str(d.config_path)
         )
         assert refused.returncode == 2 and "not empty" in refused.stderr
+        # a folder that cannot be made: one line, no traceback
+        nowhere = await asyncio.to_thread(
+            cli, "backup", "/proc/mss-relay/b", "--config", str(d.config_path)
+        )
+        assert nowhere.returncode == 2 and "backup failed: /proc/mss-relay" in nowhere.stderr
+        assert "Traceback" not in nowhere.stderr
     finally:
         await d.daemon.stop("test finished", grace_seconds=1.0)
     key = tmp_path / "b" / "keys" / "audit.key"
