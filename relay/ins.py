@@ -35,6 +35,7 @@ What is checked, and why no more:
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -47,6 +48,8 @@ __all__ = [
     "InsProblem",
     "compute_key",
     "explain",
+    "mask",
+    "mask_in_text",
     "parse_ins",
     "parse_patient_address",
 ]
@@ -240,3 +243,24 @@ def explain(text: str, *, test_prefixes: Iterable[str] = DEFAULT_TEST_PREFIXES) 
     what = "NIR" if ins.kind is InsKind.NIR else "NIA (provisional number)"
     test = ", test identity" if ins.is_test else ""
     return f"valid {what} {ins.matricule}, key {ins.key:02d}{test}"
+
+
+# An INS-shaped token in free text: 15 characters, the 13-character body (digits, or
+# 2A/2B for Corsica at positions 6-7) and the key, not inside a longer word (queue ids
+# and hashes are hex strings of 16 and more). The key is not checked: a mistyped INS
+# still names a patient.
+_INS_IN_TEXT = re.compile(r"(?<![0-9A-Za-z])[0-9]{5}(?:[0-9]{2}|2[ABab])[0-9]{8}(?![0-9A-Za-z])")
+
+
+def mask(matricule: str) -> str:
+    """How an INS is shown in logs: its first 3 and last 2 characters, ``279…89``.
+
+    Enough to tell two patients apart when reading a log next to the audit trail
+    (which keeps the full value, in the database); not enough to name anyone.
+    """
+    return f"{matricule[:3]}\u2026{matricule[-2:]}"
+
+
+def mask_in_text(text: str) -> str:
+    """`text` with every INS-shaped token masked (`mask`), addresses included."""
+    return _INS_IN_TEXT.sub(lambda m: mask(m.group(0)), text)

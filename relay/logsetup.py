@@ -1,11 +1,57 @@
-"""structlog setup: JSON lines on stderr (journald / log shippers) or a console view."""
+"""structlog setup: JSON lines on stderr (journald / log shippers) or a console view.
+
+Health data stays out of the logs (journald keeps them for weeks, outside the
+encrypted store): every INS in a log line is masked to its first 3 and last 2
+characters (`relay.ins.mask`), by one structlog processor over every value of every
+event, and by one filter on the standard-library loggers (aiosmtpd, asyncio). Code
+that logs does not have to remember; the audit trail in the database keeps the full
+value for traceability.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+from relay.ins import mask_in_text
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_in_text(value)
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return type(value)(_masked(v) for v in value)
+    return value
+
+
+def mask_ins(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: mask every INS in the event, nested values included.
+    Runs after exception formatting, so a traceback's text is masked too."""
+    for key, value in event_dict.items():
+        event_dict[key] = _masked(value)
+    return event_dict
+
+
+class MaskInsFilter(logging.Filter):
+    """The same for records of the standard `logging` module (aiosmtpd logs the
+    command lines it reads at INFO, "RCPT TO:<INS@patient...>")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_in_text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_in_text(record.exc_text)
+        return True
 
 
 def setup_logging(fmt: str = "json", level: int = logging.INFO) -> None:
@@ -20,12 +66,25 @@ def setup_logging(fmt: str = "json", level: int = logging.INFO) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            mask_ins,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    # The standard-library loggers (aiosmtpd, asyncio) to stderr too, warnings and up,
+    # through the INS filter.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
+    handler.addFilter(MaskInsFilter())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "relay_handler", False)]:
+        root.removeHandler(old)
+    handler.relay_handler = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
     # aiosmtpd warns on every connection of a listener that requires client
     # certificates ("tls_context.verify_mode not in ..."): for the inbound relay that
     # is the point. Its errors still show.

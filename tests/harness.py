@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from relay.app import Daemon, load_for_serving
 from relay.config.model import StorageConfig
@@ -266,12 +267,15 @@ async def start_daemon(
     return RunningDaemon(daemon, runtime, ports, path, pki)
 
 
-def start_process(config: Path) -> subprocess.Popen[str]:
-    """`mss-relay serve` as a real process; returns once it printed that it is ready."""
+def start_process(
+    config: Path, *, stderr: IO[str] | int = subprocess.DEVNULL
+) -> subprocess.Popen[str]:
+    """`mss-relay serve` as a real process; returns once it printed that it is ready.
+    Its log (JSON lines on stderr) goes to `stderr`."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "relay.cli", "serve", "--config", str(config)],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         text=True,
     )
     assert proc.stdout is not None
