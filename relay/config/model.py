@@ -260,6 +260,15 @@ class Limits:
     max_recipients: int = 100  # RFC 5321 §4.5.3.1.8 minimum buffer is 100
     max_line_bytes: int = 1000  # RFC 5321 §4.5.3.1.6 text line incl. CRLF = 1000
     smtp_command_timeout_seconds: int = 300  # RFC 5321 §4.5.3.2.7 server timeout 5 min
+    # Submission: from connecting, a client has this long in all to authenticate; then
+    # 421 4.7.0 and the connection is closed (the idle timer above is reset by every
+    # command: NOOP every few minutes would otherwise hold a connection for hours).
+    smtp_login_timeout_seconds: int = 60
+    # Connections each listener (SMTP and IMAP) serves at once, in total and from one
+    # client address; one more is refused (`421 4.7.0` on SMTP, `* BYE` on IMAP) and
+    # closed. 100 per address leaves room for a practice behind one NAT address.
+    max_connections_per_listener: int = 1000
+    max_connections_per_ip: int = 100
     imap_idle_timeout_seconds: int = 1800  # RFC 3501 §5.4: at least 30 minutes
     imap_max_literal_bytes: int = 25 * 1024 * 1024
     # RFC 7162 §4 asks for at least 8192 octets; an RFC 2971 §3.3 ID of 30 fields with

@@ -119,6 +119,11 @@ class BaseHandler:
             sender=envelope.mail_from if envelope else None,
         )
 
+    def login_timed_out(self, server: RelaySMTP) -> None:
+        session = server.session
+        peer = session.relay.peer_ip if isinstance(session, RelaySession) else None
+        log.warning("smtp.login_timeout", peer=peer, listener=self.listener.port)
+
     async def refused_session(
         self, server: RelaySMTP, *, stage: str, reply: str, rule: str
     ) -> None:

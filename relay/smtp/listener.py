@@ -10,13 +10,18 @@ import asyncio
 import contextlib
 import ssl
 
+import structlog
+
 from relay.config.model import ListenerConfig, ListenerKind, TlsConfig, TlsMode
 from relay.identity import sasl_oauth
 from relay.runtime import Runtime
+from relay.smtp import replies
 from relay.smtp.inbound import InboundHandler
 from relay.smtp.session import COMMAND_CALL_LIMITS, RelaySMTP
 from relay.smtp.submission import SubmissionHandler
 from relay.tls.context import ListenerContext
+
+log = structlog.get_logger("relay.smtp")
 
 
 class SmtpListener:
@@ -27,6 +32,39 @@ class SmtpListener:
         """Connections being served now."""
         return len(self._sessions)
 
+    def _admit(self, smtp: RelaySMTP, ip: str) -> str | None:
+        """Count a new connection in, or say why not (the limits of the config now)."""
+        limits = self.runtime.config.limits
+        if len(self._sessions) >= limits.max_connections_per_listener:
+            log.warning(
+                "smtp.connection_refused",
+                listener=self.description,
+                peer=ip,
+                limit="max_connections_per_listener",
+            )
+            return replies.LISTENER_FULL.format(limit=limits.max_connections_per_listener)
+        if self._per_ip.get(ip, 0) >= limits.max_connections_per_ip:
+            log.warning(
+                "smtp.connection_refused",
+                listener=self.description,
+                peer=ip,
+                limit="max_connections_per_ip",
+            )
+            return replies.TOO_MANY_FROM_IP.format(ip=ip, limit=limits.max_connections_per_ip)
+        self._sessions[smtp] = ip
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        return None
+
+    def _closed(self, smtp: RelaySMTP) -> None:
+        ip = self._sessions.pop(smtp, None)
+        if ip is None:
+            return
+        left = self._per_ip[ip] - 1
+        if left:
+            self._per_ip[ip] = left
+        else:
+            del self._per_ip[ip]
+
     def __init__(self, runtime: Runtime, lc: ListenerConfig) -> None:
         self.runtime = runtime
         self.lc = lc
@@ -34,7 +72,8 @@ class SmtpListener:
         # The sessions with a live connection, for a graceful stop: a session enters
         # when its connection is made and leaves when it is lost (issue 9: they were
         # kept until stop(), 12 kB to 117 kB each, for the life of the daemon).
-        self._sessions: set[RelaySMTP] = set()
+        self._sessions: dict[RelaySMTP, str] = {}  # session -> client address
+        self._per_ip: dict[str, int] = {}
         # Read at each new connection: `replace_tls` swaps it (fresh CRLs) while open
         # sessions keep the context they started with.
         self._tls: ListenerContext | None = None
@@ -66,8 +105,9 @@ class SmtpListener:
             command_call_limit=COMMAND_CALL_LIMITS,
             loop=asyncio.get_running_loop(),
             probe=self.probe,
-            on_open=self._sessions.add,
-            on_close=self._sessions.discard,
+            admit=self._admit,
+            on_close=self._closed,
+            login_timeout_seconds=None if inbound else limits.smtp_login_timeout_seconds,
         )
         if inbound:
             for name in list(smtp._auth_methods):

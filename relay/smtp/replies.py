@@ -66,6 +66,9 @@ LINE_TOO_LONG = (
 TOO_BIG = "552 5.3.4 Message too big: at most {limit} octets"
 RELAY_DENIED = "550 5.7.1 Relaying denied: {address} is not a mailbox of this server"
 UNKNOWN_BOX = "550 5.1.1 {address}: no such mailbox here"
+LISTENER_FULL = "421 4.7.0 Too many connections to this service ({limit} at most): try again later"
+TOO_MANY_FROM_IP = "421 4.7.0 Too many connections from {ip} ({limit} at most): try again later"
+LOGIN_TIMEOUT = "421 4.7.0 No authentication within {seconds} s of connecting: closing"
 TLS_ALREADY_ACTIVE = "503 5.5.1 TLS is already active (RFC 3207 section 4.2)"
 PIPELINED_AFTER_STARTTLS = (
     "554 5.5.1 Commands sent after STARTTLS before the TLS handshake are refused"

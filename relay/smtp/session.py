@@ -126,6 +126,10 @@ class Hooks(Protocol):
 
     async def refused_data(self, server: RelaySMTP, reply: str) -> None: ...
 
+    def login_timed_out(self, server: RelaySMTP) -> None:
+        """The login timeout ended a session that had not authenticated."""
+        ...
+
     async def refused_session(
         self, server: RelaySMTP, *, stage: str, reply: str, rule: str
     ) -> None:
@@ -146,8 +150,9 @@ class RelaySMTP(SMTP):
         handler: Hooks,
         *,
         probe: ListenerProbe | None = None,
-        on_open: Callable[[RelaySMTP], None] | None = None,
+        admit: Callable[[RelaySMTP, str], str | None] | None = None,
         on_close: Callable[[RelaySMTP], None] | None = None,
+        login_timeout_seconds: float | None = None,
         **kwargs: Any,
     ) -> None:
         self.relay_handler = handler
@@ -155,12 +160,17 @@ class RelaySMTP(SMTP):
         self._probe = probe
         self._counted = False  # connection_made runs again after STARTTLS
         self._last_code: int | None = None  # of the last reply pushed
-        # The listener's bookkeeping (see SmtpListener): told when the connection is
-        # really there (after the handshake on implicit TLS: a failed handshake never
-        # reaches connection_made) and when it is gone, so it never holds a dead one.
-        self._on_open = on_open
+        # The listener's bookkeeping (see SmtpListener): asked to admit the connection
+        # once it is really there (after the handshake on implicit TLS: a failed
+        # handshake never reaches connection_made), answered with a refusal or None;
+        # told when it is gone, so it never holds a dead one.
+        self._admit = admit
         self._on_close = on_close
+        self._refused = False  # by `admit`: aiosmtpd never saw this connection
         self._lost = False
+        # Submission: the whole time from connecting to a successful AUTH.
+        self._login_timeout_seconds = login_timeout_seconds
+        self._login_timer: asyncio.TimerHandle | None = None
         super().__init__(handler, **kwargs)
         # aiosmtpd keeps these limits in a class attribute shared by every instance;
         # ours are per session.
@@ -200,13 +210,27 @@ class RelaySMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         starttls_done = self._original_transport is not None
+        if not starttls_done and self._admit is not None:
+            peer = transport.get_extra_info("peername")
+            refusal = self._admit(self, peer[0] if isinstance(peer, tuple) else str(peer))
+            self._admit = None
+            if refusal is not None:
+                # Refused before aiosmtpd starts the session: the reply instead of the
+                # greeting (RFC 5321 §3.1: 421 then close is allowed there).
+                self._refused = True
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(replies.ascii_reply(refusal).encode("ascii") + b"\r\n")
+                transport.close()
+                return
         super().connection_made(transport)
         if not starttls_done:
             if self._probe is not None and not self._counted:
                 self._counted = True
                 self._probe.opened()
-            if self._on_open is not None:
-                self._on_open(self)
+            if self._login_timeout_seconds:
+                self._login_timer = self.loop.call_later(
+                    self._login_timeout_seconds, self._login_expired
+                )
         session = self.session
         assert isinstance(session, RelaySession)
         peer = session.peer
@@ -217,7 +241,19 @@ class RelaySMTP(SMTP):
             # advertise nor accept AUTH; the connection is encrypted, so allow it.
             self._auth_require_tls = False
 
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        result: bool | None = super().eof_received()
+        return result
+
     def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
         if self._lost:
             # aiosmtpd calls this itself after a failed STARTTLS handshake, and the
             # transport calls it again: the first call did the work.
@@ -232,7 +268,9 @@ class RelaySMTP(SMTP):
             # Replies still held for a pipelining client have nobody to go to.
             self._pending_replies.clear()
             on_close, self._on_close = self._on_close, None
-            self._on_open = None
+            if self._login_timer is not None:
+                self._login_timer.cancel()
+                self._login_timer = None
             if on_close is not None:
                 on_close(self)
             task = self._handler_coroutine
@@ -240,6 +278,24 @@ class RelaySMTP(SMTP):
                 self._release()
             else:
                 task.add_done_callback(self._release)
+
+    def _login_expired(self) -> None:
+        """RFC 5321 §4.5.3.2 bounds each wait, not a session: a client that never
+        authenticates is ended after the login timeout, however busy it keeps us."""
+        self._login_timer = None
+        session = self.session
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if session is not None and session.authenticated:
+            return
+        self.relay_handler.login_timed_out(self)
+        reply = replies.LOGIN_TIMEOUT.format(seconds=self._login_timeout_seconds)
+        out = b"".join(self._pending_replies) + reply.encode("ascii") + b"\r\n"
+        self._pending_replies.clear()
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(out)
+        transport.close()
 
     def _release(self, _: object = None) -> None:
         """Break the reference cycles aiosmtpd builds (bound methods in its dispatch
@@ -346,6 +402,9 @@ class RelaySMTP(SMTP):
             mechanism, sep, rest = arg.strip().partition(" ")
             arg = mechanism.upper() + sep + rest
         await super().smtp_AUTH(arg)
+        if self._login_timer is not None and self.session and self.session.authenticated:
+            self._login_timer.cancel()
+            self._login_timer = None
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         # RFC 4616: message = [authzid] NUL authcid NUL passwd
