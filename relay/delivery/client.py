@@ -22,6 +22,7 @@ where DNS says the domain cannot receive mail at all.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import ssl
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ __all__ = [
     "PeerConnection",
     "Reply",
     "mx_hosts",
+    "session_refused_status",
 ]
 
 _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -97,8 +99,38 @@ class _StrictSMTP(aiosmtplib.SMTP):
         if self.last_ehlo_response is None:
             await self.ehlo()
         if not self.supports_extension("starttls"):
+            # Nothing to send in clear; still end the session properly (RFC 5321
+            # §4.1.1.10) rather than drop it.
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                await self.quit(timeout=5)
             raise _NoStartTls("the server does not offer STARTTLS")
         return await super().starttls(*args, **kwargs)
+
+
+def session_refused_status(reply: Reply, *, tls_up: bool) -> str:
+    """The RFC 3463 status of a deferral when the peer refuses the session itself
+    (greeting, STARTTLS or EHLO answered 4xx/5xx): its own X.7.Y when it gives one (a
+    security or policy refusal, such as our certificate not trusted: Postfix answers
+    "421 4.7.1" after the handshake), X.7.5 when a refusal right after the handshake
+    names a certificate without a code, else 4.4.2 (connection dropped). Always
+    transient: the recipient is retried, the operator may fix the trust."""
+    m = _ENHANCED.match(reply.text)
+    if m is not None and m.group(2) == "7":
+        return f"4.7.{m.group(3)}"
+    if tls_up and "certificat" in reply.text.lower():  # "certificate", "certificat"
+        return "4.7.5"
+    return "4.4.2"
+
+
+async def _quit_and_close(smtp: aiosmtplib.SMTP) -> None:
+    """QUIT (RFC 5321 §4.1.1.10), then close whatever the peer answers or does."""
+    try:
+        if smtp.is_connected:
+            await smtp.quit(timeout=5)
+    except (aiosmtplib.SMTPException, OSError):
+        pass
+    finally:
+        smtp.close()
 
 
 def _tls_reason(exc: BaseException) -> str:
@@ -169,12 +201,15 @@ class PeerConnection:
             raise DeliveryFailure(f"{where}: connection timed out", status="4.4.1") from None
         except aiosmtplib.SMTPConnectResponseError as exc:
             # A greeting other than 220 (RFC 5321 §3.1): try again later.
+            reply = Reply(exc.code, exc.message)
             raise DeliveryFailure(
-                f"{where} refused the session: {Reply(exc.code, exc.message)}", status="4.4.2"
+                f"{where} refused the session: {reply}",
+                status=session_refused_status(reply, tls_up=False),
             ) from None
         except aiosmtplib.SMTPResponseException as exc:
+            reply = Reply(exc.code, exc.message)
             raise DeliveryFailure(
-                f"{where}: {Reply(exc.code, exc.message)}", status="4.4.2"
+                f"{where}: {reply}", status=session_refused_status(reply, tls_up=tls_up)
             ) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             cause = exc.__cause__ or exc.__context__
@@ -190,10 +225,12 @@ class PeerConnection:
         ssl_obj = smtp.get_transport_info("ssl_object")
         peer = peer_from_ssl_object(ssl_obj if isinstance(ssl_obj, ssl.SSLObject) else None)
         if peer is None:  # cannot happen with CERT_REQUIRED; fail closed anyway
-            smtp.close()
+            await _quit_and_close(smtp)
             raise DeliveryFailure(f"{where}: no verified peer certificate", status="4.7.5")
         if expected_dn is not None and not dn_equal(expected_dn, peer.subject):
-            smtp.close()
+            # Nothing is sent to a peer that is not the one expected; the session is
+            # still ended with QUIT, not dropped.
+            await _quit_and_close(smtp)
             raise DeliveryFailure(
                 f"{where}: peer certificate subject {peer.subject!r} is not the "
                 f"expected {expected_dn!r}",
@@ -273,13 +310,7 @@ class PeerConnection:
 
     async def close(self) -> None:
         """QUIT politely (RFC 5321 §4.1.1.10), or just drop the connection."""
-        try:
-            if self._smtp.is_connected:
-                await self._smtp.quit(timeout=5)
-        except (aiosmtplib.SMTPException, OSError):
-            pass
-        finally:
-            self._smtp.close()
+        await _quit_and_close(self._smtp)
 
 
 async def mx_hosts(domain: str, *, lifetime_seconds: float) -> list[str]:

@@ -57,11 +57,32 @@ class FakePeer:
     mails: list[str] = field(default_factory=list)  # every MAIL FROM seen
     data_seen: list[Received] = field(default_factory=list)  # every DATA, whatever reply
     accepted: list[Received] = field(default_factory=list)  # DATA answered 250
+    # The reply to EHLO inside TLS instead of the capabilities: how Postfix with
+    # smtpd_tls_req_ccert refuses a client certificate it does not trust.
+    ehlo_in_tls_reply: str | None = None
+    quits: int = 0  # QUIT commands seen
     got_data: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = 0
     _server: asyncio.Server | None = None
 
     # aiosmtpd handler hooks
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        if self.ehlo_in_tls_reply is not None and session.ssl is not None:
+            return [self.ehlo_in_tls_reply]
+        session.host_name = hostname
+        return responses
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.quits += 1
+        return "221 2.0.0 Bye"
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
