@@ -32,6 +32,16 @@ def envelope_patients(envelope: Envelope) -> dict[str, str]:
     return found
 
 
+NULL_REVERSE_PATH = "<>"  # how aiosmtpd hands over MAIL FROM:<> (RFC 5321 §4.5.5)
+
+
+def reverse_path(envelope: Envelope) -> str:
+    """The envelope sender, "" for the null reverse-path (what the store, the queue
+    and the audit trail keep: the delivery client sends it back as MAIL FROM:<>)."""
+    sender = envelope.mail_from or ""
+    return "" if sender == NULL_REVERSE_PATH else sender
+
+
 def declared_size(mail_options: list[str]) -> int | None:
     for option in mail_options:
         if option.upper().startswith("SIZE="):
@@ -216,6 +226,7 @@ class BaseHandler:
         box: str | None,
         protocol_name: str,
         extra: Callable[[AsyncConnection, TxContext], Awaitable[None]] | None = None,
+        request_note: str | None = None,
     ) -> str:
         session = server.session
         envelope = server.envelope
@@ -244,7 +255,7 @@ class BaseHandler:
         # built (issue 9: every message.accepted said size_bytes=0).
         size = len(message)
         message_id = meta.message_id
-        sender = envelope.mail_from or ""
+        sender = reverse_path(envelope)
         rcpts = tuple(envelope.rcpt_tos)
         peer_subject = state.tls.peer.subject if state.tls.peer else None
 
@@ -259,7 +270,8 @@ class BaseHandler:
                 recipients=rcpts,
                 size_bytes=size,
                 queue_id=queue_id,
-                request=f"MAIL FROM:<{sender}> ({len(rcpts)} RCPT)",
+                request=f"MAIL FROM:<{sender}> ({len(rcpts)} RCPT)"
+                + (f", {request_note}" if request_note else ""),
                 answer="250 2.0.0",
                 certificate_subject=peer_subject,
             )

@@ -69,6 +69,18 @@ UNKNOWN_BOX = "550 5.1.1 {address}: no such mailbox here"
 LISTENER_FULL = "421 4.7.0 Too many connections to this service ({limit} at most): try again later"
 TOO_MANY_FROM_IP = "421 4.7.0 Too many connections from {ip} ({limit} at most): try again later"
 LOGIN_TIMEOUT = "421 4.7.0 No authentication within {seconds} s of connecting: closing"
+NO_FROM = (
+    "550 5.6.0 The message has no From: header field (RFC 5322 section 3.6 requires"
+    " one); nothing stored"
+)
+ONE_FROM = (
+    "550 5.6.0 The message must have exactly one From: field naming its author"
+    " (RFC 5322 section 3.6); nothing stored"
+)
+NULL_SENDER_NOT_MDN = (
+    "550 5.7.1 A null sender (MAIL FROM:<>) is for disposition notifications only"
+    " (multipart/report; report-type=disposition-notification, RFC 8098 section 3)"
+)
 TLS_ALREADY_ACTIVE = "503 5.5.1 TLS is already active (RFC 3207 section 4.2)"
 PIPELINED_AFTER_STARTTLS = (
     "554 5.5.1 Commands sent after STARTTLS before the TLS handshake are refused"

@@ -3,6 +3,7 @@ software and mail clients, send-as rights, patient recipients, message completio
 
 from __future__ import annotations
 
+import email.message
 import email.utils
 import secrets
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,13 @@ from relay.policy import patient
 from relay.policy.sending import may_send_as
 from relay.policy.xdm import find_xdm_patients
 from relay.smtp import replies
-from relay.smtp.handler import BaseHandler, declared_size, envelope_patients
+from relay.smtp.handler import (
+    NULL_REVERSE_PATH,
+    BaseHandler,
+    declared_size,
+    envelope_patients,
+    reverse_path,
+)
 from relay.smtp.headers import HeaderBlock
 from relay.smtp.session import RelaySession, RelaySMTP
 from relay.store import conversations
@@ -219,9 +226,14 @@ class SubmissionHandler(BaseHandler):
         if principal is None:
             return replies.NEED_AUTH
         if not address or address == "<>":
-            reply = "550 5.7.1 A null sender is for delivery reports only"
-            await self.audit_refusal(session, stage="mail", reason=reply, rule="send-as.null")
-            return reply
+            # RFC 8098 §3: a disposition notification (MDN) SHOULD have a null
+            # envelope sender. Whether this message is one is known at DATA, where
+            # anything else is refused (replies.NULL_SENDER_NOT_MDN); its From: then
+            # names the box it comes from.
+            session.relay.sender_box = None
+            envelope.mail_from = NULL_REVERSE_PATH  # aiosmtpd wants a true value
+            envelope.mail_options.extend(mail_options)
+            return "250 2.1.0 Null sender ok for a disposition notification"
         verdict = may_send_as(
             self.runtime.config,
             principal.person,
@@ -260,34 +272,17 @@ class SubmissionHandler(BaseHandler):
         assert isinstance(session, RelaySession) and envelope.original_content is not None
         state = session.relay
         principal = state.principal
-        assert principal is not None and state.sender_box is not None
+        assert principal is not None
         config = self.runtime.config
         headers = HeaderBlock.parse(envelope.original_content)
-        # RFC 6409 §8: the MSA may complete a message. From: must be a box the person
-        # may send as, like the envelope sender.
-        from_addresses = headers.addresses("From")
-        if not from_addresses:
-            headers.add("From", f"<{state.sender_box}>")
-            from_addresses = [state.sender_box]
-        for addr in from_addresses:
-            verdict = may_send_as(
-                config,
-                principal.person,
-                addr,
-                self.runtime.today(),
-                session_box=principal.as_box,
-                method=principal.method,
-            )
-            if not verdict.allowed:
-                reply = verdict.reply.replace("550 5.7.1 ", "550 5.7.1 From: ", 1)
-                await self.audit_refusal(
-                    session,
-                    stage="data",
-                    reason=reply,
-                    sender=envelope.mail_from,
-                    rule=verdict.rule,
-                )
-                return reply
+        refusal = await self.check_originator_fields(session, envelope, headers)
+        if refusal is not None:
+            return refusal
+        mdn = not reverse_path(envelope)
+        if mdn:
+            # The box the notification comes from: its (checked) From:.
+            state.sender_box = headers.addresses("From")[0]
+        assert state.sender_box is not None
         box = config.mailbox(state.sender_box)
         assert box is not None
         if box.owner != principal.person_id:
@@ -328,4 +323,90 @@ class SubmissionHandler(BaseHandler):
             box=state.sender_box,
             protocol_name=protocol_name,
             extra=extra,
+            request_note="a disposition notification (RFC 8098)" if mdn else None,
         )
+
+    async def check_originator_fields(
+        self, session: RelaySession, envelope: Envelope, headers: HeaderBlock
+    ) -> str | None:
+        """The refusal (audited) of a message whose originator fields the person may
+        not use, or None.
+
+        - From: exactly one field (RFC 5322 §3.6). A message without one is refused,
+          not completed: RFC 6409 §8 lists what an MSA may add (Sender, Date,
+          Message-ID) and From: is not among them; the author of a health letter is
+          not for the relay to guess (which box, for a co-holder of several?), and a
+          client that omits it is broken and must be told.
+        - From:, and the current (topmost) Resent-From:, name boxes the person may
+          send as, like the envelope sender; Sender: and the topmost Resent-Sender:
+          name the agent, a box the person may send as in any session.
+        - A null envelope sender only for a disposition notification (RFC 8098 §3).
+        """
+        principal = session.relay.principal
+        assert principal is not None
+        from_fields = headers.values("From")
+        if len(from_fields) != 1 or not headers.addresses("From"):
+            reply = replies.NO_FROM if not from_fields else replies.ONE_FROM
+            rule = "message.from-missing" if not from_fields else "message.from-count"
+            await self.audit_refusal(
+                session, stage="data", reason=reply, sender=envelope.mail_from, rule=rule
+            )
+            return reply
+        if not reverse_path(envelope) and not is_disposition_notification(headers):
+            await self.audit_refusal(
+                session,
+                stage="data",
+                reason=replies.NULL_SENDER_NOT_MDN,
+                sender="",
+                rule="send-as.null",
+            )
+            return replies.NULL_SENDER_NOT_MDN
+        checks: list[tuple[str, list[str], str | None]] = [
+            ("From", headers.addresses("From"), principal.as_box),
+            ("Sender", headers.addresses("Sender"), None),
+            ("Resent-From", _topmost(headers, "Resent-From"), principal.as_box),
+            ("Resent-Sender", _topmost(headers, "Resent-Sender"), None),
+        ]
+        for name, addresses, session_box in checks:
+            for addr in addresses:
+                verdict = may_send_as(
+                    self.runtime.config,
+                    principal.person,
+                    addr,
+                    self.runtime.today(),
+                    session_box=session_box,
+                    method=principal.method,
+                )
+                if not verdict.allowed:
+                    reply = verdict.reply.replace("550 5.7.1 ", f"550 5.7.1 {name}: ", 1)
+                    await self.audit_refusal(
+                        session,
+                        stage="data",
+                        reason=reply,
+                        sender=envelope.mail_from,
+                        rule=verdict.rule,
+                    )
+                    return reply
+        return None
+
+
+def _topmost(headers: HeaderBlock, name: str) -> list[str]:
+    """The addresses of the first `name` field: RFC 5322 §3.6.6, each resend adds its
+    Resent-* block on top; older blocks are other people's earlier resends."""
+    values = headers.values(name)
+    if not values:
+        return []
+    return [addr.lower() for _, addr in email.utils.getaddresses(values[:1]) if addr]
+
+
+def is_disposition_notification(headers: HeaderBlock) -> bool:
+    """RFC 8098 §3: an MDN is `multipart/report; report-type=disposition-notification`."""
+    values = headers.values("Content-Type")
+    if len(values) != 1:
+        return False
+    parsed = email.message.Message()
+    parsed["Content-Type"] = values[0]
+    return (
+        parsed.get_content_type() == "multipart/report"
+        and str(parsed.get_param("report-type", "")).lower() == "disposition-notification"
+    )
