@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import secrets
 import socket
 import ssl
 import subprocess
@@ -40,15 +41,36 @@ def password_hash(person: str) -> str:
     return hash_password(PASSWORDS[person])
 
 
+# Ports for the daemons tests start are taken below the kernel's ephemeral range
+# (/proc/sys/net/ipv4/ip_local_port_range, 32768-60999 by default): a port picked
+# there with bind(0) can be taken by any outgoing connection (a PostgreSQL client, an
+# HTTP fetch) before the daemon binds it, and on a loaded machine that happened.
+# Each test process walks the range from its own random start, so two test runs on
+# one machine rarely meet; a port that is in use is skipped.
+_PORT_RANGE = (20000, 30000)
+_next_port = _PORT_RANGE[0] + secrets.randbelow(_PORT_RANGE[1] - _PORT_RANGE[0])
+
+
 def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    """`n` distinct 127.0.0.1 TCP ports that are free now and that no outgoing
+    connection will be given meanwhile."""
+    global _next_port
+    ports: list[int] = []
+    low, high = _PORT_RANGE
+    for _ in range(high - low):
+        if len(ports) == n:
+            break
+        port = _next_port
+        _next_port = low + (_next_port + 1 - low) % (high - low)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    if len(ports) < n:
+        raise RuntimeError(f"no {n} free ports in {low}-{high}")
     return ports
 
 
