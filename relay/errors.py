@@ -40,6 +40,10 @@ class ProtocolError(RelayError):
 class PermissionDenied(ProtocolError):
     smtp = "550 5.7.1 Not authorised"
     imap_code = "NOPERM"
+    # The box the refused action was on, when the refusal is to be audited (IMAP: any
+    # box but the person's own); set by whoever raises, recorded where it is mapped.
+    audited_box: str | None = None
+    folder: str | None = None
 
 
 class AuthenticationFailed(ProtocolError):

@@ -316,6 +316,25 @@ class ImapAppended(AuditEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ImapRefused(AuditEvent):
+    """An IMAP operation refused for want of a right (``NO [NOPERM]``): the request and
+    the answer. At most `limits.imap_refusals_audited_per_minute` per session;
+    `suppressed` counts the refusals of that session not recorded since the last one."""
+
+    ACTION: ClassVar[str] = "imap.refused"
+    folder: str | None
+    suppressed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImapRefusalsSuppressed(AuditEvent):
+    """At the end of a session: refusals past the per-minute allowance, not recorded."""
+
+    ACTION: ClassVar[str] = "imap.refusals_suppressed"
+    count: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class ImapFolderChanged(AuditEvent):
     """CREATE, DELETE or RENAME of a folder."""
 

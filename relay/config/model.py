@@ -274,9 +274,24 @@ class Limits:
     # RFC 7162 §4 asks for at least 8192 octets; an RFC 2971 §3.3 ID of 30 fields with
     # 1024-octet values is a 32 KiB line, and Dovecot accepts 64 KiB (imap_max_line_length).
     imap_max_line_bytes: int = 65536
-    # Before login a client has this long to authenticate (RFC 3501 §5.4 only bounds
-    # the authenticated autologout timer, at 30 minutes at least).
+    # Before login a client has this long in total, counted from the connection, to
+    # authenticate (not reset by input: a byte a second no longer keeps it open).
+    # RFC 3501 §5.4 only bounds the autologout timer after login (at least 30 min,
+    # imap_idle_timeout_seconds, reset by each complete command).
     imap_login_timeout_seconds: int = 60
+    # Connections a listener serves at once, in total and from one client address;
+    # one more is answered `* BYE` (IMAP) and closed. 100 per address leaves room for
+    # a practice behind one NAT address (Thunderbird opens up to 5 per account).
+    max_connections_per_listener: int = 1000
+    max_connections_per_ip: int = 100
+    # Refused IMAP operations (NO [NOPERM]) recorded in the audit trail, per session
+    # and per minute; the rest are counted and the count recorded (a looping client
+    # must not flood the trail).
+    imap_refusals_audited_per_minute: int = 20
+    # Folder names a client creates: bytes of the name inside its box (modified UTF-7,
+    # as stored; the column holds 512) and levels of hierarchy.
+    imap_max_folder_name_bytes: int = 255
+    imap_max_folder_depth: int = 16
     # Throttling (relay.identity.throttle): failures of one login from one address before
     # that login is refused from that address; failures from one address, any logins,
     # before the address is refused; how long both last (and the window they count in).

@@ -104,6 +104,10 @@ class ImapService:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.sessions: set[Session] = set()
+        # Open connections per client address (issue 9, item 5: caps); refusals counted
+        # to keep the log from flooding under a connection flood.
+        self.per_ip: dict[str, int] = {}
+        self.refused = 0
         self._watchers: dict[int, set[Session]] = {}
         self._notify_watchers: dict[int, set[Session]] = {}  # NOTIFY, RFC 5465
         self._generation: dict[int, int] = {}  # watched folder id -> commits seen
@@ -185,10 +189,42 @@ class ImapService:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 1.0)
 
+    def _refusal(self, ip: str) -> str | None:
+        """Why a new connection from `ip` is refused (RFC 3501 §7.1.5: BYE as the
+        greeting), or None."""
+        limits = self.runtime.config.limits
+        if len(self._tasks) >= limits.max_connections_per_listener:
+            return (
+                f"Server busy: {limits.max_connections_per_listener} connections already, "
+                "try again later"
+            )
+        if self.per_ip.get(ip, 0) >= limits.max_connections_per_ip:
+            return (
+                f"Too many connections from {ip} (limit {limits.max_connections_per_ip}): "
+                "close some, then try again"
+            )
+        return None
+
+    async def _refuse(self, writer: asyncio.StreamWriter, ip: str, refusal: str) -> None:
+        self.refused += 1
+        if self.refused % 100 == 1:  # the first, then one in a hundred
+            log.warning("imap.connection_refused", peer=ip, why=refusal, refused=self.refused)
+        with contextlib.suppress(Exception):
+            writer.write(r.untagged_status(r.Status.BYE, refusal))
+            await asyncio.wait_for(writer.drain(), 5)
+        writer.close()
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        refusal = self._refusal(ip)
+        if refusal is not None:
+            await self._refuse(writer, ip, refusal)
+            return
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         session = Session(self, reader, writer, tls_active=self.listener.tls is TlsMode.IMPLICIT)
         self.sessions.add(session)
         self.probe.opened()
@@ -204,6 +240,11 @@ class ImapService:
             self.probe.closed()
             self.sessions.discard(session)
             self._tasks.discard(task)
+            left = self.per_ip.get(ip, 1) - 1
+            if left:
+                self.per_ip[ip] = left
+            else:
+                self.per_ip.pop(ip, None)
 
     # --- sessions and wake-ups ------------------------------------------------------
 

@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from relay.errors import ProtocolError
+from relay.audit.events import ImapRefusalsSuppressed, ImapRefused
+from relay.audit.limiter import WindowLimiter
+from relay.errors import PermissionDenied, ProtocolError
 from relay.identity.auth import Principal
 from relay.imap import commands as c
 from relay.imap import response as r
@@ -95,8 +97,27 @@ class Selected:
         return self.uids[-1] if self.uids else 0
 
 
+def describe(cmd: c.Command, selected: str | None) -> str:
+    """The request as the audit trail records it: the command, its flags and folder, never
+    a message or a sequence set (which may be long)."""
+    uid = getattr(cmd, "uid", False) or (isinstance(cmd, c.Expunge) and cmd.uids is not None)
+    parts = [("UID " if uid else "") + cmd.name]
+    if isinstance(cmd, c.Store):
+        parts.append(f"{cmd.mode.value} ({' '.join(cmd.flags)})")
+    mailbox = getattr(cmd, "mailbox", None)
+    if isinstance(mailbox, str):
+        parts.append(mailbox)
+    if selected is not None:
+        parts.append(f"(in {selected})")
+    return " ".join(parts)
+
+
 class Closing(Exception):
     """End the session after sending what is buffered (BYE already emitted)."""
+
+
+class LoginTimeout(TimeoutError):
+    """The total time to authenticate is over."""
 
 
 class Session:
@@ -141,6 +162,15 @@ class Session:
         self.revoked: str | None = None  # why the session must end (access withdrawn)
         self._read_task: asyncio.Task[bytes] | None = None
         self.id = secrets.token_hex(4)
+        # Timeouts (issue 9, item 5): a total time to authenticate, counted from the
+        # connection and never reset (a byte a second used to keep a connection open
+        # for ever); after login, RFC 3501 §5.4's autologout timer, reset by each
+        # complete command (not by each byte).
+        # Refusals recorded in the audit trail: at most so many a minute (item 10).
+        self.refusals = WindowLimiter(limits.imap_refusals_audited_per_minute, 60.0)
+        now = asyncio.get_running_loop().time()
+        self.login_deadline = now + limits.imap_login_timeout_seconds
+        self.idle_deadline = now + limits.imap_idle_timeout_seconds
 
     # --- output ---------------------------------------------------------------------
 
@@ -160,11 +190,19 @@ class Session:
 
     # --- input ----------------------------------------------------------------------
 
-    def _timeout(self) -> float:
-        limits = self.runtime.config.limits
+    def _deadline(self, limit_seconds: float | None) -> float:
+        """When the wait for input ends: the caller's limit (IDLE), the idle timer, and
+        before login the total time to authenticate, whichever comes first."""
+        loop = asyncio.get_running_loop()
+        deadline = self.idle_deadline if limit_seconds is None else loop.time() + limit_seconds
         if self.state is State.NOT_AUTHENTICATED:
-            return float(limits.imap_login_timeout_seconds)
-        return float(limits.imap_idle_timeout_seconds)
+            deadline = min(deadline, self.login_deadline)
+        return deadline
+
+    def active(self) -> None:
+        """A complete command (or a literal's start) arrived: restart the idle timer."""
+        limits = self.runtime.config.limits
+        self.idle_deadline = asyncio.get_running_loop().time() + limits.imap_idle_timeout_seconds
 
     async def receive(
         self, limit_seconds: float | None = None, *, wake_on_notify: bool = False
@@ -183,7 +221,7 @@ class Session:
 
     async def _receive(self, limit_seconds: float | None, wake_on_notify: bool) -> bytes | None:
         await self.flush()
-        deadline = asyncio.get_running_loop().time() + (limit_seconds or self._timeout())
+        deadline = self._deadline(limit_seconds)
         while True:
             self._check_revoked()
             if wake_on_notify and self._has_news():
@@ -211,6 +249,8 @@ class Session:
                     return b""
                 continue
             if not done:
+                if self.state is State.NOT_AUTHENTICATED and deadline >= self.login_deadline:
+                    raise LoginTimeout
                 raise TimeoutError
 
     def _has_news(self) -> bool:
@@ -255,6 +295,13 @@ class Session:
             await self._loop()
         except Closing:
             pass
+        except LoginTimeout:
+            seconds = self.runtime.config.limits.imap_login_timeout_seconds
+            self.emit(
+                r.untagged_status(
+                    r.Status.BYE, f"No login within {seconds} seconds of connecting: closing"
+                )
+            )
         except TimeoutError:
             self.emit(r.untagged_status(r.Status.BYE, "Autologout: idle for too long"))
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
@@ -264,11 +311,26 @@ class Session:
             self.service.unwatch_notify(self, set(self.notify_watch))
             if self._read_task is not None:
                 self._read_task.cancel()
+            await self._audit_suppressed()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.flush(), 5)
             with contextlib.suppress(Exception):
                 self.writer.close()
             self.state = State.LOGOUT
+
+    async def _audit_suppressed(self) -> None:
+        count = self.refusals.take_suppressed()
+        if count and self.principal is not None:
+            with contextlib.suppress(Exception):
+                await self.runtime.store.record(
+                    ImapRefusalsSuppressed(
+                        person=self.principal.person_id,
+                        peer=self.peer,
+                        box=self.principal.as_box,
+                        count=count,
+                        answer=f"{count} refusals past the per-minute allowance",
+                    )
+                )
 
     async def _loop(self) -> None:
         while self.state is not State.LOGOUT:
@@ -282,6 +344,7 @@ class Session:
                     return
                 self.reader.feed(data)
                 continue
+            self.active()
             if isinstance(event, NeedContinuation):
                 self.emit(r.continuation("Ready for literal data"))
                 continue
@@ -289,6 +352,7 @@ class Session:
                 await self._parse_failure(event)
                 continue
             await self._run_command(event)
+            self.active()  # a long command (IDLE) does not eat the next wait's time
             await self.flush_if_large()
 
     async def _wait_notifying(self) -> bytes | None:
@@ -362,6 +426,8 @@ class Session:
                 err_code = r.Code(err_code, argument) if argument else err_code
             status = r.Status.BAD if exc.imap_status == "BAD" else r.Status.NO
             self.emit(r.tagged(cmd.tag, status, exc.text, err_code))
+            if isinstance(exc, PermissionDenied) and exc.audited_box is not None:
+                await self._audit_refusal(cmd, exc, exc.audited_box)
             if status is r.Status.BAD:
                 self._count_bad()
                 return CommandResult.BAD
@@ -389,6 +455,28 @@ class Session:
         await self._settle(cmd)
         self.emit(r.tagged(cmd.tag, r.Status.OK, text, code))
         return CommandResult.OK
+
+    async def _audit_refusal(self, cmd: c.Command, exc: PermissionDenied, box: str) -> None:
+        """Record a refused operation on a traced box (issue 9, item 10): the request and
+        the answer, at most `imap_refusals_audited_per_minute` a session (the rest are
+        counted, and the count goes with the next recorded one and the session's end)."""
+        assert self.principal is not None
+        allowance = self.runtime.config.limits.imap_refusals_audited_per_minute
+        self.refusals.per_window = allowance
+        if not self.refusals.allow(asyncio.get_running_loop().time()):
+            return
+        request = describe(cmd, self.selected.name if self.selected is not None else None)
+        await self.runtime.store.record(
+            ImapRefused(
+                person=self.principal.person_id,
+                box=box,
+                peer=self.peer,
+                request=request,
+                answer=f"NO [{exc.imap_code}] {exc.text}",
+                folder=exc.folder,
+                suppressed=self.refusals.take_suppressed(),
+            )
+        )
 
     async def _settle(self, cmd: c.Command) -> None:
         """Send pending folder updates before a tagged response (RFC 3501 §7)."""

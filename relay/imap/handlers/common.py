@@ -12,7 +12,7 @@ from typing import Any, TypeAlias
 
 from relay.audit.events import AuditEvent
 from relay.config.model import BoxType, SeenMode
-from relay.errors import ProtocolError
+from relay.errors import PermissionDenied, ProtocolError
 from relay.identity.auth import method_allowed
 from relay.imap import acl, names
 from relay.imap import commands as c
@@ -56,8 +56,14 @@ class PrivacyRequired(ImapError):
     imap_code = "PRIVACYREQUIRED"
 
 
-class NoPermission(ImapError):
+class NoPermission(ImapError, PermissionDenied):
+    """NO [NOPERM]; audited where it is mapped to a response (`Session._run_command`)."""
+
     imap_code = "NOPERM"
+
+
+class Limit(ImapError):
+    imap_code = "LIMIT"  # RFC 5530: an implementation limit
 
 
 class ClientBug(ImapError):
@@ -111,7 +117,10 @@ def rights(s: Session, target: Target) -> str:
     box = s.runtime.config.mailbox(target.box)
     if box is None or not method_allowed(box, s.principal.method):
         return ""
-    return acl.letters(box.rights_of(s.principal.person_id, today(s)), target.folder)
+    # The selected folder's special-use attribute is known: Drafts is the \\Drafts folder.
+    sel = s.selected
+    special = sel.folder.special_use if sel is not None and sel.target == target else acl.UNKNOWN
+    return acl.letters(box.rights_of(s.principal.person_id, today(s)), target.folder, special)
 
 
 def need(s: Session, target: Target, letters: str, doing: str) -> None:
@@ -119,10 +128,27 @@ def need(s: Session, target: Target, letters: str, doing: str) -> None:
     have = rights(s, target)
     missing = [ch for ch in letters if ch not in have]
     if missing:
-        raise NoPermission(
+        refusal = NoPermission(
             f"You do not have the right to {doing} in {target.box} ({target.folder}); "
             "rights are set in the mss-relay configuration"
         )
+        if traced(s, target.box):
+            refusal.audited_box, refusal.folder = target.box, target.folder
+        raise refusal
+
+
+def check_new_folder_name(s: Session, target: Target) -> None:
+    """NO [LIMIT] for a folder name too long or too deep to create (issue 9, item 8):
+    nothing is created."""
+    limits = s.runtime.config.limits
+    size = len(target.folder.encode())
+    if size > limits.imap_max_folder_name_bytes:
+        raise Limit(
+            f"Folder name too long: {size} bytes, at most {limits.imap_max_folder_name_bytes}"
+        )
+    depth = target.folder.count(names.DELIMITER) + 1
+    if depth > limits.imap_max_folder_depth:
+        raise Limit(f"Folder too deep: {depth} levels, at most {limits.imap_max_folder_depth}")
 
 
 def seen_person(s: Session, box: str) -> str | None:

@@ -18,6 +18,7 @@ from relay.imap.handlers.common import (
     ImapError,
     NoSuchMailbox,
     Result,
+    check_new_folder_name,
     existing,
     mailbox_name,
     need,
@@ -112,6 +113,7 @@ def _new_folder_name(s: Session, raw: str) -> Target:
     target = names.resolve(name, view(s))
     if target is None or not target.folder or "//" in name:
         raise Cannot("Folders can only be created inside a box you hold")
+    check_new_folder_name(s, target)
     return target
 
 
