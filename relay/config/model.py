@@ -279,11 +279,6 @@ class Limits:
     # RFC 3501 §5.4 only bounds the autologout timer after login (at least 30 min,
     # imap_idle_timeout_seconds, reset by each complete command).
     imap_login_timeout_seconds: int = 60
-    # Connections a listener serves at once, in total and from one client address;
-    # one more is answered `* BYE` (IMAP) and closed. 100 per address leaves room for
-    # a practice behind one NAT address (Thunderbird opens up to 5 per account).
-    max_connections_per_listener: int = 1000
-    max_connections_per_ip: int = 100
     # Refused IMAP operations (NO [NOPERM]) recorded in the audit trail, per session
     # and per minute; the rest are counted and the count recorded (a looping client
     # must not flood the trail).
