@@ -233,6 +233,18 @@ class ThreadAlgorithm(enum.StrEnum):
     REFERENCES = "REFERENCES"
 
 
+@dataclass(frozen=True, slots=True)
+class Qresync:
+    """The ``QRESYNC`` SELECT/EXAMINE parameter (RFC 7162 §3.2.5): what the client
+    last knew of the mailbox. ``known_uids`` limits what is reported (None: all);
+    ``seq_match`` is the optional (message numbers, UIDs) pair of samples."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
+
+
 class AclMode(enum.StrEnum):
     """SETACL: replace the rights, add (``+rights``) or remove (``-rights``)."""
 
@@ -440,11 +452,13 @@ class Namespace(Command):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Select(Command):
-    """RFC 3501 §6.3.1; ``condstore`` for the ``(CONDSTORE)`` parameter (RFC 7162 §3.1.8)."""
+    """RFC 3501 §6.3.1; ``condstore`` for the ``(CONDSTORE)`` parameter (RFC 7162 §3.1.8),
+    ``qresync`` for ``(QRESYNC (...))`` (RFC 7162 §3.2.5)."""
 
     name: ClassVar[str] = "SELECT"
     mailbox: str
     condstore: bool = False
+    qresync: Qresync | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -454,6 +468,7 @@ class Examine(Command):
     name: ClassVar[str] = "EXAMINE"
     mailbox: str
     condstore: bool = False
+    qresync: Qresync | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -661,7 +676,8 @@ class Fetch(Command):
     """RFC 3501 §6.4.5 (``uid`` for UID FETCH, which must also return UID).
 
     Macros ALL/FAST/FULL are expanded. ``changed_since`` from ``(CHANGEDSINCE n)``
-    (RFC 7162 §3.1.4.1; it implies MODSEQ in the response).
+    (RFC 7162 §3.1.4.1; it implies MODSEQ in the response); ``vanished`` for the
+    ``VANISHED`` modifier (RFC 7162 §3.2.6, UID FETCH with CHANGEDSINCE only).
     """
 
     name: ClassVar[str] = "FETCH"
@@ -669,6 +685,7 @@ class Fetch(Command):
     sequence_set: SequenceSet
     attributes: tuple[FetchAttr, ...]
     changed_since: int | None = None
+    vanished: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

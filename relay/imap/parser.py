@@ -516,13 +516,22 @@ class _Cursor:
         return c.SequenceSet(tuple(ranges))
 
     def flag(self, *, allow_recent: bool = True) -> str:
-        """RFC 3501 §9 flag: a system flag, ``\\atom`` extension or keyword."""
+        """RFC 3501 §9 flag: a system flag, ``\\atom`` extension or keyword.
+
+        ``allow_recent=False`` is for flags to store (STORE, APPEND): there only the
+        five settable system flags and keywords are taken; ``\\Recent`` (§2.3.2: not
+        alterable by the client) and unknown ``\\`` flags such as ``\\Bogus`` (§9
+        flag-extension is future expansion, not something we keep) get BAD, as Dovecot
+        answers.
+        """
         if self.peek() == 0x5C:
             self.pos += 1
             name = "\\" + self.atom("a flag")
             canonical = _SYSTEM_FLAGS.get(name.upper(), name)
             if canonical == "\\Recent" and not allow_recent:
                 raise _Fail("\\Recent cannot be set")
+            if canonical not in _SYSTEM_FLAGS.values() and not allow_recent:
+                raise _Fail("Unknown system flag")
             return canonical
         return self.atom("a flag")
 
@@ -672,16 +681,56 @@ def _select_like(cls: type[c.Select] | type[c.Examine]) -> _Handler:
         cur.sp()
         mailbox = cur.mailbox()
         condstore = False
+        qresync: c.Qresync | None = None
         if cur.try_sp():
-            # RFC 4466 §2.1 select-params; we know CONDSTORE (RFC 7162 §3.1.8).
-            for param in cur.paren_list(lambda: cur.keyword("a select parameter"), "parameters"):
-                if param != "CONDSTORE":
+            # RFC 4466 §2.1 select-params: CONDSTORE (RFC 7162 §3.1.8), QRESYNC (§3.2.5).
+            def param() -> None:
+                nonlocal condstore, qresync
+                word = cur.keyword("a select parameter")
+                if word == "CONDSTORE":
+                    condstore = True
+                elif word == "QRESYNC" and qresync is None:
+                    cur.sp()
+                    qresync = _qresync(cur)
+                else:
                     raise _Fail("Unknown select parameter")
-                condstore = True
+
+            cur.paren_list(param, "parameters")
         cur.end()
-        return cls(tag=tag, mailbox=mailbox, condstore=condstore)
+        return cls(tag=tag, mailbox=mailbox, condstore=condstore, qresync=qresync)
 
     return parse
+
+
+def _qresync(cur: _Cursor) -> c.Qresync:
+    # RFC 7162 §7: "(" uidvalidity SP mod-sequence-value [SP known-uids]
+    #              [SP seq-match-data] ")"
+    # seq-match-data = "(" known-sequence-set SP known-uid-set ")"
+    cur.take(b"(", "'(' before the QRESYNC values")
+    uidvalidity = cur.number("a UIDVALIDITY", nonzero=True)
+    cur.sp()
+    modseq = cur.number("a mod-sequence", nonzero=True, limit=_MAX_MODSEQ)
+    known: c.SequenceSet | None = None
+    match: tuple[c.SequenceSet, c.SequenceSet] | None = None
+    if cur.try_sp() and cur.peek() != 0x28:
+        known = _uid_set(cur)
+        cur.try_sp()
+    if cur.peek() == 0x28:
+        cur.pos += 1
+        numbers = _uid_set(cur)
+        cur.sp()
+        uids = _uid_set(cur)
+        cur.take(b")", "')' after the sequence match data")
+        match = (numbers, uids)
+    cur.take(b")", "')' after the QRESYNC values")
+    return c.Qresync(uidvalidity, modseq, known, match)
+
+
+def _uid_set(cur: _Cursor) -> c.SequenceSet:
+    # RFC 7162 §7 known-uids / known-*-set: a sequence-set without "$" (RFC 5182).
+    if cur.peek() == 0x24:
+        raise _Fail("Expected a UID set")
+    return cur.sequence_set()
 
 
 def _create(cur: _Cursor, tag: str) -> c.Command:
@@ -1344,19 +1393,32 @@ def _fetch(uid: bool) -> _Handler:
                 attrs = (_fetch_attr(cur),)
             cur.delimited("fetch item")
         changed_since: int | None = None
+        vanished = False
         if cur.try_sp():
-            # RFC 4466 §2.4 fetch-modifiers; RFC 7162 §3.1.4.1 CHANGEDSINCE
+            # RFC 4466 §2.4 fetch-modifiers; RFC 7162 §3.1.4.1 CHANGEDSINCE, §3.2.6 VANISHED
             def modifier() -> None:
-                nonlocal changed_since
-                if cur.keyword("a fetch modifier") != "CHANGEDSINCE":
+                nonlocal changed_since, vanished
+                word = cur.keyword("a fetch modifier")
+                if word == "CHANGEDSINCE" and changed_since is None:
+                    cur.sp()
+                    changed_since = cur.number("a mod-sequence", limit=_MAX_MODSEQ)
+                elif word == "VANISHED" and uid and not vanished:
+                    vanished = True
+                else:
                     raise _Fail("Unknown fetch modifier")
-                cur.sp()
-                changed_since = cur.number("a mod-sequence", limit=_MAX_MODSEQ)
 
             cur.paren_list(modifier, "fetch modifiers")
+            if vanished and changed_since is None:
+                # RFC 7162 §3.2.6: VANISHED only together with CHANGEDSINCE.
+                raise _Fail("VANISHED needs CHANGEDSINCE")
         cur.end()
         return c.Fetch(
-            tag=tag, uid=uid, sequence_set=seqset, attributes=attrs, changed_since=changed_since
+            tag=tag,
+            uid=uid,
+            sequence_set=seqset,
+            attributes=attrs,
+            changed_since=changed_since,
+            vanished=vanished,
         )
 
     return parse

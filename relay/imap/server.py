@@ -51,7 +51,8 @@ EXTENSIONS: tuple[str, ...] = (
     "ESEARCH",  # RFC 4731
     "ACL",  # RFC 4314
     "RIGHTS=kxte",  # RFC 4314 §2.1.1
-    "CONDSTORE",  # RFC 7162
+    "CONDSTORE",  # RFC 7162 §3.1
+    "QRESYNC",  # RFC 7162 §3.2
     "SORT",  # RFC 5256 (relay.imap.sort)
     "SORT=DISPLAY",  # RFC 5957
     "ESORT",  # RFC 5267 §3

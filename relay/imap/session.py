@@ -23,6 +23,7 @@ import bisect
 import contextlib
 import secrets
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -67,7 +68,9 @@ class Selected:
     mailbox_flags: MailboxFlags  # what FLAGS / PERMANENTFLAGS have announced
     recent: set[int] = field(default_factory=set)  # \Recent for this session (§2.3.2)
     dirty: bool = False
-    pending_expunge: set[int] = field(default_factory=set)
+    # Removed by another session, not told yet (held back during FETCH, STORE and
+    # SEARCH, RFC 3501 §7.4.1): UID -> MODSEQ of the removal.
+    pending_expunge: dict[int, int] = field(default_factory=dict)
     saved: list[int] = field(default_factory=list)  # RFC 5182 "$": UIDs
     contexts: list[SearchContext] = field(default_factory=list)  # RFC 5267 UPDATE
     # Message rows already read (blob, size, dates): a UID's row never changes while
@@ -491,6 +494,12 @@ class Session:
         )
         with contextlib.suppress(FolderMissing):
             await self.refresh(allow_expunge=not no_expunge)
+        sel = self.selected
+        if sel is not None and sel.pending_expunge and "QRESYNC" in self.enabled:
+            # RFC 7162 §3.2: a client that saw MODSEQs above a removal it has not been
+            # told of yet must not think it is past it: a HIGHESTMODSEQ below it.
+            below = min(sel.pending_expunge.values()) - 1
+            self.emit(r.untagged_status(r.Status.OK, "Still to come", r.highestmodseq(below)))
 
     # --- state ----------------------------------------------------------------------
 
@@ -585,9 +594,9 @@ class Session:
         if sel.dirty:
             sel.dirty = False
             changes = await self.service.changes(sel.folder.id, sel.highestmodseq, sel.seen_person)
-            for uid in changes.expunged:
+            for uid, modseq in changes.expunged_at:
                 if uid in sel.flags:
-                    sel.pending_expunge.add(uid)
+                    sel.pending_expunge[uid] = modseq
             new: list[Flagged] = []
             condstore = "CONDSTORE" in self.enabled
             for f in changes.changed:
@@ -638,24 +647,36 @@ class Session:
     def _expunge_pending(self) -> None:
         sel = self.selected
         assert sel is not None
-        for uid in sorted(sel.pending_expunge):
-            self.forget(uid)
+        self.forget_all(list(sel.pending_expunge))
         sel.pending_expunge.clear()
 
     def forget(self, uid: int) -> None:
-        """Remove `uid` from the snapshot and tell the client (``n EXPUNGE``)."""
+        """Remove `uid` from the snapshot and tell the client (`forget_all`)."""
+        self.forget_all([uid])
+
+    def forget_all(self, uids: Iterable[int]) -> None:
+        """Remove messages from the snapshot and tell the client: ``n EXPUNGE`` for
+        each, in order (RFC 3501 §7.4.1), or one ``VANISHED uid-set`` once QRESYNC
+        is enabled (RFC 7162 §3.2.10)."""
         sel = self.selected
         assert sel is not None
-        if uid not in sel.flags:
+        gone = sorted({u for u in uids if u in sel.flags})
+        if not gone:
             return
-        seq = sel.seq_of(uid)
-        for ctx in sel.contexts:
-            # RFC 5267 §4.3: the REMOVEFROM names the message before its EXPUNGE.
-            if (update := ctx.drop(uid, seq)) is not None:
-                self.emit(r.untagged(update))
-        del sel.uids[seq - 1]
-        del sel.flags[uid]
-        sel.recent.discard(uid)
-        sel.rows.pop(uid, None)
-        sel.pending_expunge.discard(uid)
-        self.emit(r.untagged(b"%d EXPUNGE" % seq))
+        vanished = "QRESYNC" in self.enabled
+        for uid in gone:
+            seq = sel.seq_of(uid)
+            for ctx in sel.contexts:
+                # RFC 5267 §4.3: the REMOVEFROM names the message before its EXPUNGE
+                # (or the VANISHED that stands for it).
+                if (update := ctx.drop(uid, seq)) is not None:
+                    self.emit(r.untagged(update))
+            del sel.uids[seq - 1]
+            del sel.flags[uid]
+            sel.recent.discard(uid)
+            sel.rows.pop(uid, None)
+            sel.pending_expunge.pop(uid, None)
+            if not vanished:
+                self.emit(r.untagged(b"%d EXPUNGE" % seq))
+        if vanished:
+            self.emit(r.untagged("VANISHED " + r.sequence_set(gone)))

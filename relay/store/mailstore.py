@@ -275,6 +275,14 @@ class MailStore:
             recent_uid=int(head.recent_uid),
         )
 
+    async def vanished(self, folder_id: int, since: int) -> list[int]:
+        """UIDs removed from the folder with a MODSEQ above `since`, ascending (RFC 7162
+        §3.2.5 / §3.2.6 VANISHED (EARLIER)). The `expunged` table keeps every removal,
+        so the answer is exact, never a superset."""
+        params = {"folder_id": folder_id, "since": since}
+        rows = await self.store.read(_all(_GONE, params))
+        return sorted(int(r.uid) for r in rows)
+
     async def status(self, folder_id: int, person: str | None) -> FolderStatus:
         async def read(conn: AsyncConnection) -> tuple[Any, Any, Any, Any, Any]:
             head = (

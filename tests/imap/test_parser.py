@@ -92,6 +92,37 @@ VALID: list[tuple[bytes, c.Command]] = [
     (b"a SELECT Archives (CONDSTORE)", c.Select(tag="a", mailbox="Archives", condstore=True)),
     (b"a EXAMINE {5}\r\ninbox", c.Examine(tag="a", mailbox="INBOX")),
     (b"a EXAMINE x (condstore)", c.Examine(tag="a", mailbox="x", condstore=True)),
+    # RFC 7162 §3.2.5.1 examples
+    (
+        b"a SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541))",
+        c.Select(
+            tag="a",
+            mailbox="INBOX",
+            qresync=c.Qresync(67890007, 20050715194045000, seq(41, (43, 211), (214, 541))),
+        ),
+    ),
+    (
+        b"a EXAMINE x (QRESYNC (67890007 90060115194045000 1:29997 (5000,7500 15000,22500)))",
+        c.Examine(
+            tag="a",
+            mailbox="x",
+            qresync=c.Qresync(
+                67890007,
+                90060115194045000,
+                seq((1, 29997)),
+                (seq(5000, 7500), seq(15000, 22500)),
+            ),
+        ),
+    ),
+    (
+        b"a SELECT x (CONDSTORE QRESYNC (1 2 (1 3)))",
+        c.Select(
+            tag="a",
+            mailbox="x",
+            condstore=True,
+            qresync=c.Qresync(1, 2, None, (seq(1), seq(3))),
+        ),
+    ),
     (b"a CREATE Projets", c.Create(tag="a", mailbox="Projets")),
     (
         b"a CREATE Envoy&AOk-s (USE (\\sent \\Archive \\X-Custom))",
@@ -365,6 +396,18 @@ VALID: list[tuple[bytes, c.Command]] = [
     ),
     (b"a FETCH 1 FLAGS (changedsince 0)", fetch(FA(F.FLAGS), changed_since=0)),
     (
+        # RFC 7162 §3.2.6 example
+        b"a UID FETCH 300:500 (FLAGS) (CHANGEDSINCE 12345 VANISHED)",
+        c.Fetch(
+            tag="a",
+            uid=True,
+            sequence_set=seq((300, 500)),
+            attributes=(FA(F.FLAGS),),
+            changed_since=12345,
+            vanished=True,
+        ),
+    ),
+    (
         b"a UID FETCH 1:4294967295 (UID FLAGS)",
         c.Fetch(
             tag="a",
@@ -570,6 +613,21 @@ INVALID: list[tuple[bytes, str | None, FailureKind]] = [
     (b"a STORE 1 XFLAGS \\Seen", "a", S),
     (b"a STORE 1 FLAGS.LOUD \\Seen", "a", S),
     (b"a STORE 1 +FLAGS (\\Recent)", "a", S),
+    # unknown system flags are refused, not stored (as Dovecot answers)
+    (b"a STORE 1 +FLAGS (\\Bogus)", "a", S),
+    (b"a STORE 1 +FLAGS \\Seen \\bogus", "a", S),
+    (b"a STORE 1 FLAGS (\\*)", "a", S),
+    (b"a APPEND x (\\Seen \\Bogus) {1}\r\nm", "a", S),
+    # QRESYNC (RFC 7162 §3.2.5, §3.2.6)
+    (b"a FETCH 1 FLAGS (CHANGEDSINCE 1 VANISHED)", "a", S),
+    (b"a UID FETCH 1 FLAGS (VANISHED)", "a", S),
+    (b"a UID FETCH 1 FLAGS (CHANGEDSINCE 1 VANISHED VANISHED)", "a", S),
+    (b"a SELECT x (QRESYNC (1))", "a", S),
+    (b"a SELECT x (QRESYNC (0 1))", "a", S),
+    (b"a SELECT x (QRESYNC (1 0))", "a", S),
+    (b"a SELECT x (QRESYNC (1 2 $))", "a", S),
+    (b"a SELECT x (QRESYNC (1 2 1:5 (1:2)))", "a", S),
+    (b"a SELECT x (QRESYNC (1 2) QRESYNC (1 2))", "a", S),
     (b"a STORE 1 (UNCHANGEDSINCE) FLAGS \\Seen", "a", S),
     (b"a STORE 1 (FOO 1) FLAGS \\Seen", "a", S),
     (b"a STORE 1 FLAGS (a b", "a", S),

@@ -59,10 +59,14 @@ async def h_starttls(s: Session, cmd: c.StartTls) -> Result:
 # -------------------------------------------------------------- authenticated (§6.3)
 
 
+# RFC 5161: what ENABLE can turn on. QRESYNC implies CONDSTORE (RFC 7162 §3.2.3).
+ENABLABLE = {"CONDSTORE": ("CONDSTORE",), "QRESYNC": ("QRESYNC", "CONDSTORE")}
+
+
 async def h_enable(s: Session, cmd: c.Enable) -> Result:
-    # RFC 5161; CONDSTORE is the only extension with something to enable here.
-    newly = [x for x in cmd.capabilities if x == "CONDSTORE" and x not in s.enabled]
-    s.enabled.update(newly)
+    newly = [x for x in dict.fromkeys(cmd.capabilities) if x in ENABLABLE and x not in s.enabled]
+    for x in newly:
+        s.enabled.update(ENABLABLE[x])
     s.emit(r.untagged("ENABLED" + "".join(" " + x for x in newly)))
     return "ENABLE completed", None
 

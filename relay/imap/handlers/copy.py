@@ -67,7 +67,6 @@ async def h_copy(s: Session, cmd: c.Copy | c.Move) -> Result:
     if move:
         # RFC 6851 §4.3: COPYUID in an untagged OK before the EXPUNGEs.
         s.emit(r.untagged_status(r.Status.OK, "Moved", code))
-        for uid in res.source_uids:
-            s.forget(uid)
+        s.forget_all(res.source_uids)  # EXPUNGEs, or VANISHED with QRESYNC
         return f"{verb} completed", None
     return f"{verb} completed", code

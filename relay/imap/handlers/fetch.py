@@ -7,6 +7,7 @@ from relay.imap import commands as c
 from relay.imap import response as r
 from relay.imap.handlers.common import (
     RAW_BATCH,
+    ClientBug,
     Result,
     UnknownCte,
     members,
@@ -141,8 +142,17 @@ async def h_fetch(s: Session, cmd: c.Fetch) -> Result:
     kinds = {a.item for a in attrs}
     if cmd.uid and c.FetchItem.UID not in kinds:
         attrs.insert(0, c.FetchAttr(c.FetchItem.UID))  # RFC 3501 §6.4.8
+    if cmd.vanished and "QRESYNC" not in s.enabled:
+        raise ClientBug("ENABLE QRESYNC first (RFC 7162 §3.2.6)")
     if cmd.changed_since is not None or c.FetchItem.MODSEQ in kinds:
         s.enable_condstore()  # RFC 7162 §3.1: FETCH MODSEQ / CHANGEDSINCE enable it
+    if cmd.vanished and cmd.changed_since is not None:
+        # RFC 7162 §3.2.6: the UIDs of the set removed since CHANGEDSINCE, first.
+        gone = await s.service.mail.vanished(sel.folder.id, cmd.changed_since)
+        top = max(sel.largest_uid, gone[-1] if gone else 0)
+        gone = [u for u in gone if cmd.sequence_set.contains(u, top)]
+        if gone:
+            s.emit(r.untagged("VANISHED (EARLIER) " + r.sequence_set(gone)))
     if cmd.changed_since is not None:
         uids = [u for u in uids if sel.flags[u].modseq > cmd.changed_since]
         if c.FetchItem.MODSEQ not in kinds:

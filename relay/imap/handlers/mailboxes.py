@@ -15,6 +15,7 @@ from relay.imap.flags import MailboxFlags, permanent_system_flags
 from relay.imap.handlers.common import (
     AlreadyExists,
     Cannot,
+    ClientBug,
     ImapError,
     NoSuchMailbox,
     Result,
@@ -39,6 +40,11 @@ from relay.store.mailstore import SEEN, FolderExists, FolderMissing
 async def select_folder(s: Session, cmd: c.Select | c.Examine) -> Result:
     assert s.principal is not None
     read_only = isinstance(cmd, c.Examine)
+    if cmd.qresync is not None and "QRESYNC" not in s.enabled:
+        raise ClientBug("ENABLE QRESYNC first (RFC 7162 §3.2.5)")
+    if s.selected is not None and "QRESYNC" in s.enabled:
+        # RFC 7162 §3.2.11: the client learns where the old mailbox's responses end.
+        s.emit(r.untagged_status(r.Status.OK, "Previous mailbox closed", r.ResponseCode.CLOSED))
     s.deselect(Event.SELECT_FAILED)  # RFC 3501 §6.3.1: a failed SELECT leaves none
     target = target_of(s, cmd.mailbox)
     need(s, target, "r", "read messages")
@@ -100,8 +106,34 @@ async def select_folder(s: Session, cmd: c.Select | c.Examine) -> Result:
     s.emit(r.untagged_status(r.Status.OK, "Predicted next UID", r.uidnext(folder.uidnext)))
     s.emit(permanent_line)
     s.emit(r.untagged_status(r.Status.OK, "Highest", r.highestmodseq(folder.highestmodseq)))
+    if cmd.qresync is not None and cmd.qresync.uidvalidity == folder.uidvalidity:
+        await _resynchronise(s, sel, cmd.qresync)
     code = r.ResponseCode.READ_ONLY if read_only else r.ResponseCode.READ_WRITE
     return f"{cmd.name} completed", code
+
+
+async def _resynchronise(s: Session, sel: Selected, q: c.Qresync) -> None:
+    """RFC 7162 §3.2.5: what changed since the client's MODSEQ, within the UIDs it
+    knows: ``VANISHED (EARLIER)`` for the removed, then a FETCH (UID, FLAGS, MODSEQ)
+    for each message changed or added. With a different UIDVALIDITY nothing is sent
+    (the client starts over). The removal history is complete (`MailStore.vanished`),
+    so the optional sequence-match samples are not needed to narrow it."""
+    gone = await s.service.mail.vanished(sel.folder.id, q.modseq)
+    if q.known_uids is not None:
+        top = max(sel.largest_uid, gone[-1] if gone else 0)
+        gone = [u for u in gone if q.known_uids.contains(u, top)]
+    if gone:
+        s.emit(r.untagged("VANISHED (EARLIER) " + r.sequence_set(gone)))
+    for uid in sel.uids:
+        f = sel.flags[uid]
+        if f.modseq <= q.modseq:
+            continue
+        if q.known_uids is not None and not q.known_uids.contains(uid, sel.largest_uid):
+            continue
+        s.emit(
+            b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n"
+            % (sel.seq_of(uid), uid, sel.flag_list(uid), f.modseq)
+        )
 
 
 async def h_select(s: Session, cmd: c.Select | c.Examine) -> Result:

@@ -57,9 +57,13 @@ async def h_expunge(s: Session, cmd: c.Expunge) -> Result:
     if cmd.uids is not None:
         uids = members(sel, cmd.uids, True)
     gone = await _expunge(s, sel, uids, f"{'UID ' if uids is not None else ''}EXPUNGE ({sel.name})")
-    for uid, _ in gone:
-        s.forget(uid)
-    return f"{'UID ' if cmd.uids is not None else ''}EXPUNGE completed", None
+    s.forget_all(uid for uid, _ in gone)
+    code: r.Code | None = None
+    if "QRESYNC" in s.enabled:
+        # The client learns the MODSEQ of its expunge (as Dovecot does, RFC 7162 §3.2).
+        await s.refresh(allow_expunge=True)
+        code = r.highestmodseq(sel.highestmodseq)
+    return f"{'UID ' if cmd.uids is not None else ''}EXPUNGE completed", code
 
 
 def _store_rights(cmd: c.Store, have: str) -> tuple[str, frozenset[str]]:
