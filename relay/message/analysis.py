@@ -234,7 +234,7 @@ def analyse(raw: bytes) -> MessageMeta:
         header_end=body.body_start,
         envelope=envelope,
         body=body,
-        search=_search_headers(envelope),
+        search=_search_headers(envelope, headers.get(ALL_SUBJECTS)),
         message_id=normalise_message_id(envelope.message_id),
         references=headers.get(_REFERENCES),
     )
@@ -328,12 +328,37 @@ def unfold(value: bytes) -> str:
     return text(value).replace("\r\n", "").replace("\n", "").strip()
 
 
+# A header that occurs more than once (RFC 5322 §3.6 allows it for none of these):
+# address fields are merged as if their addresses were in one comma-separated field,
+# the other envelope fields take the last occurrence, the MIME fields the first. This
+# is what Dovecot does; merging the addresses also means no recipient is hidden from
+# the ENVELOPE and from SEARCH TO/CC behind a second To: or Cc: line.
+_MERGED = frozenset({b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc"})
+_LAST = frozenset({b"date", b"subject", b"in-reply-to", b"message-id"})
+# Every Subject value, for SEARCH SUBJECT (Dovecot looks into each occurrence).
+ALL_SUBJECTS = b"\x00subjects"
+
+
 def _collect(raw: bytes, start: int, end: int) -> dict[bytes, str]:
-    """The first occurrence of each header the metadata needs, unfolded."""
+    """The headers the metadata needs, unfolded, repeated ones combined (`_MERGED`,
+    `_LAST`); ``ALL_SUBJECTS`` holds every Subject, one per line, when there are
+    several."""
     found: dict[bytes, str] = {}
+    subjects: list[str] = []
     for name, _, value_start, stop in iter_fields(raw, start, end):
-        if name in _WANTED and name not in found:
-            found[name] = unfold(raw[value_start:stop])
+        if name not in _WANTED:
+            continue
+        value = unfold(raw[value_start:stop])
+        if name not in found:
+            found[name] = value
+        elif name in _MERGED:
+            found[name] = ", ".join(v for v in (found[name], value) if v)
+        elif name in _LAST:
+            found[name] = value
+        if name == b"subject":
+            subjects.append(value)
+    if len(subjects) > 1:
+        found[ALL_SUBJECTS] = "\n".join(subjects)
     return found
 
 
@@ -389,8 +414,12 @@ def _entity(
         params = _TEXT_PLAIN[2]
 
     lines = 0
-    if (ctype_t == "text" or message is not None) and end > body_start:
-        lines = raw.count(b"\n", body_start, end) + (raw[end - 1] != 0x0A)
+    if ctype_t == "text" or message is not None:
+        # RFC 3501 body-fld-lines counts lines, and an RFC 5322 §2.1 line ends with
+        # CRLF: a last line without one (a body without final CRLF, or a part whose
+        # CRLF belongs to the next boundary, RFC 2046 §5.1.1) is not counted. Dovecot
+        # counts the same way.
+        lines = raw.count(b"\n", body_start, end)
 
     disposition: str | None = None
     disposition_params: Params = ()
@@ -436,6 +465,12 @@ def _boundary(params: Params) -> bytes | None:
         if key == "boundary":
             # RFC 2046 §5.1.1: 1 to 70 characters; be lenient on length, not on emptiness.
             data = value.encode("utf-8", "surrogateescape")
+            return data or None
+    for key, value in params:
+        if key == "boundary*":
+            # Given in RFC 2231 extended form (any parameter may be, §4): decoded.
+            # Dovecot does not decode it and finds no part; the RFC is with us.
+            data = rfc2231_decode(value)
             return data or None
     return None
 
@@ -539,7 +574,65 @@ def _split_params(value: str) -> tuple[str, Params]:
         if val.startswith('"'):
             val = _unquote(val)
         params.append((name, val))
-    return segments[0].strip(), tuple(params)
+    return segments[0].strip(), _rfc2231_merge(params)
+
+
+# RFC 2231 §3 / §4: "name*0", "name*1"... continue one value; a trailing "*" marks a
+# segment (or a whole value) written charset'language'percent-encoded.
+_SEGMENT_RE = re.compile(r"(.+?)\*([0-9]{1,3})(\*?)")
+# RFC 2231 §7 attribute-char: what may stay unencoded in an extended value.
+_ATTRIBUTE_CHAR = frozenset("!#$&+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+                            "ABCDEFGHIJKLMNOPQRSTUVWXYZ")  # fmt: skip
+
+
+def _rfc2231_merge(params: list[tuple[str, str]]) -> Params:
+    """Join RFC 2231 continuations (``name*0``, ``name*1*``...) into one parameter.
+
+    A value whose first segment is encoded stays encoded, as ``name*`` with
+    ``charset'language'`` kept (BODYSTRUCTURE is 7-bit; clients decode it), plain
+    segments after it percent-encoded where needed; an all-plain value becomes
+    ``name``. As Dovecot writes them, the ordinary parameters come first, then the
+    RFC 2231 ones in the order they first appeared.
+    """
+    if not any("*" in name for name, _ in params):
+        return tuple(params)
+    plain: list[tuple[str, str]] = []
+    groups: dict[str, dict[int, tuple[str, bool]]] = {}
+    for name, value in params:
+        m = _SEGMENT_RE.fullmatch(name)
+        if m is not None:
+            groups.setdefault(m.group(1), {})[int(m.group(2))] = (value, bool(m.group(3)))
+        elif name.endswith("*") and len(name) > 1:
+            groups.setdefault(name[:-1], {})[0] = (value, True)
+        else:
+            plain.append((name, value))
+    merged: list[tuple[str, str]] = []
+    for base, segments in groups.items():
+        if 0 not in segments:
+            continue  # RFC 2231 §3: a value starts at segment 0
+        encoded = segments[0][1]
+        pieces: list[str] = []
+        for i in range(len(segments)):
+            if i not in segments:
+                break  # a gap ends the value
+            value, enc = segments[i]
+            pieces.append(value if enc or not encoded else _percent_encode(value))
+        merged.append((f"{base}*" if encoded else base, "".join(pieces)))
+    return (*plain, *merged)
+
+
+def _percent_encode(value: str) -> str:
+    data = value.encode("utf-8", "surrogateescape")
+    return "".join(chr(b) if chr(b) in _ATTRIBUTE_CHAR else f"%{b:02X}" for b in data)
+
+
+def rfc2231_decode(value: str) -> bytes:
+    """The octets of an RFC 2231 extended value ``charset'language'%xx...`` (§4)."""
+    parts = value.split("'", 2)
+    text_ = parts[2] if len(parts) == 3 else value
+    return re.sub(
+        rb"%([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), text_.encode("utf-8")
+    )
 
 
 def _segments(value: str) -> list[str]:
@@ -730,13 +823,13 @@ def _search_keys(env: Envelope) -> tuple[tuple[str, str, str | None], ...]:
     )
 
 
-def _search_headers(env: Envelope) -> SearchHeaders:
+def _search_headers(env: Envelope, subjects: str | None = None) -> SearchHeaders:
     return SearchHeaders(
         from_=decode_words(env.from_ or ""),
         to=decode_words(env.to or ""),
         cc=decode_words(env.cc or ""),
         bcc=decode_words(env.bcc or ""),
-        subject=decode_words(env.subject or ""),
+        subject=decode_words(subjects or env.subject or ""),
         sent=parse_date(env.date),
     )
 

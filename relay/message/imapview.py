@@ -234,12 +234,12 @@ def _phrase(tokens: list[tuple[int, str]]) -> str | None:
 
 
 def _local_or_domain(tokens: list[tuple[int, str]]) -> str:
+    # A quoted local part is given without its quotes (``"quoted local"@x`` has the
+    # mailbox name ``quoted local``), as Dovecot and Cyrus give it: the ENVELOPE field
+    # is the mailbox name, the IMAP string does the quoting (RFC 3501 §7.4.2).
     parts: list[str] = []
     for kind, tok in tokens:
-        if kind == _QUOTED:
-            escaped = tok.replace("\\", "\\\\").replace('"', '\\"')
-            parts.append(f'"{escaped}"')
-        elif kind in (_ATOM, _LITERAL) or (kind == _SPECIAL and tok == "."):
+        if kind in (_QUOTED, _ATOM, _LITERAL) or (kind == _SPECIAL and tok == "."):
             parts.append(tok)
     return "".join(parts)
 
@@ -369,7 +369,10 @@ def find_part(meta: MessageMeta, part: tuple[int, ...]) -> BodyPart | None:
     """The entity a section-part number names (RFC 3501 §6.4.5), None if there is none.
 
     Part 1 of a non-multipart message is its body; the parts of a message/rfc822 part
-    are those of the message it encapsulates. `()` is the whole message.
+    are those of the message it encapsulates. `()` is the whole message. Part 1 of
+    any other leaf is the leaf itself (``2.1`` of a single text part 2), as for a
+    non-multipart message: what Dovecot answers, where RFC 3501 §6.4.5 only speaks
+    of the top level.
     """
     node = meta.body
     at_message = True  # `node` is the root entity of a (possibly encapsulated) message
@@ -380,7 +383,7 @@ def find_part(meta: MessageMeta, part: tuple[int, ...]) -> BodyPart | None:
             if not 1 <= number <= len(node.parts):
                 return None
             node = node.parts[number - 1]
-        elif not (at_message and number == 1):
+        elif number != 1:
             return None
         at_message = False
     return node

@@ -256,10 +256,12 @@ def leaves(meta: MessageMeta) -> dict[tuple[int, ...], BodyPart]:
     ("name", "shape"),
     [
         ("simple", [((1,), "text/plain", 55, 1)]),
+        # lines count CRLFs (RFC 5322 §2.1 lines; Dovecot counts the same): a part's
+        # last CRLF belongs to the boundary (RFC 2046 §5.1.1)
         (
             "mixed",
             [
-                ((1,), "text/plain", 41, 1),
+                ((1,), "text/plain", 41, 0),
                 ((2,), "application/pdf", 28, 0),
                 ((3,), "application/zip", 16, 0),
             ],
@@ -267,10 +269,10 @@ def leaves(meta: MessageMeta) -> dict[tuple[int, ...], BodyPart]:
         (
             "nested",
             [
-                ((1, 1), "text/plain", 5, 1),
-                ((1, 2), "text/html", 11, 1),
-                ((2,), "message/rfc822", 55, 5),
-                ((2, 1), "text/plain", 18, 2),
+                ((1, 1), "text/plain", 5, 0),
+                ((1, 2), "text/html", 11, 0),
+                ((2,), "message/rfc822", 55, 4),
+                ((2, 1), "text/plain", 18, 1),
             ],
         ),
     ],

@@ -91,7 +91,8 @@ In-Reply-To: <p@x>
         ("jm@x.fr (Jean Martin)", [("Jean Martin", None, "jm", "x.fr")]),
         ("John Q. Public <jqp@x.fr>", [("John Q. Public", None, "jqp", "x.fr")]),
         ("<@a.example,@b.example:jm@x.fr>", [(None, "@a.example,@b.example", "jm", "x.fr")]),
-        ('"john doe"@x.fr', [(None, None, '"john doe"', "x.fr")]),
+        # the quoted local part without its quotes, as Dovecot gives it
+        ('"john doe"@x.fr', [(None, None, "john doe", "x.fr")]),
         ("jm@[192.0.2.1]", [(None, None, "jm", "[192.0.2.1]")]),
         (
             "=?utf-8?q?J=C3=A9r=C3=B4me?= <j@x.fr>",
@@ -116,7 +117,7 @@ In-Reply-To: <p@x>
         ("garbage", [(None, None, "garbage", "")]),
         ("<>", []),
         ("", []),
-        ('"unterminated <a@x>', [(None, None, '"unterminated <a@x>"', "")]),
+        ('"unterminated <a@x>', [(None, None, "unterminated <a@x>", "")]),
     ],
 )
 def test_parse_addresses(value: str, expected: list[tuple[str | None, ...]]) -> None:
@@ -157,7 +158,7 @@ def test_bodystructure_simple_matches_rfc3501_shape() -> None:
 def test_bodystructure_mixed_letter() -> None:
     meta = analyse(MSG_MIXED)
     assert bodystructure(meta, True) == (
-        b'(("TEXT" "PLAIN" ("CHARSET" "UTF-8") NIL NIL "QUOTED-PRINTABLE" 41 1 NIL NIL NIL NIL)'
+        b'(("TEXT" "PLAIN" ("CHARSET" "UTF-8") NIL NIL "QUOTED-PRINTABLE" 41 0 NIL NIL NIL NIL)'
         b'("APPLICATION" "PDF" ("NAME" "CR.pdf") NIL NIL "BASE64" 28 NIL'
         b' ("ATTACHMENT" ("FILENAME" "CR.pdf")) NIL NIL)'
         b'("APPLICATION" "ZIP" ("NAME" "IHE_XDM.ZIP") NIL NIL "BASE64" 16 NIL'
@@ -165,7 +166,7 @@ def test_bodystructure_mixed_letter() -> None:
         b' "MIXED" ("BOUNDARY" "----=_Part_0") NIL NIL NIL)'
     )
     assert bodystructure(meta, False) == (
-        b'(("TEXT" "PLAIN" ("CHARSET" "UTF-8") NIL NIL "QUOTED-PRINTABLE" 41 1)'
+        b'(("TEXT" "PLAIN" ("CHARSET" "UTF-8") NIL NIL "QUOTED-PRINTABLE" 41 0)'
         b'("APPLICATION" "PDF" ("NAME" "CR.pdf") NIL NIL "BASE64" 28)'
         b'("APPLICATION" "ZIP" ("NAME" "IHE_XDM.ZIP") NIL NIL "BASE64" 16) "MIXED")'
     )
@@ -178,17 +179,17 @@ def test_bodystructure_nested_alternative_and_attached_message() -> None:
         b'((NIL NIL "a" "x.example")) NIL NIL NIL NIL NIL)'
     )
     assert bodystructure(meta, False) == (
-        b'((("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 5 1)'
-        b'("TEXT" "HTML" ("CHARSET" "utf-8") NIL NIL "7BIT" 11 1) "ALTERNATIVE")'
+        b'((("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 5 0)'
+        b'("TEXT" "HTML" ("CHARSET" "utf-8") NIL NIL "7BIT" 11 0) "ALTERNATIVE")'
         b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 55 ' + inner_env + b" "
-        b'("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 18 2) 5) "MIXED")'
+        b'("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 18 1) 4) "MIXED")'
     )
     assert bodystructure(meta, True) == (
-        b'((("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 5 1 NIL NIL NIL NIL)'
-        b'("TEXT" "HTML" ("CHARSET" "utf-8") NIL NIL "7BIT" 11 1 NIL NIL NIL NIL)'
+        b'((("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 5 0 NIL NIL NIL NIL)'
+        b'("TEXT" "HTML" ("CHARSET" "utf-8") NIL NIL "7BIT" 11 0 NIL NIL NIL NIL)'
         b' "ALTERNATIVE" ("BOUNDARY" "inner") NIL NIL NIL)'
         b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 55 ' + inner_env + b" "
-        b'("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 18 2 NIL NIL NIL NIL) 5'
+        b'("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 18 1 NIL NIL NIL NIL) 4'
         b' NIL ("INLINE" NIL) NIL NIL) "MIXED" ("BOUNDARY" "outer") NIL NIL NIL)'
     )
 
