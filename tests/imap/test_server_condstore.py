@@ -50,6 +50,15 @@ async def test_fetch_modseq_enables_condstore(daemon: RunningDaemon) -> None:
         assert untagged == [b'* ESEARCH (TAG "q4") MIN 2 MAX 3 MODSEQ %d' % modseqs[2]]
         untagged, _ = s.command("q5", f"SEARCH RETURN (ALL) 2:3 MODSEQ {modseqs[2]}")
         assert untagged == [b'* ESEARCH (TAG "q5") ALL 2 MODSEQ %d' % modseqs[2]]
+        # RFC 7162 §3.2.4: once enabled, every FETCH a flag change causes has UID and
+        # MODSEQ (a .SILENT STORE, a FETCH that sets \Seen)
+        untagged, _ = s.command("t5", "STORE 4 +FLAGS.SILENT (\\Answered)")
+        assert re.fullmatch(rb"\* 4 FETCH \(UID 4 MODSEQ \(\d+\)\)", untagged[0]), untagged
+        s.command("t6", "STORE 4 -FLAGS.SILENT (\\Seen)")
+        untagged, _ = s.command("b", "FETCH 4 (BODY[HEADER.FIELDS (SUBJECT)])")
+        answer = b"\r\n".join(untagged)  # the literal splits it into lines
+        assert re.search(rb"UID 4\b", answer) and b"MODSEQ (" in answer
+        assert b"\\Seen" in answer
         # UNCHANGEDSINCE: a message changed after it is left alone and named in MODIFIED
         _, final = s.command("u", f"STORE 1:2 (UNCHANGEDSINCE {modseqs[1]}) +FLAGS (\\Flagged)")
         assert final.startswith(b"u OK [MODIFIED 2]")

@@ -117,8 +117,10 @@ async def test_live_removals_come_as_vanished(daemon: RunningDaemon) -> None:
         other.command("x", "EXPUNGE")
         assert other.seen == [b"* 1 EXPUNGE"]  # a client without QRESYNC: EXPUNGE
 
-        # held back during FETCH; a HIGHESTMODSEQ below the removal comes instead
+        # held back during FETCH; a HIGHESTMODSEQ below the removal comes instead.
+        # With QRESYNC every FETCH response names its UID.
         untagged, _ = s.command("f", "FETCH 1:* (FLAGS)")
+        assert all(b"(UID " in x for x in untagged if b" FETCH " in x)
         assert not [x for x in untagged if b"VANISHED" in x or b"EXPUNGE" in x]
         below = _code(untagged, b"HIGHESTMODSEQ")
         untagged, _ = s.command("n", "NOOP")

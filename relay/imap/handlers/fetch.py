@@ -140,8 +140,10 @@ async def h_fetch(s: Session, cmd: c.Fetch) -> Result:
     uids = members(sel, cmd.sequence_set, cmd.uid)
     attrs = list(cmd.attributes)
     kinds = {a.item for a in attrs}
-    if cmd.uid and c.FetchItem.UID not in kinds:
-        attrs.insert(0, c.FetchAttr(c.FetchItem.UID))  # RFC 3501 §6.4.8
+    if (cmd.uid or "QRESYNC" in s.enabled) and c.FetchItem.UID not in kinds:
+        # RFC 3501 §6.4.8; with QRESYNC every FETCH response names its UID, as
+        # Dovecot does, so that the client can apply it without sequence numbers.
+        attrs.insert(0, c.FetchAttr(c.FetchItem.UID))
     if cmd.vanished and "QRESYNC" not in s.enabled:
         raise ClientBug("ENABLE QRESYNC first (RFC 7162 §3.2.6)")
     if cmd.changed_since is not None or c.FetchItem.MODSEQ in kinds:
@@ -171,6 +173,11 @@ async def h_fetch(s: Session, cmd: c.Fetch) -> Result:
                 s.update_flags(f)
             if c.FetchItem.FLAGS not in kinds:
                 attrs.append(c.FetchAttr(c.FetchItem.FLAGS))
+            if "CONDSTORE" in s.enabled:
+                # RFC 7162 §3.2.4: a FETCH that sets \Seen gives UID and MODSEQ too
+                for item in (c.FetchItem.UID, c.FetchItem.MODSEQ):
+                    if item not in {a.item for a in attrs}:
+                        attrs.append(c.FetchAttr(item))
     rows: dict[int, MessageRow] = {}
     metas: dict[str, MessageMeta] = {}
     raws: dict[str, bytes] = {}

@@ -125,7 +125,9 @@ async def h_store(s: Session, cmd: c.Store) -> Result:
                 continue
             f = sel.flags[uid]
             items = [] if cmd.silent else [b"FLAGS " + sel.flag_list(uid)]
-            if cmd.uid:
+            if cmd.uid or condstore:
+                # RFC 7162 §3.2.4: once CONDSTORE is enabled, UID and MODSEQ in
+                # every FETCH a flag change causes
                 items.append(b"UID %d" % uid)
             if condstore:
                 items.append(b"MODSEQ (%d)" % f.modseq)
