@@ -10,7 +10,6 @@ hierarchy nodes that cannot be selected. The hierarchy delimiter is ``/``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -95,8 +94,3 @@ def superiors(name: str) -> list[str]:
     """The names above `name`, outermost first: ``a/b/c`` → ``a``, ``a/b``."""
     parts = name.split(DELIMITER)
     return [DELIMITER.join(parts[:i]) for i in range(1, len(parts))]
-
-
-def has_children(name: str, names: Iterable[str]) -> bool:
-    prefix = name + DELIMITER
-    return any(n.startswith(prefix) for n in names)

@@ -64,6 +64,17 @@ async def test_create_makes_parents_and_rename_moves_children(
         assert {b"a", b"x", b"x/y", b"x/y/c", b"x/y/d"} <= listed
         assert not {b"a/b", b"a/b/c"} & listed
         assert s.command("r2", "RENAME x x/z")[1].startswith(b"r2 NO")  # under itself
+        # RFC 3501 §6.3.4: DELETE of a folder with children keeps them; the name is
+        # then a \Noselect parent, which itself cannot be deleted
+        assert s.command("d", "DELETE x/y")[1].startswith(b"d OK")
+        untagged, _ = s.command("l3", 'LIST "" x/*')
+        assert untagged == [
+            b'* LIST (\\Noselect \\HasChildren) "/" "x/y"',
+            b'* LIST (\\HasNoChildren) "/" "x/y/c"',
+            b'* LIST (\\HasNoChildren) "/" "x/y/d"',
+        ]
+        assert s.command("d2", "DELETE x/y")[1].startswith(b"d2 NO [NONEXISTENT]")
+        assert s.command("d3", "SELECT x/y")[1].startswith(b"d3 NO")
         s.close()
 
     await asyncio.to_thread(run)

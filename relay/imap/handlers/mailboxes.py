@@ -16,7 +16,6 @@ from relay.imap.handlers.common import (
     AlreadyExists,
     Cannot,
     ClientBug,
-    ImapError,
     NoSuchMailbox,
     Result,
     check_new_folder_name,
@@ -174,9 +173,9 @@ async def h_delete(s: Session, cmd: c.Delete) -> Result:
     need(s, target, "x", "delete folders")
     if target.folder == "INBOX":
         raise Cannot("INBOX cannot be deleted")
-    folders = await s.service.mail.folders([target.box])
-    if names.has_children(target.folder, (f.name for f in folders)):
-        raise ImapError("Delete the folders inside it first")
+    # RFC 3501 §6.3.4: the folders inside stay (they MUST NOT be removed); the name
+    # then lists as a \Noselect parent. Only a name that is not a folder (such a
+    # parent, a hierarchy node) cannot be deleted: `existing` answered NONEXISTENT.
     if s.selected is not None and s.selected.target == target:
         s.deselect()
     await s.service.mail.delete_folder(
