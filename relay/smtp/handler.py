@@ -276,6 +276,8 @@ class BaseHandler:
                 certificate_subject=peer_subject,
             )
 
+        if state.login_recorded is not None:
+            await state.login_recorded  # the login event is durable before the message
         result = await self.runtime.store.accept(
             Acceptance(
                 raw=message,

@@ -19,12 +19,20 @@ import asyncio
 import base64
 import binascii
 import collections
+import inspect
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from aiosmtpd.smtp import SMTP, AuthResult, Session
+from aiosmtpd.smtp import (
+    CALL_LIMIT_DEFAULT,
+    SMTP,
+    AuthResult,
+    Session,
+    _AuthMechAttr,
+    login_always_fail,
+)
 
 from relay.identity.auth import Principal
 from relay.metrics import CommandResult, ListenerProbe
@@ -70,6 +78,8 @@ class SessionState:
     tls: TlsFacts = field(default_factory=TlsFacts)
     principal: Principal | None = None
     sender_box: str | None = None  # submission: the box MAIL FROM named
+    # submission: the AUTH success event handed to the writer (Store.record_soon)
+    login_recorded: asyncio.Future[None] | None = None
 
 
 class RelaySession(Session):
@@ -137,6 +147,64 @@ class Hooks(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class _DispatchNames:
+    """The attribute names aiosmtpd's `SMTP.__init__` finds by introspection."""
+
+    auth: tuple[tuple[str, str, bool], ...]  # (mechanism, attribute, on the protocol)
+    hooks: tuple[str, ...]  # handle_* of the handler
+    smtp: tuple[str, ...]  # smtp_* of the protocol
+    ehlo_version: str | None
+
+
+_DISPATCH_NAMES: dict[tuple[type, type], _DispatchNames] = {}
+
+
+def _dispatch_names(protocol_cls: type, handler: Any) -> _DispatchNames:
+    """Found as aiosmtpd finds them (same rules, same order), once per pair of
+    classes: our protocol and handler classes gain no attribute per instance."""
+    key = (protocol_cls, type(handler))
+    found = _DISPATCH_NAMES.get(key)
+    if found is not None:
+        return found
+    auth: dict[str, tuple[str, str, bool]] = {}
+    for obj, builtin in ((protocol_cls, True), (handler, False)):
+        for name, member in inspect.getmembers(obj):
+            if name.startswith("auth_"):
+                mechanism = getattr(
+                    member, "__auth_mechanism_name__", name.replace("auth_", "").replace("__", "-")
+                )
+                auth[mechanism] = (mechanism, name, builtin)
+    hooks = tuple(m for m in dir(handler) if m.startswith("handle_"))
+    ehlo = getattr(handler, "handle_EHLO", None)
+    version = None
+    if ehlo is not None:
+        count = len(inspect.signature(ehlo).parameters)
+        version = {4: "old", 5: "new"}.get(count)
+        if version is None:
+            raise RuntimeError("Unsupported EHLO Hook")
+    smtp = tuple(m for m in dir(protocol_cls) if m.startswith("smtp_"))
+    found = _DispatchNames(tuple(auth.values()), hooks, smtp, version)
+    _DISPATCH_NAMES[key] = found
+    return found
+
+
+class _CountingMethods(dict[str, Any]):
+    """aiosmtpd's command table; each command it dispatches (`get`) is counted by the
+    listener's probe with its final reply."""
+
+    def __init__(self, smtp: RelaySMTP, probe: ListenerProbe, methods: dict[str, Any]) -> None:
+        super().__init__(methods)
+        self._smtp = smtp
+        self._probe = probe
+
+    def get(self, name: str, default: Any = None) -> Any:
+        method = super().get(name)
+        if method is None:
+            return default
+        return self._smtp._counting(self._probe, name, method)
+
+
 class RelaySMTP(SMTP):
     """aiosmtpd's SMTP with our DATA reader, AUTH mechanisms and reply codes."""
 
@@ -171,7 +239,7 @@ class RelaySMTP(SMTP):
         # Submission: the whole time from connecting to a successful AUTH.
         self._login_timeout_seconds = login_timeout_seconds
         self._login_timer: asyncio.TimerHandle | None = None
-        super().__init__(handler, **kwargs)
+        self._smtp_init(handler, **kwargs)
         # aiosmtpd keeps these limits in a class attribute shared by every instance;
         # ours are per session.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
@@ -185,11 +253,76 @@ class RelaySMTP(SMTP):
         if probe is not None:
             # Every command aiosmtpd dispatches, counted once with its final reply
             # (AUTH's 334 and DATA's 354 are intermediate). The names come from our
-            # own methods, never from the peer.
-            self._smtp_methods = {
-                name: self._counting(probe, name, method)
-                for name, method in self._smtp_methods.items()
-            }
+            # own methods, never from the peer. Wrapped when dispatched, not here:
+            # most sessions use five of the twenty commands.
+            self._smtp_methods = _CountingMethods(self, probe, self._smtp_methods)
+
+    def _smtp_init(
+        self,
+        handler: Any,
+        *,
+        data_size_limit: int | None,
+        enable_SMTPUTF8: bool,
+        hostname: str,
+        ident: str,
+        tls_context: ssl.SSLContext | None,
+        require_starttls: bool,
+        timeout: float,
+        auth_required: bool,
+        auth_require_tls: bool,
+        command_call_limit: dict[str, int],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """What aiosmtpd's `SMTP.__init__` does for the arguments our listeners pass,
+        less its per-connection introspection: it calls `inspect.getmembers` on the
+        protocol and the handler and `dir()` on both for every connection (~10% of the
+        event loop under one-connection-per-message load, py-spy); here the names are
+        found once per (protocol class, handler class) and only bound per connection.
+        Its warnings about our deliberate choices (a CERT_REQUIRED context for
+        inbound, AUTH without TLS on a loopback listener) are not repeated per
+        connection. `tests/smtp/test_session_init.py` checks that the result equals
+        aiosmtpd's own `__init__`, so an aiosmtpd upgrade that changes it fails there.
+        """
+        self.__ident__ = ident
+        self.loop = loop
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected,
+            loop=loop,
+        )
+        self.event_handler = handler
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = enable_SMTPUTF8
+        self._decode_data = False
+        self.hostname = hostname
+        self.tls_context = tls_context
+        self.require_starttls = tls_context and require_starttls
+        self._timeout_duration = timeout
+        self._timeout_handle = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        self._auth_require_tls = auth_require_tls
+        self._proxy_timeout = None
+        self._auth_callback = login_always_fail
+        self._authenticator = None
+        self._auth_required = auth_required
+        names = _dispatch_names(type(self), handler)
+        self._auth_methods = {
+            mechanism: _AuthMechAttr(getattr(self if builtin else handler, attr), builtin)
+            for mechanism, attr, builtin in names.auth
+        }
+        self._handle_hooks = {name[7:]: getattr(handler, name) for name in names.hooks}
+        self._ehlo_hook_ver = names.ehlo_version
+        self._smtp_methods = {name[5:]: getattr(self, name) for name in names.smtp}
+        self._enforce_call_limit = True
+        self._call_limit_base = command_call_limit
+        self._call_limit_default = command_call_limit.get("*", CALL_LIMIT_DEFAULT)
 
     def _counting(self, probe: ListenerProbe, name: str, method: Any) -> Any:
         async def run(arg: str) -> None:

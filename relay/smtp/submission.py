@@ -105,7 +105,10 @@ class SubmissionHandler(BaseHandler):
         self, session: RelaySession, mechanism: str, login: str, principal: Principal
     ) -> AuthResult:
         session.relay.principal = principal
-        await self.runtime.store.record(
+        # 235 without waiting for this event's commit (one commit round less per
+        # connection); `accept` awaits it before the session's first message, so no
+        # message is ever stored without the login before it (Store.record_soon).
+        session.relay.login_recorded = self.runtime.store.record_soon(
             AuthSucceeded(
                 person=principal.person_id,
                 box=principal.as_box,

@@ -46,6 +46,7 @@ from relay.errors import StoreError
 from relay.metrics import Metrics
 from relay.store import schema as t
 from relay.store.crypto import BlobCipher, key_id
+from relay.store.fastsql import Raw, Statements, raw_connection
 from relay.store.keys import KeyKind, OpenedKeys, RegisteredKey, registered_keys
 
 T = TypeVar("T")
@@ -68,6 +69,11 @@ READ_THREADS = 2
 RETRIES_ON_CONFLICT = 5
 
 
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("store.record_failed", error=repr(future.exception()))
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -79,11 +85,14 @@ class _UnitFailed(Exception):
 class TxContext:
     """What a unit may do besides SQL: add audit events, mark folders changed."""
 
-    __slots__ = ("events", "touched")
+    __slots__ = ("events", "raw", "touched")
 
-    def __init__(self) -> None:
+    def __init__(self, raw: Raw | None = None) -> None:
         self.events: list[AuditEvent] = []
         self.touched: set[int] = set()
+        # The transaction's DBAPI connection, for the store's prepared hot statements
+        # (relay.store.fastsql); set by the writer for every unit.
+        self.raw = raw
 
     def audit(self, *events: AuditEvent) -> None:
         self.events.extend(events)
@@ -223,6 +232,7 @@ class Store:
         self._anchored_head: tuple[int, str] | None = None
         self.clock = clock
         self.dialect = write_engine.dialect.name
+        self._sql = Statements.for_dialect(write_engine.dialect)
         self._queue: asyncio.Queue[_Pending[Any] | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._folder_ids: dict[tuple[str, str], int] = {}
@@ -404,6 +414,25 @@ class Store:
 
         await self.transact(unit)
 
+    def record_soon(self, *events: AuditEvent) -> asyncio.Future[None]:
+        """Hand audit events to the writer without waiting for their commit.
+
+        They are durable no later than any unit handed in after them (one writer,
+        units committed in the order they came), so a caller that awaits the returned
+        future before its next durable action (SMTP: before accepting a message)
+        never has an action on disk without the event before it. A failure is logged
+        here and raised to whoever awaits the future."""
+        if self._writer is None:
+            raise StoreError("store is closed")
+
+        async def unit(conn: AsyncConnection, ctx: TxContext) -> None:
+            ctx.audit(*events)
+
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_log_failure)
+        self._queue.put_nowait(_Pending(unit, future))
+        return future
+
     async def _write_loop(self) -> None:
         stopping = False
         while not stopping:
@@ -514,8 +543,9 @@ class Store:
         outcomes: list[tuple[bool, Any]] = []
         written: list[tuple[AuditRow, AuditEvent]] = []
         head_seq, head_hash = await self._lock_head(conn)
+        raw = await raw_connection(conn)
         for item in batch:
-            item.ctx = TxContext()
+            item.ctx = TxContext(raw)
             try:
                 if isolate:
                     async with conn.begin_nested():
@@ -553,8 +583,8 @@ class Store:
                     {"channel": self.notify_channel, "payload": payload},
                 )
         if written:
-            await conn.execute(
-                insert(t.audit),
+            await raw.executemany(
+                self._sql.insert_audit,
                 [
                     {
                         "seq": r.seq,
@@ -570,11 +600,7 @@ class Store:
                     for r, _ in written
                 ],
             )
-            await conn.execute(
-                update(t.audit_head)
-                .where(t.audit_head.c.id == 1)
-                .values(seq=head_seq, hash=head_hash)
-            )
+            await raw.execute(self._sql.set_head, {"head_seq": head_seq, "head_hash": head_hash})
         return outcomes, written
 
     def _fail(self, batch: list[_Pending[Any]], exc: BaseException) -> None:
@@ -771,16 +797,27 @@ class Store:
 
         async def unit(conn: AsyncConnection, ctx: TxContext) -> AcceptResult:
             now = self.clock()
-            await conn.execute(
-                insert(t.blobs).values(
-                    id=blob_id, size=size, data=sealed, meta=sealed_meta, created_at=now
-                )
+            sql = self._sql
+            raw = ctx.raw
+            assert raw is not None  # set by the writer
+            await raw.execute(
+                sql.insert_blob,
+                {
+                    "id": blob_id,
+                    "size": size,
+                    "data": sealed,
+                    "meta": sealed_meta,
+                    "created_at": now,
+                },
             )
             deliveries: list[Delivery] = []
             rows: list[dict[str, Any]] = []
             for box in a.local_recipients:
                 folder_id = await self.folder_id(conn, box, a.folder)
-                uid, modseq = await self.allocate_uid(conn, folder_id)
+                got = await raw.fetchone(sql.next_uid, {"folder_id": folder_id})
+                if got is None:
+                    raise StoreError(f"folder {folder_id} vanished")
+                uid, modseq = int(got[0]) - 1, int(got[1])
                 rows.append(
                     {
                         "folder_id": folder_id,
@@ -796,11 +833,10 @@ class Store:
                 )
                 deliveries.append(Delivery(box, folder_id, uid))
                 ctx.touch(folder_id)
-            if rows:
-                await conn.execute(insert(t.messages), rows)
+            await raw.executemany(sql.insert_message, rows)
             if a.remote_recipients:
-                await conn.execute(
-                    insert(t.queue),
+                await raw.executemany(
+                    sql.insert_queue,
                     [
                         {
                             "queue_id": queue_id,

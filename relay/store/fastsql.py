@@ -1,0 +1,210 @@
+"""Statements of the hot paths, run on the driver's own connection.
+
+SQLAlchemy builds, compiles and caches a statement on every `execute`: on the
+acceptance path that cost more than the statements themselves (py-spy, bench/README).
+Here each statement is built from the schema's tables *once*, compiled by SQLAlchemy
+for the dialect in use (so the SQL text, the parameter order and the value conversions
+are SQLAlchemy's own: a row written here reads back through SQLAlchemy exactly as one
+written by it), then run straight on the DBAPI connection of the transaction that is
+open: the stdlib `sqlite3` connection in SQLite's writer thread (its statement cache
+keeps it prepared), or the `asyncpg` connection on PostgreSQL (prepared and cached by
+asyncpg). The transaction stays SQLAlchemy's: begun, savepointed and committed by it.
+
+Only the store uses this module; the schema, migrations and cold paths stay on
+SQLAlchemy Core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
+
+from relay.store import schema as t
+
+Processor = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One statement compiled for a dialect: positional SQL and how to order and
+    convert a row's values for it."""
+
+    sql: str
+    names: tuple[str, ...]
+    processors: tuple[Processor, ...]
+    # the values the statement itself holds (`id == 1`, `uidnext + 1`)
+    constants: Mapping[str, Any]
+
+    def args(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        out = []
+        for name, proc in zip(self.names, self.processors, strict=True):
+            value = values[name] if name in values else self.constants[name]
+            out.append(proc(value) if proc is not None else value)
+        return tuple(out)
+
+
+def prepare(stmt: ClauseElement, dialect: Dialect) -> Prepared:
+    compiled = cast(SQLCompiler, stmt.compile(dialect=dialect))
+    names = tuple(compiled.positiontup or ())
+    processors = tuple(
+        compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names
+    )
+    constants = {n: v for n, v in compiled.params.items() if v is not None}
+    return Prepared(compiled.string, names, processors, constants)
+
+
+def _insert(table: Any, *names: str) -> Any:
+    """INSERT of the named columns, one parameter per column named as the column; a
+    column left out gets its server default (so a column added later with one does not
+    break this statement)."""
+    columns = [table.c[n] for n in names]
+    # inline(): no RETURNING of the generated key (nothing here reads it back)
+    return insert(table).inline().values({c.name: bindparam(c.name, type_=c.type) for c in columns})
+
+
+BLOB_COLUMNS = ("id", "size", "data", "meta", "created_at")
+MESSAGE_COLUMNS = (
+    "folder_id",
+    "uid",
+    "modseq",
+    "blob_id",
+    "internal_date",
+    "internal_offset",
+    "size",
+    "flags",
+    "message_id",
+)
+QUEUE_COLUMNS = (
+    "queue_id",
+    "blob_id",
+    "sender",
+    "recipient",
+    "status",
+    "attempts",
+    "created_at",
+    "next_attempt_at",
+    "message_id",
+    "person",
+    "box",
+    "delay_warned",
+)
+AUDIT_COLUMNS = ("seq", "ts", "action", "person", "box", "peer", "data", "prev_hash", "hash")
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """The hot statements of one dialect."""
+
+    insert_blob: Prepared
+    insert_message: Prepared
+    insert_queue: Prepared
+    insert_audit: Prepared
+    next_uid: Prepared  # one row: (uidnext - 1, highestmodseq) after the increment
+    head: Prepared
+    head_for_update: Prepared
+    set_head: Prepared
+
+    @classmethod
+    def for_dialect(cls, dialect: Dialect) -> Statements:
+        folders = t.folders.c
+        next_uid = (
+            update(t.folders)
+            .where(folders.id == bindparam("folder_id"))
+            .values(uidnext=folders.uidnext + 1, highestmodseq=folders.highestmodseq + 1)
+            .returning(folders.uidnext, folders.highestmodseq)
+        )
+        head = select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
+        set_head = (
+            update(t.audit_head)
+            .where(t.audit_head.c.id == 1)
+            .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
+        )
+        return cls(
+            insert_blob=prepare(_insert(t.blobs, *BLOB_COLUMNS), dialect),
+            insert_message=prepare(_insert(t.messages, *MESSAGE_COLUMNS), dialect),
+            insert_queue=prepare(_insert(t.queue, *QUEUE_COLUMNS), dialect),
+            insert_audit=prepare(_insert(t.audit, *AUDIT_COLUMNS), dialect),
+            next_uid=prepare(next_uid, dialect),
+            head=prepare(head, dialect),
+            head_for_update=prepare(head.with_for_update(), dialect),
+            set_head=prepare(set_head, dialect),
+        )
+
+
+class Raw:
+    """The open transaction's DBAPI connection, for `Prepared` statements."""
+
+    async def execute(self, stmt: Prepared, values: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def executemany(self, stmt: Prepared, rows: Sequence[Mapping[str, Any]]) -> None:
+        raise NotImplementedError
+
+    async def fetchone(self, stmt: Prepared, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        raise NotImplementedError
+
+
+class SqliteRaw(Raw):
+    """The stdlib sqlite3 connection (synchronous; used in the writer thread, where the
+    units' coroutines are driven without an event loop)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, dbapi_conn: Any) -> None:
+        self._conn = dbapi_conn
+
+    async def execute(self, stmt: Prepared, values: Mapping[str, Any]) -> None:
+        self._conn.execute(stmt.sql, stmt.args(values))
+
+    async def executemany(self, stmt: Prepared, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            self._conn.executemany(stmt.sql, [stmt.args(r) for r in rows])
+
+    async def fetchone(self, stmt: Prepared, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        cur = self._conn.execute(stmt.sql, stmt.args(values))
+        try:
+            row = cur.fetchone()
+            if row is not None:
+                cur.fetchall()  # RETURNING: the statement completes when read to the end
+            return cast(tuple[Any, ...] | None, row)
+        finally:
+            cur.close()
+
+
+class AsyncpgRaw(Raw):
+    """The asyncpg connection under SQLAlchemy's adapter, inside its transaction."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, asyncpg_conn: Any) -> None:
+        self._conn = asyncpg_conn
+
+    async def execute(self, stmt: Prepared, values: Mapping[str, Any]) -> None:
+        await self._conn.execute(stmt.sql, *stmt.args(values))
+
+    async def executemany(self, stmt: Prepared, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            await self._conn.executemany(stmt.sql, [stmt.args(r) for r in rows])
+
+    async def fetchone(self, stmt: Prepared, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        row = await self._conn.fetchrow(stmt.sql, *stmt.args(values))
+        return None if row is None else tuple(row)
+
+
+async def raw_connection(conn: AsyncConnection) -> Raw:
+    """The DBAPI connection under `conn` (an AsyncConnection, or the writer thread's
+    adapter around a synchronous Connection). Its transaction must already be begun by
+    a SQLAlchemy statement (the store's first statement in a batch is the audit head)."""
+    sync = getattr(conn, "sync_connection", None)
+    if conn.dialect.name == "sqlite":
+        assert sync is not None
+        return SqliteRaw(sync.connection.driver_connection)
+    fairy = await conn.get_raw_connection()
+    return AsyncpgRaw(fairy.driver_connection)

@@ -1,0 +1,114 @@
+"""RelaySMTP builds its aiosmtpd state without aiosmtpd's per-connection introspection
+(relay/smtp/session.py `_smtp_init`): the state must be the one aiosmtpd's own
+`SMTP.__init__` builds for the same arguments, so that an aiosmtpd upgrade that
+changes its constructor fails here instead of misbehaving on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from aiosmtpd.smtp import SMTP
+
+from relay.config.model import ListenerConfig
+from relay.runtime import Runtime
+from relay.smtp.inbound import InboundHandler
+from relay.smtp.session import COMMAND_CALL_LIMITS, RelaySMTP
+from relay.smtp.submission import SubmissionHandler
+
+
+def _handler(cls: type[Any]) -> Any:
+    # The handlers' properties read the runtime's config (aiosmtpd's introspection
+    # evaluates them); nothing else of the runtime is touched by construction.
+    runtime = SimpleNamespace(config=SimpleNamespace(limits=SimpleNamespace(max_line_bytes=1000)))
+    return cls(cast(Runtime, runtime), cast(ListenerConfig, None))
+
+
+def _same_method(a: Any, b: Any, pair: tuple[Any, Any] | None = None) -> bool:
+    """The same function, bound to the same object (or, for `pair` = (ours, theirs),
+    each to its own protocol object)."""
+    if getattr(a, "__func__", a) is not getattr(b, "__func__", b):
+        return False
+    a_self, b_self = getattr(a, "__self__", None), getattr(b, "__self__", None)
+    return a_self is b_self or (pair is not None and (a_self, b_self) == pair)
+
+
+@pytest.mark.parametrize("handler_cls", [SubmissionHandler, InboundHandler])
+@pytest.mark.parametrize("starttls", [False, True])
+async def test_state_equals_aiosmtpd_init(handler_cls: type[Any], starttls: bool) -> None:
+    import ssl
+
+    handler = _handler(handler_cls)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) if starttls else None
+    kwargs: dict[str, Any] = {
+        "hostname": "localhost",
+        "ident": "mss-relay ESMTP",
+        "data_size_limit": 1 << 20,
+        "enable_SMTPUTF8": True,
+        "tls_context": ctx,
+        "require_starttls": starttls,
+        "timeout": 300.0,
+        "auth_required": handler_cls is SubmissionHandler,
+        "auth_require_tls": True,
+        "command_call_limit": COMMAND_CALL_LIMITS,
+        "loop": asyncio.get_running_loop(),
+    }
+    fast = RelaySMTP(handler, **kwargs)
+    slow = RelaySMTP.__new__(RelaySMTP)
+    SMTP.__init__(slow, handler, **kwargs)
+
+    theirs, ours = vars(slow), vars(fast)
+    pair = (fast, slow)
+    missing = sorted(set(theirs) - set(ours))
+    assert not missing, f"aiosmtpd's __init__ sets {missing}, ours does not"
+    for name, value in theirs.items():
+        mine = ours[name]
+        if name == "_auth_methods":
+            assert list(mine) == list(value)
+            for mech, attr in value.items():
+                assert _same_method(mine[mech].method, attr.method, pair), mech
+                assert mine[mech].is_builtin == attr.is_builtin, mech
+        elif name in ("_handle_hooks", "_smtp_methods"):
+            assert sorted(mine) == sorted(value), name
+            for key, method in value.items():
+                assert _same_method(dict.__getitem__(mine, key), method, pair), (name, key)
+        elif name in ("_stream_reader", "_strong_reader", "_stream_reader_wr", "_closed", "_loop"):
+            assert type(mine) is type(value), name
+        elif name == "_client_connected_cb":
+            assert _same_method(mine, value, pair)
+        elif name == "command_size_limits":
+            continue  # ours are per session on purpose (RelaySMTP.__init__)
+        elif callable(value) and not isinstance(value, type):
+            assert _same_method(mine, value, pair), name
+        else:
+            assert mine == value, name
+
+
+async def test_counted_commands_keep_their_names() -> None:
+    """With a probe, dispatch goes through the counting wrapper; HELP still lists the
+    same commands."""
+    from relay.metrics import Metrics
+
+    handler = _handler(SubmissionHandler)
+    probe = Metrics().listener("submission", "127.0.0.1", 1)
+    smtp = RelaySMTP(
+        handler,
+        probe=probe,
+        hostname="localhost",
+        ident="x",
+        data_size_limit=None,
+        enable_SMTPUTF8=True,
+        tls_context=None,
+        require_starttls=False,
+        timeout=10.0,
+        auth_required=True,
+        auth_require_tls=True,
+        command_call_limit=COMMAND_CALL_LIMITS,
+        loop=asyncio.get_running_loop(),
+    )
+    wrapped = smtp._smtp_methods.get("NOOP")
+    assert wrapped is not None and not _same_method(wrapped, smtp.smtp_NOOP)
+    assert smtp._smtp_methods.get("NOSUCH") is None
+    assert "EHLO" in dict(smtp._smtp_methods.items())
