@@ -262,29 +262,32 @@ def big_message(args: argparse.Namespace, ref: Reference) -> dict[str, float]:
     from bench.smtp_client import close_session, dot_stuff, make_message, open_session, send_one
 
     results: dict[str, float] = {}
-    with BenchDaemon(args.engine) as daemon:
-        target = SmtpTarget(
-            "127.0.0.1",
-            daemon.ports["plain"],
-            False,
-            daemon.ca,
-            LOGIN,
-            PASSWORD,
-            PERSONAL_BOX,
-            SHARED_BOX,
-        )
-        data = make_message(target.sender, target.recipient, args.megabytes * 1024 * 1024, 0)
-        stuffed = dot_stuff(data) + b".\r\n"
+    for i in range(args.pairs):
+        # A new daemon each run: memory a big message once used stays in the process
+        # (RSS does not shrink), so a second run in the same daemon would show less.
+        with BenchDaemon(args.engine) as daemon:
+            target = SmtpTarget(
+                "127.0.0.1",
+                daemon.ports["plain"],
+                False,
+                daemon.ca,
+                LOGIN,
+                PASSWORD,
+                PERSONAL_BOX,
+                SHARED_BOX,
+            )
+            data = make_message(target.sender, target.recipient, args.megabytes << 20, 0)
+            stuffed = dot_stuff(data) + b".\r\n"
 
-        async def one() -> float:
-            session = await open_session(target)
-            took = await send_one(target, *session, stuffed)
-            await close_session(*session)
-            return took
+            async def one(t: SmtpTarget = target, payload: bytes = stuffed) -> float:
+                session = await open_session(t)
+                took = await send_one(t, *session, payload)
+                await close_session(*session)
+                return took
 
-        asyncio.run(run_load(target, messages=20, size=10240, concurrency=2, reuse=True))
-        print(f"\nOne {len(data) / 1e6:.1f} MB message, mss-relay {args.engine}")
-        for i in range(args.pairs):
+            asyncio.run(run_load(target, messages=20, size=10240, concurrency=2, reuse=True))
+            if i == 0:
+                print(f"\nOne {len(data) / 1e6:.1f} MB message, mss-relay {args.engine}")
             time.sleep(1.0)
             idle = rss_kb(daemon.pid)
             reset_peak(daemon.pid)

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_tz
-from typing import Any
+from typing import Any, cast
 
 # Bounds for hostile input (Dovecot uses similar ones): nested multipart/message levels
 # beyond MAX_DEPTH are served as leaves; splitting stops after MAX_PARTS parts in all.
@@ -224,10 +224,13 @@ def headers_from_json(d: Any) -> tuple[Envelope, str | None, str | None]:
 # --------------------------------------------------------------------------- analyse
 
 
-def analyse(raw: bytes) -> MessageMeta:
-    """Scan `raw` once and return its metadata. Never raises on any input bytes."""
+def analyse(raw: bytes | bytearray) -> MessageMeta:
+    """Scan `raw` once and return its metadata. Never raises on any input bytes; a
+    bytearray gives the same result as its bytes (tests/message/test_properties.py),
+    so a big message is analysed without a copy."""
     budget = _Budget(MAX_PARTS)
-    body, headers = _entity(raw, 0, len(raw), False, 0, budget)
+    # The scanners only read (find, count, regex, slices): a bytearray serves as is.
+    body, headers = _entity(cast(bytes, raw), 0, len(raw), False, 0, budget)
     envelope = _envelope(headers)
     return MessageMeta(
         size=len(raw),

@@ -250,7 +250,7 @@ class BaseHandler:
         # (RFC 5321 §4.4: Received: at the top), and the store frees it once sealed.
         message = raw if isinstance(raw, bytearray) else bytearray(raw)
         message[0:0] = trace
-        meta = analyse(bytes(message))
+        meta = analyse(message)  # the buffer itself: no copy of a big message
         # Taken now: the store empties `message` once sealed, before the audit event is
         # built (issue 9: every message.accepted said size_bytes=0).
         size = len(message)

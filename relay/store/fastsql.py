@@ -30,6 +30,10 @@ from relay.store import schema as t
 
 Processor = Callable[[Any], Any] | None
 
+# A message at least this big is sealed into one buffer of its final size
+# (BlobCipher.seal_into_buffer) and the plaintext dropped before the INSERT.
+LARGE_BLOB_BYTES = 1 << 20
+
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
@@ -149,6 +153,10 @@ class Raw:
 
     async def fetchone(self, stmt: Prepared, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
         raise NotImplementedError
+
+    async def insert_blob(self, sql: Statements, values: Mapping[str, Any]) -> None:
+        """One `blobs` row; `values["data"]` is its sealed content."""
+        await self.execute(sql.insert_blob, values)
 
 
 class SqliteRaw(Raw):

@@ -46,7 +46,7 @@ from relay.errors import StoreError
 from relay.metrics import Metrics
 from relay.store import schema as t
 from relay.store.crypto import BlobCipher, key_id
-from relay.store.fastsql import Raw, Statements, raw_connection
+from relay.store.fastsql import LARGE_BLOB_BYTES, Raw, Statements, raw_connection
 from relay.store.keys import KeyKind, OpenedKeys, RegisteredKey, registered_keys
 
 T = TypeVar("T")
@@ -790,7 +790,11 @@ class Store:
         queue_id = a.queue_id or secrets.token_hex(8)
         blob_id = secrets.token_hex(16)
         size = len(a.raw)
-        sealed = self.cipher.seal(blob_id, a.raw)
+        sealed: bytes | bytearray = (
+            self.cipher.seal_into_buffer(blob_id, a.raw)
+            if size >= LARGE_BLOB_BYTES
+            else self.cipher.seal(blob_id, a.raw)
+        )
         if isinstance(a.raw, bytearray):
             a.raw.clear()  # the caller handed the buffer over: only the ciphertext stays
         sealed_meta = self.seal_meta(blob_id, a.meta)
@@ -800,8 +804,8 @@ class Store:
             sql = self._sql
             raw = ctx.raw
             assert raw is not None  # set by the writer
-            await raw.execute(
-                sql.insert_blob,
+            await raw.insert_blob(
+                sql,
                 {
                     "id": blob_id,
                     "size": size,

@@ -262,3 +262,20 @@ def test_plan_names_every_problem_at_once() -> None:
     assert len(refused.value.problems) == 2
     assert "/k/blob.key" in refused.value.problems[0]
     assert "/k/audit.key" in refused.value.problems[1]
+
+
+@pytest.mark.parametrize("size", [0, 5, (2 << 20) + 3])
+def test_seal_into_buffer_opens_like_seal(size: int) -> None:
+    """The one-buffer seal of big messages (Store.accept) is the same format as `seal`:
+    the same key named, opened by `open`, bound to its row."""
+    plaintext = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    cipher = BlobCipher(A)
+    sealed = cipher.seal_into_buffer("id1", plaintext)
+    assert isinstance(sealed, bytearray)
+    assert len(sealed) == len(cipher.seal("id1", plaintext))
+    assert BlobCipher.sealed_key_id(bytes(sealed)) == BlobCipher.sealed_key_id(
+        cipher.seal("id1", plaintext)
+    )
+    assert cipher.open("id1", bytes(sealed)) == plaintext
+    with pytest.raises(StoreError):
+        cipher.open("id2", bytes(sealed))
