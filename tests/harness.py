@@ -3,6 +3,7 @@ on free 127.0.0.1 ports, started in-process (or as a subprocess for crash tests)
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import secrets
@@ -16,10 +17,11 @@ from pathlib import Path
 from typing import IO
 
 from relay.app import Daemon, load_for_serving
+from relay.audit.chain import AuditRow
 from relay.config.model import StorageConfig
 from relay.identity.passwords import hash_password
 from relay.runtime import Runtime
-from relay.store.store import Store, TrustEntry
+from relay.store.store import AuditFilter, Store, TrustEntry
 from relay.tls.pki import DevPki
 
 DOMAIN = "cpts-demo.mssante.fr"
@@ -234,6 +236,19 @@ class RunningDaemon:
             chain, key = self.pki.cert_and_key(cert)
             ctx.load_cert_chain(str(chain), str(key))
         return ctx
+
+    async def audit_rows_settled(
+        self, flt: AuditFilter, *, count: int = 1, timeout: float = 10.0
+    ) -> list[AuditRow]:
+        """The audit rows matching `flt` once there are `count` of them. An SMTP AUTH is
+        answered 235 before its audit event commits (the session's first message waits
+        for that commit), so a session that sends nothing is read after it settles."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = await self.store.audit_rows(flt)
+            if len(rows) >= count or time.monotonic() > deadline:
+                return rows
+            await asyncio.sleep(0.02)
 
     async def trust_peer(
         self, *, dn: str | None = None, domain: str = PEER_DOMAIN, listed_dn: bool = True

@@ -123,7 +123,7 @@ async def test_smtp_refusal_is_the_rfc7628_dialogue_and_audited(
     assert details["details"]["reason"].startswith("expired") and details["answer"].startswith(
         "535 5.7.8"
     )
-    [success] = await token_daemon.store.audit_rows(AuditFilter(action="auth.succeeded"))
+    [success] = await token_daemon.audit_rows_settled(AuditFilter(action="auth.succeeded"))
     assert success.person == "martin"
 
 
