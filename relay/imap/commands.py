@@ -162,7 +162,8 @@ class StoreMode(enum.StrEnum):
 
 
 class StatusAttr(enum.StrEnum):
-    """STATUS items (RFC 3501 §6.3.10, RFC 7162 §3.1.6 HIGHESTMODSEQ, RFC 8438 SIZE)."""
+    """STATUS items (RFC 3501 §6.3.10, RFC 7162 §3.1.6 HIGHESTMODSEQ, RFC 8438 SIZE,
+    RFC 9051 §6.3.11 DELETED)."""
 
     MESSAGES = "MESSAGES"
     RECENT = "RECENT"
@@ -171,6 +172,7 @@ class StatusAttr(enum.StrEnum):
     UNSEEN = "UNSEEN"
     HIGHESTMODSEQ = "HIGHESTMODSEQ"
     SIZE = "SIZE"
+    DELETED = "DELETED"
 
 
 class ListSelect(enum.StrEnum):

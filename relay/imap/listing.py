@@ -20,12 +20,19 @@ the options; `list_mailboxes` / `lsub` say which names to answer with which attr
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from relay.imap import commands as c
 from relay.imap.names import superiors
+
+
+class Matcher(Protocol):
+    """A compiled LIST pattern (`relay.imap.names.pattern`), or one that matches the
+    names as an IMAP4rev2 client reads them (`relay.imap.handlers.mailboxes`)."""
+
+    def fullmatch(self, name: str, /) -> object: ...
 
 
 class Kind(enum.Enum):
@@ -52,7 +59,7 @@ class Listed:
     selectable: bool = False  # a real folder (LIST-STATUS may report on it)
 
 
-def _matches(name: str, patterns: Sequence[re.Pattern[str]]) -> bool:
+def _matches(name: str, patterns: Sequence[Matcher]) -> bool:
     return any(p.fullmatch(name) for p in patterns)
 
 
@@ -98,7 +105,7 @@ def _order(names: Iterable[str]) -> list[str]:
 def list_mailboxes(
     mailboxes: Iterable[Mailbox],
     subscribed: Iterable[str],
-    patterns: Sequence[re.Pattern[str]],
+    patterns: Sequence[Matcher],
     selection: frozenset[c.ListSelect] = frozenset(),
     returns: frozenset[c.ListReturn] = frozenset(),
 ) -> list[Listed]:
@@ -129,9 +136,7 @@ def list_mailboxes(
     return out
 
 
-def lsub(
-    mailboxes: Iterable[Mailbox], subscribed: Iterable[str], pattern: re.Pattern[str]
-) -> list[Listed]:
+def lsub(mailboxes: Iterable[Mailbox], subscribed: Iterable[str], pattern: Matcher) -> list[Listed]:
     """The LSUB answer (RFC 3501 §6.3.9)."""
     tree = _Tree(mailboxes)
     subs = set(subscribed)

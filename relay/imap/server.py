@@ -25,6 +25,7 @@ from relay.audit.events import ImapAccessRevoked
 from relay.config import lost_access
 from relay.config.model import Config, ListenerConfig, TlsConfig, TlsMode
 from relay.imap import response as r
+from relay.imap import rev2
 from relay.imap.session import Session
 from relay.imap.sort import KeyCache
 from relay.imap.state import State
@@ -49,6 +50,7 @@ EXTENSIONS: tuple[str, ...] = (
     "LIST-STATUS",  # RFC 5819
     "SPECIAL-USE",  # RFC 6154
     "ESEARCH",  # RFC 4731
+    "STATUS=SIZE",  # RFC 8438 (and STATUS DELETED, RFC 9051 §6.3.11, to any session)
     "ACL",  # RFC 4314
     "RIGHTS=kxte",  # RFC 4314 §2.1.1
     "CONDSTORE",  # RFC 7162 §3.1
@@ -135,7 +137,8 @@ class ImapService:
         return f"imap on {lc.host}:{lc.port} (tls {lc.tls.value})"
 
     def capabilities(self, s: Session) -> list[str]:
-        caps = ["IMAP4rev1"]
+        # RFC 9051 Appendix A: both revisions; a client turns IMAP4rev2 on with ENABLE.
+        caps = ["IMAP4rev1", rev2.CAPABILITY]
         if s.state is State.NOT_AUTHENTICATED:
             if not s.tls_active and self.listener.tls is TlsMode.STARTTLS:
                 # RFC 3501 §6.2.3 / RFC 2595 §3.2: no plaintext login.

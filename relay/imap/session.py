@@ -35,6 +35,7 @@ from relay.errors import PermissionDenied, ProtocolError
 from relay.identity.auth import Principal
 from relay.imap import commands as c
 from relay.imap import response as r
+from relay.imap import rev2
 from relay.imap.context import SearchContext
 from relay.imap.flags import RECENT, MailboxFlags, shown
 from relay.imap.names import Target
@@ -67,6 +68,10 @@ class Selected:
     highestmodseq: int
     mailbox_flags: MailboxFlags  # what FLAGS / PERMANENTFLAGS have announced
     recent: set[int] = field(default_factory=set)  # \Recent for this session (§2.3.2)
+    # False in an IMAP4rev2 session: the messages it takes as recent (so that no other
+    # session shows them so, RFC 3501 §2.3.2) are never shown \Recent (RFC 9051
+    # Appendix E item 12).
+    show_recent: bool = True
     dirty: bool = False
     # Removed by another session, not told yet (held back during FETCH, STORE and
     # SEARCH, RFC 3501 §7.4.1): UID -> MODSEQ of the removal.
@@ -89,11 +94,14 @@ class Selected:
     def flags_of(self, uid: int) -> frozenset[str]:
         """The flags of `uid` as this session sees them, ``\\Recent`` included."""
         flags = self.flags[uid].flags
-        return flags | {RECENT} if uid in self.recent else flags
+        return flags | {RECENT} if self.is_recent(uid) else flags
+
+    def is_recent(self, uid: int) -> bool:
+        return self.show_recent and uid in self.recent
 
     def flag_list(self, uid: int) -> bytes:
         """``(\\Recent \\Seen $Forwarded)``: the flags a FETCH response gives `uid`."""
-        return shown(self.flags[uid].flags, recent=uid in self.recent)
+        return shown(self.flags[uid].flags, recent=self.is_recent(uid))
 
     @property
     def largest_uid(self) -> int:
@@ -174,6 +182,20 @@ class Session:
         now = asyncio.get_running_loop().time()
         self.login_deadline = now + limits.imap_login_timeout_seconds
         self.idle_deadline = now + limits.imap_idle_timeout_seconds
+
+    # --- IMAP4rev2 (RFC 9051, relay.imap.rev2) ----------------------------------------
+
+    @property
+    def rev2(self) -> bool:
+        """Whether the client has run ``ENABLE IMAP4rev2`` (RFC 9051 §6.3.1)."""
+        return rev2.ENABLED in self.enabled
+
+    def mailbox(self, name: str) -> bytes:
+        """A mailbox name (stored form) as this client reads it: modified UTF-7 in an
+        IMAP4rev1 session, UTF-8 once IMAP4rev2 is enabled (RFC 9051 §5.1, Appendix A)."""
+        if self.rev2:
+            return r.string(rev2.wire_name(name), utf8=True)
+        return r.quoted(name)
 
     # --- output ---------------------------------------------------------------------
 
@@ -413,6 +435,9 @@ class Session:
             self._count_bad()
             return CommandResult.BAD
         handler = HANDLERS[type(cmd)]
+        sent = cmd
+        if self.rev2:
+            cmd = rev2.internal_names(cmd)  # UTF-8 names to the stored form (§5.1)
         try:
             result = await handler(self, cmd)
         except Closing:
@@ -455,6 +480,8 @@ class Session:
         if result is None:
             return CommandResult.OK  # the handler answered itself (LOGOUT, STARTTLS, IDLE)
         text, code = result
+        if sent is not cmd and (renamed := rev2.oldname(sent)) is not None:
+            self.emit(renamed)
         await self._settle(cmd)
         self.emit(r.tagged(cmd.tag, r.Status.OK, text, code))
         return CommandResult.OK
@@ -623,7 +650,7 @@ class Session:
                 self._expunge_pending()
             if new:
                 self.emit(r.untagged(b"%d EXISTS" % len(sel.uids)))
-                if "IMAP4REV2" not in self.enabled:  # RFC 9051 has no \Recent
+                if not self.rev2:  # RFC 9051 has no \Recent (Appendix E item 12)
                     self.emit(r.untagged(b"%d RECENT" % len(sel.recent)))
         elif allow_expunge and sel.pending_expunge:
             self._expunge_pending()

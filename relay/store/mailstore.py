@@ -122,6 +122,7 @@ class FolderStatus:
     uidvalidity: int
     highestmodseq: int
     size: int
+    deleted: int  # messages with \Deleted (RFC 9051 §6.3.11 STATUS DELETED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +285,7 @@ class MailStore:
         return sorted(int(r.uid) for r in rows)
 
     async def status(self, folder_id: int, person: str | None) -> FolderStatus:
-        async def read(conn: AsyncConnection) -> tuple[Any, Any, Any, Any, Any]:
+        async def read(conn: AsyncConnection) -> tuple[Any, Any, Any, Any, Any, Any]:
             head = (
                 await conn.execute(select(t.folders).where(t.folders.c.id == folder_id))
             ).one_or_none()
@@ -303,6 +304,18 @@ class MailStore:
                         and_(
                             t.messages.c.folder_id == folder_id,
                             t.messages.c.uid >= head.recent_uid,
+                        )
+                    )
+                )
+            ).scalar_one()
+            # Flags are stored space-separated and no keyword holds a backslash (an
+            # atom cannot), so the substring test is exact.
+            deleted = (
+                await conn.execute(
+                    select(func.count()).where(
+                        and_(
+                            t.messages.c.folder_id == folder_id,
+                            t.messages.c.flags.contains(DELETED, autoescape=True),
                         )
                     )
                 )
@@ -328,9 +341,9 @@ class MailStore:
                         .where(and_(t.messages.c.folder_id == folder_id, t.seen.c.person == person))
                     )
                 ).scalar_one()
-            return head, count, size, seen, recent
+            return head, count, size, seen, recent, deleted
 
-        head, count, size, seen, recent = await self.store.read(read)
+        head, count, size, seen, recent, deleted = await self.store.read(read)
         return FolderStatus(
             messages=int(count),
             recent=int(recent),
@@ -339,6 +352,7 @@ class MailStore:
             uidvalidity=int(head.uidvalidity),
             highestmodseq=int(head.highestmodseq),
             size=int(size),
+            deleted=int(deleted),
         )
 
     async def rows(self, folder_id: int, uids: Sequence[int]) -> dict[int, MessageRow]:

@@ -163,7 +163,7 @@ VALID: list[tuple[bytes, c.Command]] = [
     ),
     (b'a LSUB "" *', c.Lsub(tag="a", reference="", pattern="*")),
     (
-        b"a STATUS inbox (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ SIZE)",
+        b"a STATUS inbox (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ SIZE DELETED)",
         c.Status(tag="a", mailbox="INBOX", attributes=tuple(c.StatusAttr)),
     ),
     # --- APPEND (RFC 3501 §6.3.11, RFC 7888, RFC 3516)

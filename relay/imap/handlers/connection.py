@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from relay.imap import commands as c
-from relay.imap import names
+from relay.imap import names, rev2
 from relay.imap import response as r
 from relay.imap.handlers.common import ClientBug, Result, capabilities, view
 from relay.imap.parser import is_idle_done
@@ -59,15 +59,30 @@ async def h_starttls(s: Session, cmd: c.StartTls) -> Result:
 # -------------------------------------------------------------- authenticated (§6.3)
 
 
-# RFC 5161: what ENABLE can turn on. QRESYNC implies CONDSTORE (RFC 7162 §3.2.3).
-ENABLABLE = {"CONDSTORE": ("CONDSTORE",), "QRESYNC": ("QRESYNC", "CONDSTORE")}
+# RFC 5161 / RFC 9051 §6.3.1: what ENABLE can turn on. QRESYNC implies CONDSTORE
+# (RFC 7162 §3.2.3); IMAP4rev2 turns the session into an IMAP4rev2 one
+# (`relay.imap.rev2`).
+ENABLABLE = {
+    "CONDSTORE": ("CONDSTORE",),
+    "QRESYNC": ("QRESYNC", "CONDSTORE"),
+    rev2.ENABLED: (rev2.ENABLED,),
+}
+# How ENABLED names them (capability names are case-insensitive, RFC 9051 §7.2.2;
+# clients compare them so, but the registered spelling is the polite answer).
+SPELLING = {rev2.ENABLED: rev2.CAPABILITY}
 
 
 async def h_enable(s: Session, cmd: c.Enable) -> Result:
+    # §6.3.1: unknown names are ignored; the ENABLED response names only what this
+    # command enabled (and is sent even when that is nothing).
     newly = [x for x in dict.fromkeys(cmd.capabilities) if x in ENABLABLE and x not in s.enabled]
     for x in newly:
         s.enabled.update(ENABLABLE[x])
-    s.emit(r.untagged("ENABLED" + "".join(" " + x for x in newly)))
+    if rev2.ENABLED in newly and s.selected is not None:
+        # Clients MUST NOT ENABLE with a mailbox selected, servers need not check
+        # (§6.3.1): should one, \Recent stops showing from now on.
+        s.selected.show_recent = False
+    s.emit(r.untagged("ENABLED" + "".join(" " + SPELLING.get(x, x) for x in newly)))
     return "ENABLE completed", None
 
 

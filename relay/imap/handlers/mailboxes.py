@@ -5,11 +5,13 @@ STATUS.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from relay.audit.events import ImapFolderChanged, ImapSelected
 from relay.imap import commands as c
-from relay.imap import listing, names
+from relay.imap import listing, names, rev2
 from relay.imap import response as r
 from relay.imap.flags import MailboxFlags, permanent_system_flags
 from relay.imap.handlers.common import (
@@ -41,8 +43,9 @@ async def select_folder(s: Session, cmd: c.Select | c.Examine) -> Result:
     read_only = isinstance(cmd, c.Examine)
     if cmd.qresync is not None and "QRESYNC" not in s.enabled:
         raise ClientBug("ENABLE QRESYNC first (RFC 7162 §3.2.5)")
-    if s.selected is not None and "QRESYNC" in s.enabled:
-        # RFC 7162 §3.2.11: the client learns where the old mailbox's responses end.
+    if s.selected is not None and ("QRESYNC" in s.enabled or s.rev2):
+        # RFC 7162 §3.2.11, RFC 9051 §6.3.2: the client learns where the old mailbox's
+        # responses end.
         s.emit(r.untagged_status(r.Status.OK, "Previous mailbox closed", r.ResponseCode.CLOSED))
     s.deselect(Event.SELECT_FAILED)  # RFC 3501 §6.3.1: a failed SELECT leaves none
     target = target_of(s, cmd.mailbox)
@@ -87,6 +90,7 @@ async def select_folder(s: Session, cmd: c.Select | c.Examine) -> Result:
         highestmodseq=folder.highestmodseq,
         mailbox_flags=mailbox_flags,
         recent={f.uid for f in flagged if f.uid >= first_recent},
+        show_recent=not s.rev2,
     )
     s.select(sel)
     if cmd.condstore:
@@ -94,7 +98,10 @@ async def select_folder(s: Session, cmd: c.Select | c.Examine) -> Result:
     flags_line, permanent_line = mailbox_flags.responses()
     s.emit(flags_line)
     s.emit(r.untagged(b"%d EXISTS" % len(sel.uids)))
-    if "IMAP4REV2" not in s.enabled:  # RFC 9051 §6.3.2 drops RECENT
+    if s.rev2:
+        # RFC 9051 §6.3.2: the mailbox's LIST (accurate attributes), and no RECENT.
+        await _emit_own_list(s, sel.name)
+    else:
         s.emit(r.untagged(b"%d RECENT" % len(sel.recent)))
     first_unseen = next(
         (i + 1 for i, u in enumerate(sel.uids) if SEEN not in sel.flags[u].flags), 0
@@ -109,6 +116,15 @@ async def select_folder(s: Session, cmd: c.Select | c.Examine) -> Result:
         await _resynchronise(s, sel, cmd.qresync)
     code = r.ResponseCode.READ_ONLY if read_only else r.ResponseCode.READ_WRITE
     return f"{cmd.name} completed", code
+
+
+async def _emit_own_list(s: Session, name: str) -> None:
+    """``* LIST (attributes) "/" name`` for the mailbox just selected, with the
+    attributes a LIST of it gives (RFC 9051 §6.3.2)."""
+    visible = await _visible(s)
+    exact = re.compile(re.escape(name))
+    for item in listing.list_mailboxes([m for m, _ in visible.values()], {}, [exact]):
+        s.emit(r.untagged(b"LIST " + r.flag_list(item.attributes) + b' "/" ' + s.mailbox(name)))
 
 
 async def _resynchronise(s: Session, sel: Selected, q: c.Qresync) -> None:
@@ -253,7 +269,27 @@ async def _subscribed(s: Session) -> dict[str, Target]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Utf8Pattern:
+    """A LIST pattern matched against names as UTF-8 (an IMAP4rev2 session, RFC 9051
+    §5.1): ``*é`` must match ``éé``, whose stored form is one modified UTF-7 run."""
+
+    regex: re.Pattern[str]
+
+    def fullmatch(self, name: str, /) -> object:
+        return self.regex.fullmatch(rev2.wire_name(name))
+
+
+def _pattern(s: Session, reference: str, pattern: str) -> listing.Matcher:
+    if s.rev2:
+        # The names came in as UTF-8 and were stored-form'd on the way in: undo it.
+        return _Utf8Pattern(names.pattern(rev2.wire_name(reference), rev2.wire_name(pattern)))
+    return names.pattern(reference, pattern)
+
+
 async def h_list(s: Session, cmd: c.List | c.Lsub) -> Result:
+    if isinstance(cmd, c.List):
+        check_status_items(s, cmd.return_status)
     if isinstance(cmd, c.List) and len(cmd.patterns) == 1 and cmd.patterns[0] == "":
         # RFC 3501 §6.3.8: the delimiter and the root of the reference.
         s.emit(r.untagged(b'LIST (\\Noselect) "/" ""'))
@@ -262,7 +298,7 @@ async def h_list(s: Session, cmd: c.List | c.Lsub) -> Result:
     boxes = [m for m, _ in visible.values()]
     if isinstance(cmd, c.Lsub):
         subscribed = await _subscribed(s)
-        answer = listing.lsub(boxes, subscribed, names.pattern(cmd.reference, cmd.pattern))
+        answer = listing.lsub(boxes, subscribed, _pattern(s, cmd.reference, cmd.pattern))
         verb = b"LSUB"
     else:
         subscribed = {}
@@ -271,13 +307,13 @@ async def h_list(s: Session, cmd: c.List | c.Lsub) -> Result:
             or c.ListReturn.SUBSCRIBED in cmd.return_options
         ):
             subscribed = await _subscribed(s)
-        regexes = [names.pattern(cmd.reference, p) for p in cmd.patterns]
+        regexes = [_pattern(s, cmd.reference, p) for p in cmd.patterns]
         answer = listing.list_mailboxes(
             boxes, subscribed, regexes, cmd.selection, cmd.return_options
         )
         verb = b"LIST"
     for item in answer:
-        line = verb + b" " + r.flag_list(item.attributes) + b' "/" ' + r.quoted(item.name)
+        line = verb + b" " + r.flag_list(item.attributes) + b' "/" ' + s.mailbox(item.name)
         if item.childinfo:
             line += b' ("CHILDINFO" ("SUBSCRIBED"))'  # RFC 5258 §3.5
         s.emit(r.untagged(line))
@@ -305,12 +341,21 @@ async def emit_status(s: Session, name: str, target: Target, attrs: Iterable[c.S
         c.StatusAttr.UNSEEN: st.unseen,
         c.StatusAttr.HIGHESTMODSEQ: st.highestmodseq,
         c.StatusAttr.SIZE: st.size,
+        c.StatusAttr.DELETED: st.deleted,
     }
     items = " ".join(f"{a.value} {values[a]}" for a in attrs)
-    s.emit(r.untagged(b"STATUS " + r.quoted(name) + b" (" + items.encode() + b")"))
+    s.emit(r.untagged(b"STATUS " + s.mailbox(name) + b" (" + items.encode() + b")"))
+
+
+def check_status_items(s: Session, attrs: Iterable[c.StatusAttr] | None) -> None:
+    """RFC 9051 §9 ``status-att`` has no RECENT: an IMAP4rev2 session asking for it
+    is told so (BAD) rather than given a count of a flag it never sees."""
+    if s.rev2 and attrs is not None and c.StatusAttr.RECENT in attrs:
+        raise ClientBug("STATUS RECENT is not part of IMAP4rev2 (RFC 9051 Appendix E)")
 
 
 async def h_status(s: Session, cmd: c.Status) -> Result:
+    check_status_items(s, cmd.attributes)
     target = await existing(s, cmd.mailbox)
     need(s, target, "r", "read messages")
     await emit_status(s, names.display(target, view(s)), target, cmd.attributes)

@@ -95,7 +95,7 @@ async def _report(s: Session, fid: int, w: Watched, *, force: bool = False) -> N
         return  # nothing the client asked about changed
     s.notify_sent[fid] = values
     data = " ".join(f"{a.value} {n}" for a, n in values)
-    s.emit(r.untagged(b"STATUS " + r.quoted(w.name) + b" (" + data.encode() + b")"))
+    s.emit(r.untagged(b"STATUS " + s.mailbox(w.name) + b" (" + data.encode() + b")"))
 
 
 async def deliver_others(s: Session) -> None:

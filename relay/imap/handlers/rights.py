@@ -18,7 +18,7 @@ async def h_myrights(s: Session, cmd: c.MyRights) -> Result:
     s.emit(
         r.untagged(
             b"MYRIGHTS "
-            + r.quoted(cmd.mailbox)
+            + s.mailbox(cmd.mailbox)
             + b" "
             + acl.with_obsolete(rights(s, target)).encode()
         )
@@ -33,7 +33,7 @@ async def h_getacl(s: Session, cmd: c.GetAcl) -> Result:
     assert box is not None
     entries = acl.acl_entries(box, target.folder, today(s))
     body = b"".join(b" " + r.astring(i) + b" " + x.encode() for i, x in entries)
-    s.emit(r.untagged(b"ACL " + r.quoted(cmd.mailbox) + body))
+    s.emit(r.untagged(b"ACL " + s.mailbox(cmd.mailbox) + body))
     return "GETACL completed", None
 
 
@@ -44,7 +44,7 @@ async def h_listrights(s: Session, cmd: c.ListRights) -> Result:
     s.emit(
         r.untagged(
             b"LISTRIGHTS "
-            + r.quoted(cmd.mailbox)
+            + s.mailbox(cmd.mailbox)
             + b" "
             + r.astring(cmd.identifier)
             + b' "" '

@@ -8,12 +8,14 @@ command's RETURN options ask, saves it for ``$`` and registers a live context.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 
 from relay.imap import commands as c
 from relay.imap import response as r
+from relay.imap import rev2
 from relay.imap.context import MAX_CONTEXTS, SearchContext, esearch, resolve_saved, to_save
-from relay.imap.handlers.common import ImapError, Result, need, selected
+from relay.imap.handlers.common import ClientBug, ImapError, Result, need, selected
 from relay.imap.search import Candidate, matches, needs, uses_modseq
 from relay.imap.session import Selected, Session
 from relay.message.analysis import MessageMeta
@@ -174,6 +176,13 @@ def check_update(sel: Selected, cmd: c.Search | c.Sort) -> None:
 async def h_search(s: Session, cmd: c.Search) -> Result:
     sel = selected(s)
     need(s, sel.target, "r", "read messages")
+    if s.rev2:
+        if rev2.uses_recent(cmd.criteria):
+            # RFC 9051 §9 search-key has no RECENT, NEW or OLD (Appendix E item 12).
+            raise ClientBug("RECENT, NEW and OLD are not part of IMAP4rev2 (RFC 9051)")
+        if cmd.return_options is None:
+            # RFC 9051 §6.4.4: the answer is ESEARCH; no RETURN is RETURN (ALL).
+            cmd = dataclasses.replace(cmd, return_options=frozenset({c.SearchReturn.ALL}))
     check_update(sel, cmd)
     criteria = resolve_saved(cmd.criteria, sel.saved)
     if uses_modseq(criteria):
