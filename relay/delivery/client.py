@@ -15,6 +15,13 @@ Verification, in order:
    subject must equal it (`relay.tls.peer.dn_equal`).
 Our own certificate is presented (the client context loads it): peers require it.
 
+To an operator's submission service (gateway mode, `relay.delivery.routing.
+OperatorSubmission`) the same function opens the connection with implicit TLS (RFC
+8314) or STARTTLS, verifies the operator's certificate against the box's trust
+anchors and its host name, then authenticates with the box's credential
+(`SubmissionAuth`: AUTH over TLS only, RFC 4954 §4; EXTERNAL for a client
+certificate, RFC 4422 appendix A) before any MAIL FROM.
+
 Each failure carries an RFC 3463 status: connection problems are X.4.x, TLS and
 identity problems X.7.x; all of them are transient (the recipient is retried) except
 where DNS says the domain cannot receive mail at all.
@@ -41,6 +48,7 @@ __all__ = [
     "DeliveryFailure",
     "PeerConnection",
     "Reply",
+    "SubmissionAuth",
     "mx_hosts",
     "session_refused_status",
 ]
@@ -86,6 +94,18 @@ class DeliveryFailure(Exception):
         self.reason = reason
         self.status = status
         self.permanent = permanent
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionAuth:
+    """The box's credential at its operator. `password` None: the box's client
+    certificate (in the TLS context) is the credential, AUTH EXTERNAL when offered."""
+
+    login: str
+    password: str | None
+
+    def __repr__(self) -> str:  # never the password in a log line or a traceback
+        return f"SubmissionAuth(login={self.login!r}, password={'***' if self.password else None})"
 
 
 class _NoStartTls(aiosmtplib.SMTPException):
@@ -168,8 +188,11 @@ class PeerConnection:
         local_hostname: str,
         connect_timeout: float,
         command_timeout: float,
+        implicit_tls: bool = False,
+        auth: SubmissionAuth | None = None,
     ) -> PeerConnection:
-        """Connect, STARTTLS (required), EHLO again, check the peer's identity.
+        """Connect, STARTTLS (required) or implicit TLS, EHLO again, check the peer's
+        identity, authenticate when `auth` is given.
 
         Raises `DeliveryFailure` for every way this can fail; nothing is sent then.
         """
@@ -178,8 +201,9 @@ class PeerConnection:
             hostname=host,
             port=port,
             local_hostname=local_hostname,
-            use_tls=False,
-            start_tls=True,  # never plain text (see the module docstring)
+            use_tls=implicit_tls,
+            # never plain text (see the module docstring)
+            start_tls=not implicit_tls,
             tls_context=context,
             timeout=command_timeout,
         )
@@ -236,6 +260,12 @@ class PeerConnection:
                 f"expected {expected_dn!r}",
                 status="4.7.5",
             )
+        if auth is not None:
+            try:
+                await _authenticate(smtp, auth, where)
+            except DeliveryFailure:
+                await _quit_and_close(smtp)
+                raise
         return cls(smtp, host, port, peer)
 
     async def send(self, sender: str, recipients: Sequence[str], data: bytes) -> dict[str, Reply]:
@@ -311,6 +341,44 @@ class PeerConnection:
     async def close(self) -> None:
         """QUIT politely (RFC 5321 §4.1.1.10), or just drop the connection."""
         await _quit_and_close(self._smtp)
+
+
+async def _authenticate(smtp: aiosmtplib.SMTP, auth: SubmissionAuth, where: str) -> None:
+    """AUTH with the box's credential (RFC 4954), on the TLS session only. Every
+    refusal is a transient `DeliveryFailure` (the queue retries on its schedule, the
+    admin can fix the credential): 5.7.8 credentials refused becomes 4.7.8."""
+    try:
+        if auth.password is not None:
+            if not smtp.supports_extension("auth"):
+                raise DeliveryFailure(
+                    f"{where} does not offer AUTH: cannot authenticate as {auth.login}",
+                    status="4.7.0",
+                )
+            await smtp.login(auth.login, auth.password)
+            return
+        if "external" in smtp.server_auth_methods:
+            # RFC 4422 appendix A: "=" is an empty authzid, the certificate's identity.
+            response = await smtp.execute_command(b"AUTH", b"EXTERNAL", b"=")
+            if response.code != 235:
+                raise aiosmtplib.SMTPAuthenticationError(response.code, response.message)
+        # No EXTERNAL offered: the client certificate of the TLS handshake is the
+        # credential (operators that map certificates to boxes without SASL).
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        reply = Reply(exc.code, exc.message)
+        status = "4.7.8" if reply.permanent or reply.status.endswith(".7.8") else "4.7.0"
+        raise DeliveryFailure(
+            f"{where} refused the box's credential (login {auth.login}): {reply}",
+            status=status,
+        ) from None
+    except aiosmtplib.SMTPResponseException as exc:
+        reply = Reply(exc.code, exc.message)
+        raise DeliveryFailure(f"{where}: AUTH failed: {reply}", status="4.7.0") from None
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+        raise DeliveryFailure(
+            f"{where}: connection lost during AUTH: {exc}", status="4.4.2"
+        ) from None
+    except aiosmtplib.SMTPException as exc:  # e.g. no mechanism aiosmtplib speaks
+        raise DeliveryFailure(f"{where}: AUTH failed: {exc}", status="4.7.0") from None
 
 
 async def mx_hosts(domain: str, *, lifetime_seconds: float) -> list[str]:

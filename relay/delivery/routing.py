@@ -16,6 +16,12 @@ The peer we expect: the route's ``peer_dn``, else the DN the whitelist lists for
 domain; the peer's certificate subject must then equal it (`relay.tls.peer.dn_equal`).
 With neither, the certificate must match the host name (RFC 6125, checked by
 OpenSSL). The chain, validity and revocation are always checked in the handshake.
+
+Gateway mode overrides all of this for mail *sent as* a box hosted at an MSSanté
+operator (`Mailbox.upstream`): every remote recipient of such a message goes to the
+operator's submission service (`operator_route`), authenticated with the box's
+credential, never directly to the recipients' operators. The operator is where the
+box lives: its traces, its Sent policy and its relay rights are the box's.
 """
 
 from __future__ import annotations
@@ -24,14 +30,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from relay.config.model import Route
+from relay.config.model import Mailbox, Route, TlsMode
 from relay.tls.trust_space import TrustSpaceError, ascii_domain
 
 __all__ = [
     "SMTP_RELAY_PORT",
     "Destination",
+    "OperatorSubmission",
     "TrustListing",
     "Unroutable",
+    "operator_route",
     "recipient_domain",
     "route_for",
 ]
@@ -73,6 +81,52 @@ class Unroutable:
 
     domain: str
     reply: str
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorSubmission:
+    """Mail sent as `box` (hosted at an operator) leaves through the operator's
+    submission service (RFC 6409): implicit TLS (RFC 8314, 465) or STARTTLS (587),
+    the operator's certificate verified against the box's `trust_anchors` and host
+    name, AUTH with the box's credential (`relay.delivery.client`)."""
+
+    box: str
+    host: str
+    port: int
+    implicit_tls: bool
+    via: str
+
+    @property
+    def connection_key(self) -> tuple[str, int, str | None]:
+        """One connection per box: each authenticates with its own credential."""
+        return (self.host, self.port, f"AUTH {self.box}")
+
+    @property
+    def domain(self) -> str:
+        return self.host
+
+
+def operator_route(box: Mailbox | None) -> OperatorSubmission | Unroutable | None:
+    """Where mail sent as `box` goes when the box is hosted at an operator; None for a
+    box of ours (route by recipient). A hosted box without a submission endpoint
+    cannot send (the policy refuses it at MAIL FROM; this covers mail queued before
+    a reload removed the endpoint)."""
+    if box is None or box.upstream is None:
+        return None
+    sub = box.upstream.submission
+    if sub is None:
+        return Unroutable(
+            box.address,
+            f"550 5.7.1 {box.address} is hosted at an operator and has no submission "
+            "endpoint configured (mailboxes.upstream.submission)",
+        )
+    return OperatorSubmission(
+        box=box.address,
+        host=sub.host,
+        port=sub.port,
+        implicit_tls=sub.tls is TlsMode.IMPLICIT,
+        via=f"operator submission {sub.url('smtps', 'smtp')} for {box.address}",
+    )
 
 
 def recipient_domain(address: str) -> str | None:

@@ -14,6 +14,9 @@ One round (`DeliveryWorker.run_once`):
    lifetime is over); 5xx → bounced. Each outcome is committed with its audit event
    right after its transaction (a message all delivered leaves the queue in that same
    commit), so a crash re-sends at most the messages in flight;
+   Mail sent as a box hosted at an MSSanté operator (gateway mode) is grouped per box
+   and goes to the operator's submission service with the box's credential
+   (`relay.delivery.routing.operator_route`), whatever its recipients' domains;
 4. for each message whose recipients are all final with some bounced: one failure
    DSN (RFC 3464) listing every bounced recipient, to the sender's box when it is
    ours (into its INBOX through `Store.accept`) or queued with a null reverse-path
@@ -44,19 +47,32 @@ from relay.audit.events import (
     DeliveryDelivered,
     DeliveryReportQueued,
 )
-from relay.delivery.client import DeliveryFailure, PeerConnection, Reply, mx_hosts
+from relay.delivery.client import (
+    DeliveryFailure,
+    PeerConnection,
+    Reply,
+    SubmissionAuth,
+    mx_hosts,
+)
 from relay.delivery.dsn import DsnKind, FailedRecipient, build_dsn
-from relay.delivery.routing import Destination, Unroutable, recipient_domain, route_for
+from relay.delivery.routing import (
+    Destination,
+    OperatorSubmission,
+    Unroutable,
+    operator_route,
+    recipient_domain,
+    route_for,
+)
 from relay.delivery.schedule import RetryPolicy, expires_at, next_attempt, should_warn_delay
 from relay.errors import StoreError
 from relay.message.analysis import analyse
 from relay.runtime import Runtime
 from relay.store.queue import Outcome, QueueItem, QueueStore
 from relay.store.store import Acceptance, Store, Unit
-from relay.tls.context import TlsError
+from relay.tls.context import TlsError, client_context
 
 if TYPE_CHECKING:
-    from relay.config.model import Route
+    from relay.config.model import Route, UpstreamConfig
 
 __all__ = ["ClientContexts", "DeliveryWorker", "resolve_recipient"]
 
@@ -81,6 +97,25 @@ async def resolve_recipient(
     domain = recipient_domain(address)
     listing = await store.trust_space_lookup(domain) if domain is not None else None
     return route_for(domain, routes, listing)
+
+
+async def _read_password(up: UpstreamConfig) -> str | None:
+    """The box's password at its operator: the first line of `password_file`, read at
+    each connection (it can be rotated without a reload). None: certificate login."""
+    path = up.password_file
+    if path is None:
+        return None
+    try:
+        text = await asyncio.to_thread(path.read_text, encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise DeliveryFailure(
+            f"cannot read mailboxes.upstream.password_file {path}: {reason}", status="4.7.0"
+        ) from None
+    password = text.split("\n", 1)[0].rstrip("\r")
+    if not password:
+        raise DeliveryFailure(f"mailboxes.upstream.password_file {path} is empty", status="4.7.0")
+    return password
 
 
 def _diagnostic(last_reply: str | None) -> str | None:
@@ -116,6 +151,8 @@ class DeliveryWorker:
         self.rounds = 0
         self.connections_opened = 0
         self._deferred: set[str] = set()  # queue ids deferred this round (delay DSN)
+        # Gateway mode: box -> (its upstream config, the TLS context built from it).
+        self._operator_contexts: dict[str, tuple[UpstreamConfig, str, ssl.SSLContext]] = {}
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -180,10 +217,20 @@ class DeliveryWorker:
 
     async def _deliver(self, items: Sequence[QueueItem]) -> None:
         config = self.runtime.config
-        groups: dict[tuple[str, int, str | None], tuple[Destination, list[QueueItem]]] = {}
+        groups: dict[
+            tuple[str, int, str | None], tuple[Destination | OperatorSubmission, list[QueueItem]]
+        ] = {}
         routes: dict[str, Destination | Unroutable] = {}
         unroutable: list[Outcome] = []
         for item in items:
+            via_operator = operator_route(config.mailbox(item.box) if item.box else None)
+            if isinstance(via_operator, Unroutable):
+                reason = via_operator.reply.removeprefix("550 5.7.1 ")
+                unroutable.append(self._defer(item, f"4.3.5 {reason}", peer=None))
+                continue
+            if via_operator is not None:
+                groups.setdefault(via_operator.connection_key, (via_operator, []))[1].append(item)
+                continue
             domain = recipient_domain(item.recipient) or ""
             route = routes.get(domain)
             if route is None:
@@ -218,7 +265,10 @@ class DeliveryWorker:
             await self._maybe_warn_delay(queue_id)
 
     async def _guarded_chunk(
-        self, dest: Destination, chunk: list[list[QueueItem]], semaphore: asyncio.Semaphore
+        self,
+        dest: Destination | OperatorSubmission,
+        chunk: list[list[QueueItem]],
+        semaphore: asyncio.Semaphore,
     ) -> None:
         done: set[int] = set()
         try:
@@ -233,23 +283,18 @@ class DeliveryWorker:
                 await self._record([self._defer(i, reason, peer=None) for i in left])
 
     async def _deliver_chunk(
-        self, dest: Destination, chunk: list[list[QueueItem]], done: set[int]
+        self,
+        dest: Destination | OperatorSubmission,
+        chunk: list[list[QueueItem]],
+        done: set[int],
     ) -> None:
         """One connection: open and verify it, then one transaction per message."""
-        limits = self.runtime.config.limits
         everything = [i for msg in chunk for i in msg]
         try:
-            if dest.host is not None:
-                hosts = [dest.host]
+            if isinstance(dest, OperatorSubmission):
+                conn = await self._connect_operator(dest)
             else:
-                hosts = await mx_hosts(
-                    dest.domain, lifetime_seconds=limits.delivery_connect_timeout_seconds
-                )
-            try:
-                context = self.contexts.client_context(check_hostname=dest.expected_dn is None)
-            except TlsError as exc:
-                raise DeliveryFailure(f"no TLS client context: {exc}", status="4.7.5") from None
-            conn = await self._connect(hosts[:MAX_MX_HOSTS], dest, context)
+                conn = await self._connect_mta(dest)
         except DeliveryFailure as failure:
             await self._fail(everything, failure, None, done)
             return
@@ -318,6 +363,64 @@ class DeliveryWorker:
             self.connections_opened += 1
             return conn
         raise failure or DeliveryFailure(f"no host to connect to for {dest.domain}", status="4.4.4")
+
+    async def _connect_mta(self, dest: Destination) -> PeerConnection:
+        """The recipients' operator (or the route's relay): verified mutual TLS."""
+        limits = self.runtime.config.limits
+        if dest.host is not None:
+            hosts = [dest.host]
+        else:
+            hosts = await mx_hosts(
+                dest.domain, lifetime_seconds=limits.delivery_connect_timeout_seconds
+            )
+        try:
+            context = self.contexts.client_context(check_hostname=dest.expected_dn is None)
+        except TlsError as exc:
+            raise DeliveryFailure(f"no TLS client context: {exc}", status="4.7.5") from None
+        return await self._connect(hosts[:MAX_MX_HOSTS], dest, context)
+
+    async def _connect_operator(self, dest: OperatorSubmission) -> PeerConnection:
+        """The operator's submission service for `dest.box`: TLS verified against the
+        box's trust anchors and the endpoint's host name (RFC 6125), then AUTH with the
+        box's credential. Nothing is sent before both succeed."""
+        config = self.runtime.config
+        limits = config.limits
+        box = config.mailbox(dest.box)
+        assert box is not None and box.upstream is not None  # operator_route checked
+        up = box.upstream
+        try:
+            context = self._operator_context(dest.box, up, config.tls.minimum_version)
+        except TlsError as exc:
+            raise DeliveryFailure(
+                f"no TLS context for the operator of {dest.box}: {exc}", status="4.7.5"
+            ) from None
+        auth = SubmissionAuth(login=up.login, password=await _read_password(up))
+        try:
+            conn = await PeerConnection.open(
+                host=dest.host,
+                port=dest.port,
+                context=context,
+                expected_dn=None,  # the host name is checked in the handshake
+                local_hostname=config.server.hostname,
+                connect_timeout=limits.delivery_connect_timeout_seconds,
+                command_timeout=limits.delivery_command_timeout_seconds,
+                implicit_tls=dest.implicit_tls,
+                auth=auth,
+            )
+        except DeliveryFailure as exc:
+            log.warning("delivery.operator_failed", box=dest.box, via=dest.via, reason=exc.reason)
+            raise
+        self.connections_opened += 1
+        return conn
+
+    def _operator_context(self, box: str, up: UpstreamConfig, minimum: str) -> ssl.SSLContext:
+        """Built once per box and kept until a reload changes its upstream table."""
+        cached = self._operator_contexts.get(box)
+        if cached is not None and cached[0] == up and cached[1] == minimum:
+            return cached[2]
+        context = client_context(up.tls_config(minimum))
+        self._operator_contexts[box] = (up, minimum, context)
+        return context
 
     # --- outcomes ---------------------------------------------------------------------
 

@@ -3,6 +3,8 @@
 A person may send as a box they own, or as a box they co-hold with the `send` right
 inside its validity window (MSSANTE.md: co-holders of an ORG/CAB box). When a session
 authorised as a box (SASL authzid or `person*box`), it may send only as that box.
+A box hosted at an operator (gateway mode) sends only through the operator's
+submission service: without one configured, nobody may send as it.
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ def may_send_as(
             "send-as.auth-method",
         )
     rights = box.rights_of(person.id, day)
+    if box.upstream is not None and box.upstream.submission is None and Right.SEND in rights:
+        return SendVerdict(
+            False,
+            box,
+            f"550 5.7.1 {address} is hosted at an operator and this server has no "
+            "submission endpoint for it: it cannot send",
+            "send-as.no-operator-submission",
+        )
     if Right.SEND in rights:
         return SendVerdict(True, box, "", "send-as.allowed")
     if any(c.person == person.id for c in box.coholders):

@@ -6,12 +6,13 @@ from __future__ import annotations
 import email.message
 import email.utils
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.audit.events import AuthFailed, AuthSucceeded, ConversationChanged
+from relay.config.model import Mailbox
 from relay.delivery.routing import Unroutable
 from relay.delivery.worker import resolve_recipient
 from relay.errors import AuthenticationFailed, PermissionDenied, TemporarilyLocked, TokenRejected
@@ -290,13 +291,7 @@ class SubmissionHandler(BaseHandler):
         assert box is not None
         if box.owner != principal.person_id:
             # RFC 5322 §3.6.2: the agent who sent the message on behalf of the box.
-            own = [
-                m.address
-                for m in config.mailboxes
-                if m.owner == principal.person_id and m.type.value == "PER"
-            ]
-            name = principal.person.display_name.replace('"', "'")
-            headers.replace("Sender", f'"{name}" <{own[0] if own else state.sender_box}>')
+            headers.replace("Sender", sender_field(config.mailboxes, box, principal))
         if not headers.has("Message-ID"):
             headers.add("Message-ID", f"<{secrets.token_hex(12)}@{config.server.hostname}>")
         if not headers.has("Date"):
@@ -391,6 +386,25 @@ class SubmissionHandler(BaseHandler):
                     )
                     return reply
         return None
+
+
+def sender_field(boxes: Sequence[Mailbox], box: Mailbox, principal: Principal) -> str:
+    """The Sender: of a message a co-holder sends as `box` (RFC 5322 §3.6.2): the
+    person's display name, with their own PER box's address when the box is ours.
+
+    A box hosted at an operator (gateway mode) gets the *box's* address under the
+    person's name: the message leaves through the operator's submission with the
+    box's login, and an operator checks the originator fields against that login
+    (mss-relay as an operator does: `check_originator_fields`; Postfix's
+    `reject_sender_login_mismatch` does for the envelope and the usual milters for the
+    headers): a Sender: naming an address of ours, which the box's login does not
+    own, would be refused or rewritten there. The person's name still reaches the
+    recipient, and mss-relay's own trail names the person in full."""
+    name = principal.person.display_name.replace('"', "'").replace("\\", "")
+    if box.upstream is not None:
+        return f'"{name}" <{box.address}>'
+    own = [m.address for m in boxes if m.owner == principal.person_id and m.type.value == "PER"]
+    return f'"{name}" <{own[0] if own else box.address}>'
 
 
 def _topmost(headers: HeaderBlock, name: str) -> list[str]:

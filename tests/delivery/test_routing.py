@@ -3,13 +3,30 @@ trust space. And the SMTP side: a recipient with no route is refused at RCPT tim
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from relay.config.model import Route
-from relay.delivery.routing import Destination, Unroutable, recipient_domain, route_for
+from relay.config.model import (
+    BoxType,
+    Endpoint,
+    Mailbox,
+    Route,
+    SeenMode,
+    TlsMode,
+    UpstreamConfig,
+)
+from relay.delivery.routing import (
+    Destination,
+    OperatorSubmission,
+    Unroutable,
+    operator_route,
+    recipient_domain,
+    route_for,
+)
 from relay.store.store import AuditFilter
 from tests.delivery.conftest import DR_X, submit
 from tests.harness import SHARED, RunningDaemon
@@ -128,3 +145,50 @@ async def test_submission_refuses_a_recipient_without_route_at_rcpt(
     code, reply = await submit(daemon, [DR_X, SHARED])
     assert code == 250, reply
     assert [r["recipient"] for r in await daemon.store.queue_rows()] == [DR_X]
+
+
+def _hosted(submission: Endpoint | None) -> Mailbox:
+    up = UpstreamConfig(
+        imap=Endpoint("imap.op.example", 993, TlsMode.IMPLICIT),
+        submission=submission,
+        login="box",
+        password_file=Path("/nonexistent"),
+        certificate=None,
+        key=None,
+        trust_anchors=(Path("/nonexistent"),),
+        crl_files=(),
+        folders=None,
+    )
+    return Mailbox(
+        address="cpts@op.mssante.fr",
+        type=BoxType.ORG,
+        owner=None,
+        structure_id=None,
+        responsible=None,
+        liste_rouge=False,
+        seen=SeenMode.SHARED,
+        pharmacy=False,
+        coholders=(),
+        upstream=up,
+    )
+
+
+def test_operator_route_for_hosted_boxes_only() -> None:
+    """Mail sent as a box hosted at an operator goes to its submission endpoint, one
+    connection per box; a box of ours routes by recipient (None)."""
+    assert operator_route(None) is None
+    assert operator_route(dataclasses.replace(_hosted(None), upstream=None)) is None
+    starttls = operator_route(_hosted(Endpoint("smtp.op.example", 587, TlsMode.STARTTLS)))
+    assert starttls == OperatorSubmission(
+        "cpts@op.mssante.fr",
+        "smtp.op.example",
+        587,
+        False,
+        "operator submission smtp://smtp.op.example:587 for cpts@op.mssante.fr",
+    )
+    assert starttls.connection_key == ("smtp.op.example", 587, "AUTH cpts@op.mssante.fr")
+    implicit = operator_route(_hosted(Endpoint("smtp.op.example", 465, TlsMode.IMPLICIT)))
+    assert isinstance(implicit, OperatorSubmission) and implicit.implicit_tls
+    # Without a submission endpoint (a reload removed it after queuing): unroutable.
+    none = operator_route(_hosted(None))
+    assert isinstance(none, Unroutable) and "no submission endpoint" in none.reply
