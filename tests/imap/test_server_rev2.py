@@ -180,3 +180,23 @@ async def test_a_rev2_session_names_mailboxes_in_utf8(daemon: RunningDaemon) -> 
         new.close()
 
     await asyncio.to_thread(run)
+
+
+async def test_a_rev2_session_names_utf8_mailboxes_in_imap_urls(daemon: RunningDaemon) -> None:
+    def run() -> None:
+        s = _session(daemon, rev2=True)
+        message = letter(1)
+        for i, name in enumerate(("Reçus", "A&B")):
+            assert s.command(f"c{i}", f'CREATE "{name}"')[1].startswith(f"c{i} OK".encode())
+            s.send(f'a{i} APPEND "{name}" {{{len(message)}+}}'.encode())
+            s.send(message)
+            assert s.until(f"a{i} ".encode()).startswith(f"a{i} OK [APPENDUID".encode())
+        # RFC 4469 URLs hold the names as the client lists them: UTF-8, percent-encoded
+        for i, url in enumerate(("/Re%C3%A7us/;UID=1", "/A&B/;UID=1")):
+            _, final = s.command(f"u{i}", f'APPEND INBOX CATENATE (URL "{url}")')
+            assert final.startswith(f"u{i} OK [APPENDUID".encode()), final
+        _, final = s.command("u3", 'APPEND INBOX CATENATE (URL "/A&-B/;UID=1")')
+        assert final.startswith(b'u3 NO [BADURL "/A&-B/;UID=1"]'), final
+        s.close()
+
+    await asyncio.to_thread(run)

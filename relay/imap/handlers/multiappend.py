@@ -18,6 +18,7 @@ import datetime as dt
 from relay.audit.events import AuditEvent, ImapAppended, ImapFetched
 from relay.imap import commands as c
 from relay.imap import response as r
+from relay.imap import rev2
 from relay.imap.handlers.append import prepared, settable
 from relay.imap.handlers.common import (
     ImapError,
@@ -60,9 +61,12 @@ class EmptyMessage(ImapError):
     imap_code = "CLIENTBUG"
 
 
-def _mailbox_of(decoded: str) -> str:
+def _mailbox_of(s: Session, decoded: str) -> str:
     # RFC 5092 §3.3: the name is UTF-8, percent-encoded; a plain ASCII name may already
-    # be in modified UTF-7, as the client lists it.
+    # be in modified UTF-7, as an IMAP4rev1 client lists it. An IMAP4rev2 client lists
+    # UTF-8 names ("A&B" is three characters), so its URLs hold those.
+    if s.rev2:
+        return rev2.internal_name(decoded)
     return decoded if decoded.isascii() else r.encode_mailbox_name(decoded)
 
 
@@ -72,7 +76,7 @@ async def _url_part(s: Session, url: str, request: str) -> bytes:
     if named is None or spec is None:
         raise BadUrl(url)
     try:
-        target = target_of(s, _mailbox_of(named.mailbox))
+        target = target_of(s, _mailbox_of(s, named.mailbox))
     except ImapError:
         raise BadUrl(url) from None
     if "r" not in rights(s, target):
