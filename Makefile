@@ -23,7 +23,7 @@ pki: var/pki/server.pem var/pki/issuer-dev.jwks.json
 ## Set everything up and run the daemon in the foreground on the demo config.
 demo: $(STAMP) var/pki/server.pem var/pki/issuer-dev.jwks.json
 	mkdir -p var/demo
-	$(BIN)/mss-relay check-config config/demo.toml
+	$(BIN)/mss-relay check-config --config config/demo.toml
 	$(BIN)/mss-relay serve --config config/demo.toml --log-format console
 
 ## Set up and run ruff, mypy and pytest (store tests on SQLite and PostgreSQL).

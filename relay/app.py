@@ -226,6 +226,12 @@ async def serve(config_path: Path) -> int:
         # A missing or wrong key, an unreachable database: say why, no traceback.
         print(f"mss-relay: cannot start: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # A port in use or below 1024 without the capability: asyncio's message names
+        # the address ("error while attempting to bind on address ..."). Exit 1, not
+        # 2: the port may be free again soon, so systemd's Restart= may try again.
+        print(f"mss-relay: cannot start: {exc}", file=sys.stderr)
+        return 1
     for listener in daemon.listeners:
         print(f"mss-relay: listening: {listener.description}", flush=True)
     stop = asyncio.Event()

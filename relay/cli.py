@@ -9,6 +9,8 @@ import argparse
 import asyncio
 import datetime as dt
 import getpass
+import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -18,6 +20,10 @@ from relay.logsetup import setup_logging
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `cat big | head`
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h)  # 128 + SIGINT, as a shell reports Ctrl-C
+DEFAULT_CONFIG = "/etc/mss-relay/relay.toml"
 
 
 def _load_config_or_exit(path: Path):  # type: ignore[no-untyped-def]
@@ -41,33 +47,49 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(Path(args.config)))
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
-    from relay.config import check_files, summary
-    from relay.policy.model import PolicyError, load_policies
+def _config_path(args: argparse.Namespace) -> Path:
+    """`check-config FILE` or `check-config --config FILE` (the same file)."""
+    if args.file is not None and args.config is not None and args.file != args.config:
+        print(
+            f"mss-relay check-config: two files given ({args.file}, --config {args.config})",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_BAD_INPUT)
+    return Path(args.file or args.config or DEFAULT_CONFIG)
 
-    config = _load_config_or_exit(Path(args.file))
-    policy_dir = config.server.policy_dir
-    if policy_dir is not None and not policy_dir.is_dir():
-        # like a missing TLS file: the example config names the production paths
-        print(f"warning: {policy_dir}: policy folder not found (serve will refuse)")
-        policy_dir = None
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Exit 2 exactly when `serve` would refuse the file: the same checks
+    (`relay.app.load_for_serving`: the config, the files it names, the policies)."""
+    from relay.app import load_for_serving
+    from relay.config import ConfigError, summary
+    from relay.config.effective import effective
+    from relay.policy.model import load_policies
+
     try:
-        policies = load_policies(policy_dir)
-    except PolicyError as exc:
+        config = load_for_serving(_config_path(args))
+    except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        print(
+            f"mss-relay check-config: {len(exc.problems)} problem(s); serve refuses this file",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
-    for problem in check_files(config):
-        print(f"warning: {problem}")
+    policies = load_policies(config.server.policy_dir)
+    if args.effective:
+        sys.stdout.write(effective(config))
+        return EXIT_OK
     jwks = config.issuer.jwks_file if config.issuer is not None else None
-    if jwks is not None and jwks.is_file():
+    if jwks is not None:
         from relay.identity.issuer import IssuerUnavailable, parse_jwks
 
         try:
             kids = [k.kid for k in parse_jwks(jwks.read_bytes())]
             print(f"issuer keys: {len(kids)} in {jwks} ({', '.join(map(str, kids))})")
         except (IssuerUnavailable, OSError) as exc:
-            print(f"warning: {config.path}: issuer.jwks_file: {exc}")
+            # serve starts (keys are read again when a token comes), tokens are refused
+            print(f"warning: {config.path}: issuer.jwks_file: {exc}", file=sys.stderr)
     print(summary(config))
     where = config.server.policy_dir or "built-in defaults"
     print(f"policies: {where}; patient domain {policies.patient.domain}")
@@ -77,13 +99,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_passwd(args: argparse.Namespace) -> int:
     from relay.identity.passwords import hash_password
 
-    if sys.stdin.isatty():
-        first = getpass.getpass("Password: ")
-        if first != getpass.getpass("Again: "):
-            print("passwords differ", file=sys.stderr)
-            return EXIT_BAD_INPUT
-    else:
-        first = sys.stdin.readline().rstrip("\r\n")
+    try:
+        if sys.stdin.isatty():
+            first = getpass.getpass("Password: ")
+            if first != getpass.getpass("Again: "):
+                print("passwords differ", file=sys.stderr)
+                return EXIT_BAD_INPUT
+        else:
+            line = sys.stdin.readline()
+            if not line:
+                raise EOFError
+            first = line.rstrip("\r\n")
+    except EOFError:
+        print("mss-relay passwd: no password read (end of input)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if len(first) < 8:
         print("password too short: at least 8 characters", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -168,23 +197,62 @@ async def _with_store(
         await store.close()
 
 
-def _filter(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _filter(args: argparse.Namespace, *, newest_first: bool):  # type: ignore[no-untyped-def]
+    """The audit filter the options ask for; a clear refusal for a bad time."""
+    from relay.audit.timespec import TimeSpecError, parse_when
     from relay.store.store import AuditFilter
 
-    def when(value: str | None) -> dt.datetime | None:
+    now = dt.datetime.now().astimezone()
+
+    def when(option: str, value: str | None) -> dt.datetime | None:
         if value is None:
             return None
-        parsed = dt.datetime.fromisoformat(value)
-        return parsed if parsed.tzinfo else parsed.astimezone()  # local time by default
+        try:
+            return parse_when(value, now)
+        except TimeSpecError as exc:
+            print(f"mss-relay audit: {option}: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_BAD_INPUT) from None
 
+    if args.limit is not None and args.limit < 1:
+        print(f"mss-relay audit: --limit must be at least 1, got {args.limit}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+    message_id = args.message_id.strip().strip("<>") if args.message_id else None
     return AuditFilter(
         box=args.box,
         person=args.person,
         action=args.action,
-        since=when(args.since),
-        until=when(args.until),
+        since=when("--since", args.since),
+        until=when("--until", args.until),
         limit=args.limit,
+        message_id=message_id or None,
+        newest_first=newest_first,
     )
+
+
+async def _check_names(store, args: argparse.Namespace) -> bool:  # type: ignore[no-untyped-def]
+    """A box or person neither the config nor the store has ever known is an error
+    (a typo would otherwise print nothing, as if nothing had happened)."""
+    config = _load_config_or_exit(Path(args.config))
+    ok = True
+    if args.box is not None:
+        boxes = {m.address for m in config.mailboxes}
+        if args.box.lower() not in boxes and not await store.audit_knows(box=args.box):
+            print(
+                f"mss-relay: unknown box {args.box!r}: not in {config.path}, "
+                "never in the audit trail",
+                file=sys.stderr,
+            )
+            ok = False
+    if args.person is not None:
+        people = {p.id for p in config.people}
+        if args.person not in people and not await store.audit_knows(person=args.person):
+            print(
+                f"mss-relay: unknown person {args.person!r}: not in {config.path}, "
+                "never in the audit trail (give the person's id, as in [[people]] id)",
+                file=sys.stderr,
+            )
+            ok = False
+    return ok
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -199,11 +267,16 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
+    """Oldest first; with --limit N, the newest N rows, newest first."""
     from relay.audit.export import render_row, row_to_json
     from relay.store.store import Store
 
+    flt = _filter(args, newest_first=args.limit is not None)
+
     async def run(store: Store) -> int:
-        for row in await store.audit_rows(_filter(args)):
+        if not await _check_names(store, args):
+            return EXIT_BAD_INPUT
+        for row in await store.audit_rows(flt):
             print(row_to_json(row) if args.json else render_row(row))
         return EXIT_OK
 
@@ -211,12 +284,19 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
+    """JSON lines in chain order; with --limit N, the newest N rows (still in order)."""
     from relay.audit.events import AuditExported
     from relay.audit.export import ExportError, encrypt_to, json_lines
     from relay.store.store import Store
 
+    flt = _filter(args, newest_first=args.limit is not None)
+
     async def run(store: Store) -> int:
-        rows = await store.audit_rows(_filter(args))
+        if not await _check_names(store, args):
+            return EXIT_BAD_INPUT
+        rows = await store.audit_rows(flt)
+        if flt.newest_first:
+            rows.reverse()
         data = json_lines(rows)
         recipient = None
         if args.encrypt_to:
@@ -229,11 +309,16 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
         else:
-            await asyncio.to_thread(Path(args.output).write_bytes, data)
+            try:
+                await asyncio.to_thread(Path(args.output).write_bytes, data)
+            except OSError as exc:
+                print(f"mss-relay audit export: {args.output}: {exc.strerror}", file=sys.stderr)
+                return EXIT_BAD_INPUT
         filters = " ".join(
             f"{k}={v}"
             for k, v in vars(args).items()
-            if k in {"box", "person", "action", "since", "until"} and v is not None
+            if k in {"box", "person", "action", "since", "until", "message_id", "limit"}
+            and v is not None
         )
         await store.record(AuditExported(rows=len(rows), encrypted_to=recipient, filters=filters))
         print(f"{len(rows)} audit rows exported", file=sys.stderr)
@@ -298,6 +383,11 @@ def cmd_patients_list(args: argparse.Namespace) -> int:
     from relay.store.store import Store
 
     async def run(store: Store) -> int:
+        config = _load_config_or_exit(Path(args.config))
+        known = {m.address for m in config.mailboxes}
+        if args.box.lower() not in known and not await store.audit_knows(box=args.box):
+            print(f"mss-relay: unknown box {args.box!r}: not in {config.path}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         found = await conversations.for_box(store, args.box)
         for c in found:
             when = c.updated_at.astimezone().strftime("%Y-%m-%d %H:%M")
@@ -365,15 +455,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", "-c", default="/etc/mss-relay/relay.toml")
+        sp.add_argument("--config", "-c", default=DEFAULT_CONFIG)
 
     s = sub.add_parser("serve", help="run the daemon")
     with_config(s)
     s.add_argument("--log-format", choices=("json", "console"), default="json")
     s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("check-config", help="validate a config file and summarise it")
-    s.add_argument("file")
+    s = sub.add_parser(
+        "check-config",
+        help="validate a config file as serve would (exit 2 when serve would refuse it)",
+    )
+    s.add_argument("file", nargs="?", help=f"the config file (or --config; {DEFAULT_CONFIG})")
+    s.add_argument("--config", "-c", default=None)
+    s.add_argument(
+        "--effective",
+        action="store_true",
+        help="print every setting as serve uses it, defaults and resolved paths included",
+    )
     s.set_defaults(func=cmd_check_config)
 
     s = sub.add_parser("passwd", help="read a password, print its hash for the config")
@@ -450,9 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--box")
         s.add_argument("--person")
         s.add_argument("--action", help="exact action, or a prefix ending in '.'")
-        s.add_argument("--since", help="ISO date/time (local time if no offset)")
-        s.add_argument("--until", help="ISO date/time (local time if no offset)")
-        s.add_argument("--limit", type=int)
+        s.add_argument("--message-id", help="rows naming this Message-ID (with or without <>)")
+        s.add_argument(
+            "--since", help="2026-12-01, 2026-12-01T08:30, 08:30, 2h, 7d, today, yesterday"
+        )
+        s.add_argument("--until", help="the same forms as --since (local time if no offset)")
+        s.add_argument("--limit", type=int, help="the newest N rows")
         if name == "show":
             s.add_argument("--json", action="store_true")
         else:
@@ -470,7 +572,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    # Logs to stderr from the start, for every command: stdout carries only the
+    # command's output (JSON lines for `audit export`, `audit show --json`). Warnings
+    # and errors only: the audit events a command records are in the trail, not
+    # repeated on the terminal (`serve` logs at INFO, its own setup).
+    setup_logging("console", level=logging.WARNING)
+    try:
+        result: int = args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`queue list | head`): stop quietly, as Unix filters do.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        print("mss-relay: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        # The last net: a bug, not bad input. One line; the traceback on request.
+        if os.environ.get("MSS_RELAY_TRACEBACK"):
+            raise
+        print(
+            f"mss-relay: internal error: {type(exc).__name__}: {exc} "
+            "(run again with MSS_RELAY_TRACEBACK=1 for the traceback, and report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
     return result
 
 

@@ -48,6 +48,7 @@ from relay.config.model import (
     TlsMode,
     UpstreamConfig,
 )
+from relay.config.syntax import describe_syntax_error
 from relay.identity.passwords import is_argon2id_hash
 
 __all__ = ["ConfigError", "Problem", "check_files", "load", "load_text"]
@@ -1084,7 +1085,8 @@ def load_text(text: str, path: Path) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([Problem(file, "<syntax>", str(exc))]) from None
+        key, message = describe_syntax_error(text, exc)
+        raise ConfigError([Problem(file, key, message)]) from None
     problems: list[Problem] = []
     r = _Reading(root=_Table(problems, file, data, ""), base=Path(os.path.abspath(path)).parent)
 
@@ -1150,8 +1152,8 @@ def check_files(config: Config) -> list[Problem]:
     """Files the config names that are missing or unreadable, and credentials that
     others could read.
 
-    `check-config` prints these as warnings (the files may be deployed later);
-    `serve` treats them as errors.
+    `serve` refuses a config with any of these (`relay.app.load_for_serving`), and so
+    does `check-config`, which runs the same checks.
     """
     tls = config.tls
     named: list[tuple[str, Path]] = []

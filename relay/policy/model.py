@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.config.loader import Problem
+from relay.config.syntax import describe_syntax_error
 
 MIB = 1024 * 1024
 
@@ -70,12 +71,16 @@ FILES: dict[str, type[Any]] = {"mssante.toml": MssantePolicy, "patient.toml": Pa
 
 def _read(path: Path, cls: type[Any], problems: list[Problem]) -> Any:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
     except OSError as exc:
         problems.append(Problem(str(path), "<file>", f"cannot read: {exc.strerror}"))
         return cls()
+    except UnicodeDecodeError:
+        problems.append(Problem(str(path), "<file>", "not valid UTF-8"))
+        return cls()
     except tomllib.TOMLDecodeError as exc:
-        problems.append(Problem(str(path), "<syntax>", str(exc)))
+        problems.append(Problem(str(path), *describe_syntax_error(text, exc)))
         return cls()
     known = {f.name: f for f in fields(cls)}
     values: dict[str, Any] = {}

@@ -187,6 +187,10 @@ class AuditFilter:
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     limit: int | None = None
+    # Rows naming this Message-ID (no angle brackets) in `message_id` or `message_ids`.
+    message_id: str | None = None
+    # With `limit`: the newest rows (newest first), not the oldest.
+    newest_first: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +200,13 @@ class WriterState:
     alive: bool  # the writer task runs
     waiting: int  # units handed in and not yet in a batch
     busy_seconds: float | None  # how long the batch being committed has run; None: idle
+
+
+def _names_message(data: str, message_id: str) -> bool:
+    details = json.loads(data).get("details") or {}
+    return details.get("message_id") == message_id or message_id in (
+        details.get("message_ids") or ()
+    )
 
 
 def _is_conflict(exc: DBAPIError) -> bool:
@@ -995,9 +1006,10 @@ class Store:
         )
 
     async def audit_rows(self, flt: AuditFilter | None = None) -> list[AuditRow]:
-        """Audit rows in sequence order, optionally filtered."""
+        """Audit rows in sequence order (newest first if `flt.newest_first`), filtered."""
         flt = flt or AuditFilter()
-        stmt = select(t.audit).order_by(t.audit.c.seq)
+        order = t.audit.c.seq.desc() if flt.newest_first else t.audit.c.seq
+        stmt = select(t.audit).order_by(order)
         if flt.box is not None:
             stmt = stmt.where(t.audit.c.box == flt.box.lower())
         if flt.person is not None:
@@ -1011,14 +1023,39 @@ class Store:
             stmt = stmt.where(t.audit.c.ts >= _iso(flt.since))
         if flt.until is not None:
             stmt = stmt.where(t.audit.c.ts < _iso(flt.until))
-        if flt.limit is not None:
+        if flt.message_id is not None:
+            # The JSON text as the chain writes it (relay.audit.chain): a cheap filter
+            # in SQL, then the exact test on the parsed details below.
+            quoted = json.dumps(flt.message_id, ensure_ascii=False)
+            stmt = stmt.where(t.audit.c.data.contains(quoted, autoescape=True))
+        if flt.limit is not None and flt.message_id is None:
             stmt = stmt.limit(flt.limit)
         async with self._read.connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        return [
+        found = [
             AuditRow(r.seq, r.ts, r.action, r.person, r.box, r.peer, r.data, r.prev_hash, r.hash)
             for r in rows
         ]
+        if flt.message_id is not None:
+            found = [r for r in found if _names_message(r.data, flt.message_id)]
+            if flt.limit is not None:
+                found = found[: flt.limit]
+        return found
+
+    async def audit_knows(self, *, box: str | None = None, person: str | None = None) -> bool:
+        """Whether the store has ever seen this box (a mailbox row or an audit row) or
+        this person (an audit row): `audit show --box` of a name never seen is a typo."""
+        checks = []
+        if box is not None:
+            checks.append(select(t.mailboxes.c.address).where(t.mailboxes.c.address == box.lower()))
+            checks.append(select(t.audit.c.seq).where(t.audit.c.box == box.lower()))
+        if person is not None:
+            checks.append(select(t.audit.c.seq).where(t.audit.c.person == person))
+        async with self._read.connect() as conn:
+            for stmt in checks:
+                if (await conn.execute(stmt.limit(1))).first() is not None:
+                    return True
+        return False
 
     # --- trust space (ANS whitelist) --------------------------------------------
 

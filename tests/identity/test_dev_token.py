@@ -4,6 +4,7 @@ that reads only the public JWKS file."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,7 @@ dev_signing_key = "{key}"
         assert "issuer keys: 1 in" in checked.stdout, checked.stdout
         (tmp_path / "issuer" / "issuer-dev.jwks.json").write_text('{"keys": 3}')
         checked = await asyncio.to_thread(cli, "check-config", str(d.config_path))
-        assert "issuer.jwks_file: JWKS has no 'keys' array" in checked.stdout
+        assert "issuer.jwks_file: JWKS has no 'keys' array" in checked.stderr
     finally:
         await d.daemon.stop("test finished", grace_seconds=1.0)
 
@@ -80,8 +81,14 @@ def test_dev_token_without_issuer_says_so(repo_root: Path) -> None:
         assert done.returncode == 2 and "--lifetime must be 1 to 86400 seconds" in done.stderr
 
 
-def test_demo_config_has_a_test_issuer(repo_root: Path) -> None:
-    done = cli("check-config", str(repo_root / "config/demo.toml"))
+def test_demo_config_has_a_test_issuer(repo_root: Path, tmp_path: Path) -> None:
+    """demo.toml in a copy of the layout `make demo` makes (its PKI in ../var/pki)."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(repo_root / "config/demo.toml", tmp_path / "config")
+    shutil.copytree(repo_root / "policies", tmp_path / "policies")
+    assert cli("dev-pki", str(tmp_path / "var/pki"), "--hostname", "localhost").returncode == 0
+    assert cli("dev-issuer", str(tmp_path / "var/pki")).returncode == 0
+    done = cli("check-config", str(tmp_path / "config/demo.toml"))
     assert done.returncode == 0, done.stderr
     assert "tokens:     https://issuer.cpts-demo.invalid/realms/demo" in done.stdout
     assert "a TEST issuer" in done.stdout
