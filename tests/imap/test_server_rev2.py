@@ -200,3 +200,20 @@ async def test_a_rev2_session_names_utf8_mailboxes_in_imap_urls(daemon: RunningD
         s.close()
 
     await asyncio.to_thread(run)
+
+
+async def test_enable_with_a_mailbox_selected_stops_showing_recent(daemon: RunningDaemon) -> None:
+    # Clients MUST NOT do this, servers need not check (RFC 9051 §6.3.1): should one,
+    # \Recent is gone from then on, not half shown.
+    await deliver(daemon.store, SHARED, [letter(1)])
+
+    def run() -> None:
+        s = _session(daemon, rev2=False)
+        s.command("s", f"SELECT {INBOX}")
+        assert s.command("f", "FETCH 1 (FLAGS)")[0] == [b"* 1 FETCH (FLAGS (\\Recent))"]
+        assert s.command("e", "ENABLE IMAP4rev2")[0] == [b"* ENABLED IMAP4rev2"]
+        assert s.command("f2", "FETCH 1 (FLAGS)")[0] == [b"* 1 FETCH (FLAGS ())"]
+        assert s.command("q", "SEARCH ALL")[0] == [b'* ESEARCH (TAG "q") ALL 1']
+        s.close()
+
+    await asyncio.to_thread(run)
