@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check lint typecheck pytest pki bench clean
+.PHONY: demo test check lint typecheck pytest pki bench clean wheel install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,5 +47,18 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.smtp_load --engine sqlite --messages 500 --mode starttls --big-message-mb 25
 	@echo "more: bench/README.md"
 
+## The wheel (dist/), and what it carries besides the code (policies, config, systemd).
+wheel: $(STAMP)
+	$(BIN)/pip wheel --quiet --no-deps -w dist .
+	$(BIN)/python -m zipfile -l dist/mss_relay-*.whl | grep relay/share/
+
+## Lay out the command, config, policies, state folder and systemd files (see
+## relay/install.py): make install DESTDIR=/tmp/stage [PREFIX=/usr/local]. The command
+## it installs is a launcher for this checkout's .venv.
+PREFIX  ?= /
+DESTDIR ?=
+install: $(STAMP)
+	$(BIN)/mss-relay install --prefix $(PREFIX) $(if $(DESTDIR),--destdir $(DESTDIR))
+
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) var dist .mypy_cache .ruff_cache .pytest_cache

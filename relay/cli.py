@@ -567,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     from relay.web.cli import register as register_web
 
     register_web(sub)
+    from relay.install import register as register_install
+
+    register_install(sub)
     return p
 
 
