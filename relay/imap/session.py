@@ -313,7 +313,7 @@ class Session:
             self.emit(
                 r.untagged_status(
                     r.Status.OK,
-                    "mss-relay IMAP4rev1 ready",
+                    "mss-relay IMAP ready",
                     r.capability_code(self.service.capabilities(self)),
                 )
             )
