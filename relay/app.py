@@ -1,15 +1,17 @@
 """Composition root and lifecycle: one function that starts everything and stops it.
 
-start: load config → open and migrate the store → create boxes → start listeners →
-READY=1 to systemd. SIGHUP: reload the config (a bad file keeps the old one). SIGTERM /
-SIGINT: stop accepting, let in-flight work finish within a grace period, flush the
-store, record the stop.
+start: load config → open and migrate the store → control socket → create boxes →
+start listeners → READY=1 to systemd. SIGHUP or `mss-relay reload` (the control
+socket): reload the config and apply it (`Daemon.reload`: a bad file keeps the old
+one). SIGTERM / SIGINT: stop accepting, let in-flight work finish within a grace
+period, flush the store, record the stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import signal
 import socket
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import structlog
 
+from relay import __version__
 from relay.audit.events import (
     ConfigChanged,
     ConfigReloaded,
@@ -26,8 +29,11 @@ from relay.audit.events import (
     DaemonStarted,
     DaemonStopped,
 )
-from relay.config import ConfigError, check_files, diff, load
-from relay.config.model import Config, ListenerKind
+from relay.config import ConfigChange, ConfigError, check_files, diff, load
+from relay.config.model import Config, ListenerConfig, ListenerKind, TlsMode
+from relay.control.model import ReloadReport
+from relay.control.paths import control_socket_path
+from relay.control.server import ControlServer, ControlService, Inspectable, StartError
 from relay.delivery.crl import CrlRefresher
 from relay.delivery.worker import DeliveryWorker
 from relay.errors import StoreError
@@ -38,12 +44,13 @@ from relay.runtime import Listener, ListenerFactory, Runtime
 from relay.smtp.listener import make_listener as smtp_listener
 from relay.store.rotation import KeyRotator
 from relay.store.store import Store
+from relay.tls.context import CertificateFacts, TlsError, certificate_facts, server_context
 from relay.web.server import DaemonView
 from relay.web.server import make_listener as web_listener
 
 log = structlog.get_logger("relay.app")
 
-VERSION = "0.1.0"
+VERSION = __version__
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
@@ -71,32 +78,29 @@ def sd_notify(message: str) -> bool:
     return True
 
 
-async def reload_config(runtime: Runtime, path: Path) -> bool:
-    """Load `path`; on success swap it in and audit every difference."""
-    try:
-        new = load(path)
-        problems = check_files(new)
-        if problems:
-            raise ConfigError(tuple(problems))
-        policies = load_policies(new.server.policy_dir)
-    except (ConfigError, PolicyError) as exc:
-        texts = tuple(str(p) for p in exc.problems)
-        log.error("config.reload_refused", file=str(path), problems=list(texts))
-        await runtime.store.record(ConfigReloadRefused(config_file=str(path), problems=texts))
-        return False
-    old = runtime.config
-    changes = diff(old, new)
-    await runtime.store.ensure_mailboxes(m.address for m in new.mailboxes)
-    await runtime.store.record(
-        *(ConfigChanged(box=c.box, person=c.person, kind=c.kind, detail=c.detail) for c in changes),
-        ConfigReloaded(config_file=str(path), changes=len(changes)),
-    )
-    runtime.config = new
-    runtime.policies = policies
-    for hook in runtime.reload_hooks:
-        hook(old, new)
-    log.info("config.reloaded", file=str(path), changes=len(changes))
-    return True
+def monotonic_usec() -> int:
+    """CLOCK_MONOTONIC in microseconds, as sd_notify's MONOTONIC_USEC wants it."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def watchdog_interval(env: dict[str, str] | os._Environ[str]) -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC, sd_watchdog_enabled(3)),
+    or None when the unit sets no watchdog for this process."""
+    usec = env.get("WATCHDOG_USEC", "")
+    pid = env.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000
+
+
+def describe_change(c: ConfigChange) -> str:
+    """One applied change, as `mss-relay reload` prints it."""
+    where = " ".join(x for x in (c.box, c.person) if x)
+    return f"{c.kind}{' ' + where if where else ''}: {c.detail}"
+
+
+class ListenerChangeFailed(Exception):
+    """A listener of the new config could not be started (its address is taken...)."""
 
 
 class Daemon:
@@ -115,6 +119,10 @@ class Daemon:
         self.worker: DeliveryWorker | None = None  # the outbound queue
         self.anchoring: asyncio.Task[None] | None = None  # audit head, outside the database
         self.key_rotator: KeyRotator | None = None  # new message keys, re-encryption
+        self.control: ControlServer | None = None  # reload, status, who, kick
+        self.started_at = dt.datetime.now(dt.UTC)
+        self._reload_lock = asyncio.Lock()  # SIGHUP and `mss-relay reload` in turn
+        self._draining: set[asyncio.Task[None]] = set()  # listeners a reload removed
 
     async def start(self) -> Runtime:
         started = time.monotonic()
@@ -128,7 +136,13 @@ class Daemon:
             config=config, store=store, policies=load_policies(config.server.policy_dir)
         )
         self.runtime = runtime
+        self.started_at = runtime.clock()
         try:
+            # First: a second daemon on the same data directory stops here, by name.
+            self.control = ControlServer(
+                control_socket_path(config.server, os.environ), ControlService(self, VERSION)
+            )
+            await self.control.start()
             await store.ensure_mailboxes(m.address for m in config.mailboxes)
             factories = listener_factories(self)
             for lc in config.listeners:
@@ -164,9 +178,185 @@ class Daemon:
         if self.crl_refresher is not None:
             self.crl_refresher.wake()
 
-    async def reload(self) -> bool:
+    # --- reload ---------------------------------------------------------------------
+
+    async def reload(self) -> ReloadReport:
+        """Read the config file again and apply it all, or none of it.
+
+        Applied: people, boxes, rights, routes, limits (components read the config at
+        each use); certificate, key and CRL files, read again even at unchanged paths
+        (a new fingerprint: new connections get the new context, open ones keep
+        theirs); listeners added, removed and moved, the others untouched. Refused,
+        with every problem, when the file does not load, names missing files, holds
+        TLS files OpenSSL refuses or a listener that cannot bind: the running config
+        stays. Every difference applied, and every refusal, is audited.
+        """
+        async with self._reload_lock:
+            sd_notify(f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}")
+            try:
+                return await self._reload()
+            finally:
+                sd_notify("READY=1\nSTATUS=serving")
+
+    async def _refuse(self, problems: tuple[str, ...]) -> ReloadReport:
         assert self.runtime is not None
-        return await reload_config(self.runtime, self.config_path)
+        path = str(self.config_path)
+        log.error("config.reload_refused", file=path, problems=list(problems))
+        await self.runtime.store.record(ConfigReloadRefused(config_file=path, problems=problems))
+        return ReloadReport(applied=False, config_file=path, changes=(), problems=problems)
+
+    def _served_certificate(self) -> CertificateFacts | None:
+        for lst in self.listeners:
+            if isinstance(lst, Inspectable) and lst.tls_certificate is not None:
+                return lst.tls_certificate
+        return None
+
+    def _tls_problems(self, new: Config) -> list[str]:
+        """What OpenSSL says of the new TLS files, before anything is swapped."""
+        where = f"{new.path}: tls"
+        flags = {
+            lc.require_client_certificate for lc in new.listeners if lc.tls is not TlsMode.NONE
+        }
+        try:
+            for require in sorted(flags):
+                server_context(new.tls, require_client_certificate=require)
+            if new.tls.certificate is not None:
+                certificate_facts(new.tls.certificate)
+        except TlsError as exc:
+            return [f"{where}: {exc}"]
+        return []
+
+    async def _reload(self) -> ReloadReport:
+        runtime = self.runtime
+        assert runtime is not None
+        path = self.config_path
+        try:
+            new = load(path)
+            problems = check_files(new)
+            if problems:
+                raise ConfigError(tuple(problems))
+            policies = load_policies(new.server.policy_dir)
+        except (ConfigError, PolicyError) as exc:
+            return await self._refuse(tuple(str(p) for p in exc.problems))
+        tls_problems = self._tls_problems(new)
+        if tls_problems:
+            return await self._refuse(tuple(tls_problems))
+        old, old_policies = runtime.config, runtime.policies
+        changes = diff(old, new)
+        served = self._served_certificate()
+        fresh = certificate_facts(new.tls.certificate) if new.tls.certificate else None
+        if served is not None and fresh is not None and served.sha256 != fresh.sha256:
+            changes.append(
+                ConfigChange(
+                    "certificate_renewed",
+                    None,
+                    None,
+                    f"{new.tls.certificate}: sha256 {served.sha256} -> {fresh.sha256}, "
+                    f"expires {fresh.not_after:%Y-%m-%d %H:%M}Z",
+                )
+            )
+        if control_socket_path(new.server, os.environ) != control_socket_path(
+            old.server, os.environ
+        ):
+            log.warning("control.socket_moved", detail="the control socket moves at restart")
+        await runtime.store.ensure_mailboxes(m.address for m in new.mailboxes)
+        runtime.config, runtime.policies = new, policies
+        try:
+            await self._apply_listeners(runtime, old, new)
+        except ListenerChangeFailed as exc:
+            runtime.config, runtime.policies = old, old_policies
+            return await self._refuse((f"{path}: {exc}",))
+        if self.crl_refresher is not None:
+            # Every context rebuilt from the files as they are now (and the new
+            # listeners given the context with the refreshed CRLs).
+            await self.crl_refresher.reload()
+        await runtime.store.record(
+            *(
+                ConfigChanged(box=c.box, person=c.person, kind=c.kind, detail=c.detail)
+                for c in changes
+            ),
+            ConfigReloaded(config_file=str(path), changes=len(changes)),
+        )
+        for hook in runtime.reload_hooks:
+            hook(old, new)
+        log.info("config.reloaded", file=str(path), changes=len(changes))
+        return ReloadReport(
+            applied=True,
+            config_file=str(path),
+            changes=tuple(describe_change(c) for c in changes),
+            problems=(),
+        )
+
+    async def _apply_listeners(self, runtime: Runtime, old: Config, new: Config) -> None:
+        """Start the listeners the new config adds, stop those it drops; a moved one is
+        both. New addresses are bound before anything is stopped, so a refused bind
+        changes nothing; a listener moved onto an address another one leaves is bound
+        once that one stopped accepting. Open sessions of a dropped listener finish
+        within the grace period (IMAP ones get BYE), in the background."""
+        current: dict[ListenerConfig, Listener] = {
+            lst.listener_config: lst for lst in self.listeners if isinstance(lst, Inspectable)
+        }
+        wanted = set(new.listeners)
+        removed = [lst for lc, lst in current.items() if lc not in wanted]
+        added = [lc for lc in new.listeners if lc not in current]
+        if not removed and not added:
+            return
+        factories = listener_factories(self)
+        leaving = {
+            (lst.listener_config.host, lst.listener_config.port)
+            for lst in removed
+            if isinstance(lst, Inspectable)
+        }
+        started: dict[ListenerConfig, Listener] = {}
+
+        async def bind(lc: ListenerConfig) -> None:
+            listener = factories[lc.kind](runtime, lc)
+            try:
+                await listener.start()
+            except (OSError, TlsError) as exc:
+                for lst in started.values():
+                    await lst.stop(0)
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise ListenerChangeFailed(
+                    f"cannot listen on {lc.host}:{lc.port} ({lc.kind.value}): {why}"
+                ) from None
+            started[lc] = listener
+
+        for lc in added:
+            if (lc.host, lc.port) not in leaving:
+                await bind(lc)
+        for lst in removed:
+            task = asyncio.create_task(lst.stop(SHUTDOWN_GRACE_SECONDS), name="listener-drain")
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+        for _ in range(100):  # stop() closes the listening socket before its first await
+            if not any(lst.serving for lst in removed):
+                break
+            await asyncio.sleep(0)
+        try:
+            for lc in added:
+                if lc not in started:
+                    await bind(lc)
+        except ListenerChangeFailed:
+            # Rare (the address left was taken meanwhile): put the old ones back.
+            for lst in removed:
+                if not isinstance(lst, Inspectable):
+                    continue
+                back = lst.listener_config
+                again = factories[back.kind](runtime, back)
+                try:
+                    await again.start()
+                except (OSError, TlsError) as exc:
+                    log.error("listener.restore_failed", listener=lst.description, error=str(exc))
+                    continue
+                self.listeners[self.listeners.index(lst)] = again
+            raise
+        for lst in started.values():
+            log.info("listener.started", listener=lst.description)
+        for lst in removed:
+            log.info("listener.stopped", listener=lst.description)
+        kept = [current[lc] if lc in current else started[lc] for lc in new.listeners]
+        self.listeners = kept
 
     async def stop(
         self, reason: str = "stopped", grace_seconds: float = SHUTDOWN_GRACE_SECONDS
@@ -176,6 +366,9 @@ class Daemon:
             anchoring.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await anchoring
+        control, self.control = self.control, None
+        if control is not None:
+            await control.stop()
         rotator, self.key_rotator = self.key_rotator, None
         if rotator is not None:
             await rotator.stop()
@@ -187,7 +380,9 @@ class Daemon:
             await refresher.stop()
         listeners, self.listeners = self.listeners, []
         await asyncio.gather(
-            *(lst.stop(grace_seconds) for lst in reversed(listeners)), return_exceptions=True
+            *(lst.stop(grace_seconds) for lst in reversed(listeners)),
+            *self._draining,
+            return_exceptions=True,
         )
         runtime, self.runtime = self.runtime, None
         if runtime is None:
@@ -196,6 +391,24 @@ class Daemon:
             await runtime.store.record(DaemonStopped(reason=reason))
         await runtime.issuer_keys.close()
         await runtime.store.close()
+
+
+def _start_watchdog(runtime: Runtime) -> asyncio.Task[None] | None:
+    """WATCHDOG=1 every half WATCHDOG_USEC while the event loop turns and the store's
+    writer lives: a wedged loop or a dead writer lets systemd restart the daemon."""
+    interval = watchdog_interval(os.environ)
+    if interval is None:
+        return None
+
+    async def ping() -> None:
+        while True:
+            if runtime.store.writer_state().alive:
+                sd_notify("WATCHDOG=1")
+            else:
+                log.error("daemon.watchdog_withheld", reason="the store writer is not running")
+            await asyncio.sleep(interval)
+
+    return asyncio.create_task(ping(), name="watchdog")
 
 
 def load_for_serving(config_path: Path) -> Config:
@@ -222,8 +435,9 @@ async def serve(config_path: Path) -> int:
     daemon = Daemon(config_path, config)
     try:
         runtime = await daemon.start()
-    except StoreError as exc:
-        # A missing or wrong key, an unreachable database: say why, no traceback.
+    except (StoreError, StartError) as exc:
+        # A missing or wrong key, an unreachable database, a control socket in use:
+        # say why, no traceback.
         print(f"mss-relay: cannot start: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
@@ -245,6 +459,7 @@ async def serve(config_path: Path) -> int:
     )
     print(f"mss-relay: ready in {daemon.startup_ms:.0f} ms (config {config_path})", flush=True)
     sd_notify("READY=1\nSTATUS=serving")
+    watchdog = _start_watchdog(runtime)
     reason = "signal"
     try:
         while not stop.is_set():
@@ -257,14 +472,14 @@ async def serve(config_path: Path) -> int:
                 task.cancel()
             if reload_requested.is_set() and not stop.is_set():
                 reload_requested.clear()
-                sd_notify("RELOADING=1")
-                await reload_config(runtime, config_path)
-                sd_notify("READY=1")
+                await daemon.reload()  # logged and audited, applied or refused
     except BaseException:
         reason = "error"
         log.exception("daemon.failed")
         raise
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         sd_notify("STOPPING=1")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

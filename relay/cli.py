@@ -15,6 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+import relay
 from relay.logsetup import setup_logging
 
 EXIT_OK = 0
@@ -452,6 +453,7 @@ def cmd_ins_check(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mss-relay", description=__doc__)
+    p.add_argument("--version", action="version", version=f"mss-relay {relay.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp: argparse.ArgumentParser) -> None:
@@ -570,6 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     from relay.install import register as register_install
 
     register_install(sub)
+    from relay.control.cli import register as register_control
+
+    register_control(sub)
     return p
 
 

@@ -353,6 +353,17 @@ class ImapAccessRevoked(AuditEvent):
     sessions: int
 
 
+@dataclass(frozen=True, kw_only=True)
+class SessionsKicked(AuditEvent):
+    """`mss-relay kick`: the administrator cut the person's sessions (on `box` if
+    given); `by_uid` is the control socket client's user id (SO_PEERCRED)."""
+
+    ACTION: ClassVar[str] = "control.kicked"
+    imap_sessions: int
+    smtp_sessions: int
+    by_uid: int
+
+
 # --- outbound delivery (issue 5): one event per recipient and attempt -----------------
 # `person` and `box` are those of the submission (who sent, as which box); `peer` is the
 # peer MTA as "host:port"; `request` the SMTP envelope; `answer` the peer's reply or our

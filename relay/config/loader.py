@@ -483,14 +483,15 @@ class _Reading:
     base: Path
 
 
-def _read_server(r: _Reading) -> tuple[str, Path, list[str] | None, Path | None]:
+def _read_server(r: _Reading) -> tuple[str, Path, list[str] | None, Path | None, Path | None]:
     t = r.root.table("server")
     hostname = t.parsed("hostname", _domain, required=True) or ""
     data_dir = t.parsed("data_dir", _path_parser(r.base)) or _resolve(r.base, "var")
     local_domains = t.parsed_list("local_domains", _domain)
     policy_dir = t.parsed("policy_dir", _path_parser(r.base))
+    control_socket = t.parsed("control_socket", _path_parser(r.base))
     t.finish()
-    return hostname, data_dir, local_domains, policy_dir
+    return hostname, data_dir, local_domains, policy_dir, control_socket
 
 
 def _read_storage(r: _Reading, data_dir: Path) -> StorageConfig:
@@ -1090,7 +1091,7 @@ def load_text(text: str, path: Path) -> Config:
     problems: list[Problem] = []
     r = _Reading(root=_Table(problems, file, data, ""), base=Path(os.path.abspath(path)).parent)
 
-    hostname, data_dir, local_domains, policy_dir = _read_server(r)
+    hostname, data_dir, local_domains, policy_dir, control_socket = _read_server(r)
     storage = _read_storage(r, data_dir)
     tls, tls_table = _read_tls(r)
     listeners = _read_listeners(r, tls_table)
@@ -1122,7 +1123,11 @@ def load_text(text: str, path: Path) -> Config:
     return Config(
         path=path,
         server=ServerConfig(
-            hostname=hostname, data_dir=data_dir, local_domains=domains, policy_dir=policy_dir
+            hostname=hostname,
+            data_dir=data_dir,
+            local_domains=domains,
+            policy_dir=policy_dir,
+            control_socket=control_socket,
         ),
         storage=storage,
         tls=tls,

@@ -83,6 +83,10 @@ class ServerConfig:
     local_domains: frozenset[str]
     # Folder of the policy files (mssante.toml, patient.toml); None: built-in defaults.
     policy_dir: Path | None = None
+    # The control socket (`mss-relay reload`, `status`, `who`, `kick`). None: the
+    # default, `relay.control.paths.control_socket_path` ($RUNTIME_DIRECTORY, else
+    # data_dir).
+    control_socket: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

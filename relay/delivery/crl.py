@@ -276,6 +276,15 @@ class CrlRefresher:
     def wake(self) -> None:
         self._wake.set()
 
+    async def reload(self) -> None:
+        """After a config reload: read the CRL files again and rebuild every context,
+        the listeners' included, from the certificate and key files as they are now
+        (a certificate renewed at the same path is a new one; the config alone would
+        not show it)."""
+        async with self._lock:
+            self._built_for = None
+            await self._refresh(fetch=False, initial=False)
+
     async def _loop(self) -> None:
         while True:
             self._wake.clear()

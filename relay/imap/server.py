@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import ssl
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ import structlog
 from relay.audit.events import ImapAccessRevoked
 from relay.config import lost_access
 from relay.config.model import Config, ListenerConfig, TlsConfig, TlsMode
+from relay.control.model import SessionFacts
 from relay.imap import response as r
 from relay.imap import rev2
 from relay.imap.session import Session
@@ -31,7 +33,7 @@ from relay.imap.sort import KeyCache
 from relay.imap.state import State
 from relay.runtime import Runtime
 from relay.store.mailstore import Changes, MailStore
-from relay.tls.context import ListenerContext
+from relay.tls.context import CertificateFacts, ListenerContext
 
 log = structlog.get_logger("relay.imap")
 
@@ -130,6 +132,52 @@ class ImapService:
         """New CRLs (the refresher calls this): new connections get the new context."""
         if self._tls is not None:
             self._tls.replace(tls)
+
+    @property
+    def listener_config(self) -> ListenerConfig:
+        return self.listener
+
+    @property
+    def tls_certificate(self) -> CertificateFacts | None:
+        """The certificate new connections are offered (`mss-relay status`)."""
+        return self._tls.certificate if self._tls is not None else None
+
+    def session_facts(self) -> list[SessionFacts]:
+        """The open sessions (`mss-relay who`)."""
+        facts: list[SessionFacts] = []
+        for s in self.sessions:
+            ssl_object = s.writer.get_extra_info("ssl_object")
+            box = s.principal.as_box if s.principal is not None else None
+            if s.selected is not None:
+                box = s.selected.target.box
+            facts.append(
+                SessionFacts(
+                    protocol="imap",
+                    listener=self.name,
+                    person=s.principal.person_id if s.principal is not None else None,
+                    box=box,
+                    client=s.peer,
+                    since=s.connected_at.astimezone(dt.UTC).isoformat(timespec="seconds"),
+                    tls=ssl_object.version() if ssl_object is not None else None,
+                )
+            )
+        return facts
+
+    def kick(self, person: str, box: str | None) -> int:
+        """End `person`'s sessions with BYE (those acting as or on `box` if given)."""
+        cut = 0
+        for s in list(self.sessions):
+            if s.principal is None or s.principal.person_id != person:
+                continue
+            if box is not None:
+                on = {s.principal.as_box}
+                if s.selected is not None:
+                    on.add(s.selected.target.box)
+                if box not in on:
+                    continue
+            s.revoke("Disconnected by the administrator")
+            cut += 1
+        return cut
 
     @property
     def description(self) -> str:

@@ -173,6 +173,7 @@ class Session:
         self.revoked: str | None = None  # why the session must end (access withdrawn)
         self._read_task: asyncio.Task[bytes] | None = None
         self.id = secrets.token_hex(4)
+        self.connected_at = self.runtime.clock()  # `mss-relay who`
         # Timeouts (issue 9, item 5): a total time to authenticate, counted from the
         # connection and never reset (a byte a second used to keep a connection open
         # for ever); after login, RFC 3501 §5.4's autologout timer, reset by each

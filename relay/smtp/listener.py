@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import ssl
 
 import structlog
 
 from relay.config.model import ListenerConfig, ListenerKind, TlsConfig, TlsMode
+from relay.control.model import SessionFacts
 from relay.identity import sasl_oauth
 from relay.runtime import Runtime
 from relay.smtp import replies
 from relay.smtp.inbound import InboundHandler
-from relay.smtp.session import COMMAND_CALL_LIMITS, RelaySMTP
+from relay.smtp.session import COMMAND_CALL_LIMITS, RelaySession, RelaySMTP
 from relay.smtp.submission import SubmissionHandler
-from relay.tls.context import ListenerContext
+from relay.tls.context import CertificateFacts, ListenerContext
 
 log = structlog.get_logger("relay.smtp")
 
@@ -52,11 +54,13 @@ class SmtpListener:
             )
             return replies.TOO_MANY_FROM_IP.format(ip=ip, limit=limits.max_connections_per_ip)
         self._sessions[smtp] = ip
+        self._since[smtp] = self.runtime.clock()
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         return None
 
     def _closed(self, smtp: RelaySMTP) -> None:
         ip = self._sessions.pop(smtp, None)
+        self._since.pop(smtp, None)
         if ip is None:
             return
         left = self._per_ip[ip] - 1
@@ -74,12 +78,62 @@ class SmtpListener:
         # kept until stop(), 12 kB to 117 kB each, for the life of the daemon).
         self._sessions: dict[RelaySMTP, str] = {}  # session -> client address
         self._per_ip: dict[str, int] = {}
+        self._since: dict[RelaySMTP, dt.datetime] = {}  # session -> connected at (`who`)
         # Read at each new connection: `replace_tls` swaps it (fresh CRLs) while open
         # sessions keep the context they started with.
         self._tls: ListenerContext | None = None
         self.probe = runtime.metrics.listener(lc.kind.value, lc.host, lc.port)
         handler_cls = SubmissionHandler if lc.kind is ListenerKind.SUBMISSION else InboundHandler
         self.handler = handler_cls(runtime, lc)
+
+    @property
+    def listener_config(self) -> ListenerConfig:
+        return self.lc
+
+    @property
+    def tls_certificate(self) -> CertificateFacts | None:
+        """The certificate new connections are offered (`mss-relay status`)."""
+        return self._tls.certificate if self._tls is not None else None
+
+    def session_facts(self) -> list[SessionFacts]:
+        """The open sessions (`mss-relay who`)."""
+        facts: list[SessionFacts] = []
+        for smtp, ip in self._sessions.items():
+            state = smtp.session.relay if isinstance(smtp.session, RelaySession) else None
+            principal = state.principal if state is not None else None
+            ssl_object = smtp.transport.get_extra_info("ssl_object") if smtp.transport else None
+            since = self._since.get(smtp) or self.runtime.clock()
+            facts.append(
+                SessionFacts(
+                    protocol="smtp",
+                    listener=self.name,
+                    person=principal.person_id if principal is not None else None,
+                    box=(state.sender_box if state is not None else None)
+                    or (principal.as_box if principal is not None else None),
+                    client=ip,
+                    since=since.astimezone(dt.UTC).isoformat(timespec="seconds"),
+                    tls=ssl_object.version() if ssl_object is not None else None,
+                )
+            )
+        return facts
+
+    def kick(self, person: str, box: str | None) -> int:
+        """Close `person`'s connections with 421 (RFC 5321 §3.8), those sending as or
+        authorised for `box` if given. A message not yet answered 250 is not kept: the
+        client sends it again, as after any 421."""
+        cut = 0
+        for fact, smtp in zip(self.session_facts(), list(self._sessions), strict=True):
+            if fact.person != person or (box is not None and fact.box != box):
+                continue
+            transport = smtp.transport
+            if transport is None or transport.is_closing():
+                continue
+            assert isinstance(transport, asyncio.WriteTransport)
+            with contextlib.suppress(Exception):
+                transport.write(replies.ascii_reply(replies.KICKED).encode("ascii") + b"\r\n")
+            transport.close()
+            cut += 1
+        return cut
 
     @property
     def description(self) -> str:

@@ -68,6 +68,7 @@ RELAY_DENIED = "550 5.7.1 Relaying denied: {address} is not a mailbox of this se
 UNKNOWN_BOX = "550 5.1.1 {address}: no such mailbox here"
 LISTENER_FULL = "421 4.7.0 Too many connections to this service ({limit} at most): try again later"
 TOO_MANY_FROM_IP = "421 4.7.0 Too many connections from {ip} ({limit} at most): try again later"
+KICKED = "421 4.7.0 Connection closed by the administrator"  # `mss-relay kick`
 LOGIN_TIMEOUT = "421 4.7.0 No authentication within {seconds} s of connecting: closing"
 NO_FROM = (
     "550 5.6.0 The message has no From: header field (RFC 5322 section 3.6 requires"

@@ -241,6 +241,7 @@ class Store:
         self.anchor_file: Path | None = None
         self._written_head: tuple[int, str] | None = None
         self._anchored_head: tuple[int, str] | None = None
+        self.last_anchor: Anchor | None = None  # the newest this store wrote (`status`)
         self.clock = clock
         self.dialect = write_engine.dialect.name
         self._sql = Statements.for_dialect(write_engine.dialect)
@@ -683,6 +684,7 @@ class Store:
                 log.error("audit.anchor_failed", file=str(path), error=str(exc))
                 return None
         self._anchored_head = head
+        self.last_anchor = anchor
         audit_log.info(
             "audit.anchor", seq=anchor.seq, hash=anchor.hash, reason=reason, file=str(path)
         )

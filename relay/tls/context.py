@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from relay.config.model import TlsConfig
 
@@ -71,6 +71,36 @@ class CrlStatus:
     next_update: dt.datetime | None
     expired: bool
     stale: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFacts:
+    """The certificate a context presents: what `mss-relay status` shows, and what a
+    reload compares to see that a file renewed at the same path is a new one."""
+
+    sha256: str  # lower-case hex SHA-256 of the DER (as `dev-pki` prints it)
+    subject: str  # RFC 4514
+    not_after: dt.datetime
+
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def certificate_facts(path: Path) -> CertificateFacts:
+    """The first certificate of a PEM chain file (the leaf); `TlsError` if none."""
+    data = _read(path, "certificate")
+    block = _PEM_CERT.search(data)
+    if block is None:
+        raise TlsError(f"certificate file holds no PEM certificate: {path}")
+    try:
+        cert = x509.load_pem_x509_certificate(block.group(0))
+    except ValueError as exc:
+        raise TlsError(f"certificate file malformed: {path}: {exc}") from None
+    return CertificateFacts(
+        sha256=cert.fingerprint(hashes.SHA256()).hex(),
+        subject=cert.subject.rfc4514_string(),
+        not_after=cert.not_valid_after_utc,
+    )
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -236,11 +266,16 @@ class ListenerContext:
 
     def __init__(self, tls: TlsConfig, *, require_client_certificate: bool) -> None:
         self._require = require_client_certificate
+        self.certificate: CertificateFacts | None = None  # what `current` presents
         self.current = self._build(tls)
 
     def _build(self, tls: TlsConfig) -> ssl.SSLContext:
+        # Read before OpenSSL reads it: a file renewed in between shows as the newer
+        # one at the next reload, never as a fingerprint the context does not serve.
+        facts = certificate_facts(tls.certificate) if tls.certificate is not None else None
         ctx = server_context(tls, require_client_certificate=self._require)
         ctx.sni_callback = self._newest
+        self.certificate = facts
         return ctx
 
     def replace(self, tls: TlsConfig) -> None:

@@ -30,7 +30,7 @@ from relay.config.model import HttpEndpoint, ListenerConfig, TlsConfig, TlsMode
 from relay.metrics import CONTENT_TYPE, Sample, listener_name
 from relay.runtime import Listener, Runtime
 from relay.store.queue import QueueStore
-from relay.tls.context import ListenerContext
+from relay.tls.context import CertificateFacts, ListenerContext
 from relay.web.autoconfig import (
     MAX_AUTODISCOVER_REQUEST_BYTES,
     AutodiscoverError,
@@ -77,6 +77,14 @@ class WebListener:
         self._tls: ListenerContext | None = None
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
+
+    @property
+    def listener_config(self) -> ListenerConfig:
+        return self.lc
+
+    @property
+    def tls_certificate(self) -> CertificateFacts | None:
+        return self._tls.certificate if self._tls is not None else None
 
     @property
     def description(self) -> str:

@@ -46,7 +46,7 @@ async def test_notify_status_of_shared_box_and_access_loss(daemon: RunningDaemon
             r'\[\[mailboxes\.coholders\]\]\nperson = "dupont"\nrights = \[[^\]]*\]\n', "", text
         )
         daemon.config_path.write_text(text, encoding="utf-8")
-        assert await daemon.daemon.reload()
+        assert (await daemon.daemon.reload()).applied
         await deliver(daemon.store, SHARED, [letter(3)])
         await asyncio.sleep(1.0)
         seen, final = await asyncio.to_thread(raw.command, "b", "NOOP")

@@ -131,7 +131,7 @@ async def test_reload_removing_a_coholder_closes_their_session(daemon: RunningDa
     )
     daemon.config_path.write_text(text, encoding="utf-8")
     started = asyncio.get_running_loop().time()
-    assert await daemon.daemon.reload()
+    assert (await daemon.daemon.reload()).applied
     bye = await asyncio.to_thread(idle.until, b"* BYE", 5.0)
     assert b"withdrawn" in bye
     assert asyncio.get_running_loop().time() - started < 5
