@@ -387,3 +387,15 @@ def test_store_commands_take_config(command: list[str], tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{missing}: <file>: cannot read" in result.stderr
     no_traceback(result)
+
+
+def test_store_never_created_is_one_line(tmp_path: Path, dev_pki: DevPki) -> None:
+    """`audit show` before the first `serve`: the SQLite folder does not exist yet."""
+    absent = tmp_path / "never" / "relay.db"
+    storage = StorageConfig(url=f"sqlite+aiosqlite:///{absent}", key_file=tmp_path / "k")
+    config = config_for(tmp_path, dev_pki, storage)
+    result = cli("audit", "show", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"the folder {absent.parent} does not exist, serve creates it" in result.stderr
+    assert "Background on this error" not in result.stderr

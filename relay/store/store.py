@@ -296,8 +296,16 @@ class Store:
             if isinstance(exc, OSError | DBAPIError):
                 from relay.config.summary import mask_url
 
+                # The driver's own words, without SQLAlchemy's SQL echo and "Background
+                # on this error" link: one line for the CLI and the log.
+                reason = str(exc.orig if isinstance(exc, DBAPIError) else exc).strip()
+                reason = " ".join(reason.split())
+                if storage.url.startswith("sqlite"):
+                    folder = Path(storage.url.split(":///", 1)[-1]).parent
+                    if not folder.is_dir():
+                        reason += f": the folder {folder} does not exist, serve creates it"
                 raise StoreError(
-                    f"{mask_url(storage.url)}: cannot open the database ({exc})"
+                    f"{mask_url(storage.url)}: cannot open the database ({reason})"
                 ) from exc
             raise
         store = cls(
