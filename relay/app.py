@@ -52,6 +52,7 @@ log = structlog.get_logger("relay.app")
 
 VERSION = __version__
 SHUTDOWN_GRACE_SECONDS = 10.0
+SD_NOTIFY_TIMEOUT_SECONDS = 0.5
 
 
 def listener_factories(daemon: DaemonView) -> dict[ListenerKind, ListenerFactory]:
@@ -73,8 +74,15 @@ def sd_notify(message: str) -> bool:
     if address.startswith("@"):  # abstract namespace
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())
+        # A datagram socket blocks while the receiver's queue is full: never the event
+        # loop for long (systemd reads at once; a stuck reader loses a message).
+        sock.settimeout(SD_NOTIFY_TIMEOUT_SECONDS)
+        try:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        except OSError as exc:
+            log.error("daemon.sd_notify_failed", message=message.split("\n")[0], error=str(exc))
+            return False
     return True
 
 
