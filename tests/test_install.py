@@ -144,6 +144,11 @@ def test_install_from_the_wheel_into_a_destdir(unpacked: Path, tmp_path: Path) -
         assert path.parent == Path("/var/lib/mss-relay/keys"), key
         assert (dest / str(path.parent).lstrip("/")).is_dir()
     assert example["server"]["data_dir"] == "/var/lib/mss-relay"
+    # `mss-relay reload/status/who/kick` from an admin's shell find the socket the
+    # daemon opens in its RuntimeDirectory= (no $RUNTIME_DIRECTORY in that shell).
+    socket_dir = Path(example["server"]["control_socket"]).parent
+    assert socket_dir == Path("/run") / settings["RuntimeDirectory"]
+    assert settings["ExecReload"].startswith("/usr/bin/mss-relay reload")
     assert (dest / example["server"]["policy_dir"].lstrip("/") / "patient.toml").is_file()
     for crl in example["tls"]["crl_files"]:
         assert (dest / str(Path(crl).parent).lstrip("/")).is_dir()
