@@ -49,6 +49,7 @@ bench: $(STAMP)
 
 ## The wheel (dist/), and what it carries besides the code (policies, config, systemd).
 wheel: $(STAMP)
+	rm -rf build  # setuptools builds in the tree: no file of an earlier build in this one
 	$(BIN)/pip wheel --quiet --no-deps -w dist .
 	$(BIN)/python -m zipfile -l dist/mss_relay-*.whl | grep relay/share/
 
