@@ -479,3 +479,16 @@ class ConversationChanged(AuditEvent):
     change: str  # opened | continued | closed | reopened
     by: str  # professional | patient
     message_id: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpstreamChangeRefused(AuditEvent):
+    """Gateway mode: the operator refused a co-holder's change replayed to it
+    (`relay.upstream.replayer`); the local state was brought back to the operator's.
+    `person` is the co-holder who made the change."""
+
+    ACTION: ClassVar[str] = "upstream.change_refused"
+    journal_id: int
+    kind: str
+    folder: str | None
+    restored: str  # what was done locally: "flags re-compared", "copy removed", ...
