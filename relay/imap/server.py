@@ -226,6 +226,10 @@ class ImapService:
         )
 
     async def stop(self, grace_seconds: float) -> None:
+        # A listener a reload removes is not called again (nor kept alive by the hooks).
+        self.runtime.store.off_commit(self._on_commit)
+        with contextlib.suppress(ValueError):
+            self.runtime.reload_hooks.remove(self._on_reload)
         if self._server is None:
             return
         self._server.close()

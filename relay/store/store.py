@@ -12,6 +12,7 @@ fsync (group commit), so throughput is not bounded by one fsync per message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import secrets
@@ -415,6 +416,11 @@ class Store:
     def on_commit(self, listener: Callable[[frozenset[int]], None]) -> None:
         """Call `listener` with the ids of the folders each commit changed."""
         self._listeners.append(listener)
+
+    def off_commit(self, listener: Callable[[frozenset[int]], None]) -> None:
+        """Stop calling `listener` (a listener that a reload removed)."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
 
     # --- the writer ---------------------------------------------------------------
 

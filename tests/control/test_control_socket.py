@@ -21,6 +21,7 @@ import pytest
 
 from relay.config.model import StorageConfig
 from relay.control.paths import SOCKET_NAME
+from relay.control.server import StartError
 from relay.store.store import AuditFilter
 from relay.tls.pki import DevPki
 from tests.control.support import (
@@ -325,3 +326,28 @@ async def test_version() -> None:
 
     done = await cli("--version")
     assert done.returncode == 0 and done.stdout.strip() == f"mss-relay {__version__}"
+
+
+async def test_a_socket_path_longer_than_sun_path_works_and_a_second_daemon_is_refused(
+    tmp_path: Path, dev_pki: DevPki, storage: StorageConfig
+) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    sock = deep / "control.sock"
+    assert len(str(sock)) > 107  # beyond sun_path: reached through /proc/self/fd
+    first = tmp_path / "first"
+    first.mkdir()
+    d = await start_daemon(first, dev_pki, storage, server_extra=f'control_socket = "{sock}"')
+    try:
+        status = await cli_json("status", d.config_path)
+        assert len(status["listeners"]) == 5
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        second = tmp_path / "second"
+        second.mkdir()
+        with pytest.raises(StartError, match="another mss-relay answers on it"):
+            await start_daemon(second, dev_pki, storage, server_extra=f'control_socket = "{sock}"')
+        # the first one still answers
+        assert (await cli_json("who", d.config_path))["sessions"] == []
+    finally:
+        await d.daemon.stop("test finished", grace_seconds=1.0)
+    assert not sock.exists()  # removed at stop
