@@ -351,3 +351,34 @@ async def test_a_socket_path_longer_than_sun_path_works_and_a_second_daemon_is_r
     finally:
         await d.daemon.stop("test finished", grace_seconds=1.0)
     assert not sock.exists()  # removed at stop
+
+
+def imap_greeting(d: RunningDaemon, listener: str) -> bytes:
+    """The first line a new connection to `listener` gets (TLS for imap-tls)."""
+    with socket.create_connection(("127.0.0.1", d.ports[listener]), timeout=10) as raw:
+        if listener == "imap-tls":
+            with d.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
+                return tls.recv(4096)
+        return raw.recv(4096)
+
+
+async def test_reload_applies_limits_to_the_next_connection(running: RunningDaemon) -> None:
+    d = running
+    first = await asyncio.to_thread(imap_login, d, "martin")  # on imap-tls
+    try:
+        assert (await asyncio.to_thread(imap_greeting, d, "imap-tls")).startswith(b"* OK")
+        text = d.config_path.read_text(encoding="utf-8")
+        text = text.replace(
+            "auth_lockout_seconds = 60\n", "auth_lockout_seconds = 60\nmax_connections_per_ip = 1\n"
+        )
+        d.config_path.write_text(text, encoding="utf-8")
+        done = await cli("reload", "--config", d.config_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "limits_changed: max_connections_per_ip: 100 -> 1" in done.stdout
+        refused = await asyncio.to_thread(imap_greeting, d, "imap-tls")
+        assert refused.startswith(b"* BYE Too many connections from 127.0.0.1 (limit 1)"), refused
+        # a cap per listener and address: the other listener still lets one in
+        assert (await asyncio.to_thread(imap_greeting, d, "imap")).startswith(b"* OK")
+        assert (await asyncio.to_thread(first.noop))[0] == "OK"
+    finally:
+        await asyncio.to_thread(first.logout)
