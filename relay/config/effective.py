@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import enum
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,12 @@ def _lines(obj: Any, skip: Iterable[str] = (), extra: dict[str, Any] | None = No
 def effective(config: Config) -> str:
     """The report, as TOML text."""
     parts: list[str] = [f"# mss-relay effective configuration, from {config.path}"]
-    parts += ["", "[server]", *_lines(config.server)]
+    from relay.control.paths import control_socket_path
+
+    # The socket as this environment resolves it (systemd's RUNTIME_DIRECTORY is not
+    # set in an admin's shell: the example config names it for that reason).
+    socket = control_socket_path(config.server, os.environ)
+    parts += ["", "[server]", *_lines(config.server, extra={"control_socket_path": socket})]
     storage = dataclasses.replace(config.storage, url=mask_url(config.storage.url))
     parts += ["", "[storage]"]
     parts += _lines(
