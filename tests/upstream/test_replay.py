@@ -9,6 +9,9 @@ import asyncio
 import datetime as dt
 import json
 import re
+import signal
+import sys
+import time
 
 import aioimaplib
 import pytest
@@ -16,6 +19,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.audit.events import ImapFolderChanged
+from relay.config.model import StorageConfig
 from relay.message.analysis import analyse
 from relay.store import schema as t
 from relay.store.mailstore import MailStore
@@ -394,3 +398,71 @@ async def test_read_only_replacement_cannot_delete_nothing_goes_up(
     assert [(r.kind, r.person) for r in rows] == [("flags", "martin"), ("expunge", "martin")]
     assert (await replayer.run()).done == 2
     assert sorted(await _remote(client, "INBOX")) == [2]
+
+
+async def test_replay_sigkill_mid_append_sends_each_once(
+    store: Store,
+    storage: StorageConfig,
+    operator_box: OperatorBox,  # noqa: F811
+) -> None:
+    """A replay process is SIGKILLed while it uploads 30 Sent copies (after the operator
+    has some of them, so the kill lands between an APPEND and its commit or during
+    one); the next replay finishes: the operator holds each message exactly once."""
+    mail, client, replayer, _ = await _setup(store, operator_box, n=1)
+    count = 30
+    for i in range(count):
+        raw = letter(100 + i, subject="Envoi", body="x" * 20_000)
+        await mail.append(
+            BOX,
+            "Sent",
+            raw,
+            analyse(raw),
+            frozenset({"\\Seen"}),
+            dt.datetime.now(dt.UTC),
+            person=None,
+            make_event=lambda uid: None,
+        )
+    operator = operator_box.dovecot
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.upstream.replay_child",
+        storage.url,
+        str(storage.key_file),
+        storage.schema or "",
+        str(operator.port),
+        str(operator.ca_bundle),
+        operator_box.login,
+        operator_box.password,
+        BOX,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line == b"replaying\n", line
+        # Kill once the child has committed 5 rows: it is in the middle of the stream
+        # (an APPEND on the wire, or answered and not yet committed).
+        mirror = MirrorStore(store)
+        deadline = time.monotonic() + 30
+        while len(await mirror.journal(BOX)) > count - 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed, not finished
+    pending = await MirrorStore(store).journal(BOX)
+    assert 0 < len(pending) < count
+    report = await replayer.run()
+    assert report.done == len(pending) and report.refused == 0
+    assert await MirrorStore(store).journal(BOX) == []
+    await client.select("Sent")
+    r = await client.uid("fetch", "1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+    mids = re.findall(rb"<m(\d+)@cabinet.example>", b"".join(bytes(x) for x in r.lines))
+    assert sorted(int(m) for m in mids) == list(range(100, 100 + count))  # each once
+    sent = await mail.folder(BOX, "Sent")
+    assert sent is not None
+    maps = await ReplayStore(store).remote_uids(sent.id, list(range(1, 1000)))
+    assert len(maps) == count and len({m.remote_uid for m in maps.values()}) == count
