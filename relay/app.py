@@ -29,7 +29,7 @@ from relay.audit.events import (
     DaemonStarted,
     DaemonStopped,
 )
-from relay.config import ConfigChange, ConfigError, check_files, diff, load
+from relay.config import ConfigChange, ConfigError, Problem, check_files, diff, load
 from relay.config.model import Config, ListenerConfig, ListenerKind, TlsMode
 from relay.control.model import ReloadReport
 from relay.control.paths import control_socket_path
@@ -221,18 +221,7 @@ class Daemon:
 
     def _tls_problems(self, new: Config) -> list[str]:
         """What OpenSSL says of the new TLS files, before anything is swapped."""
-        where = f"{new.path}: tls"
-        flags = {
-            lc.require_client_certificate for lc in new.listeners if lc.tls is not TlsMode.NONE
-        }
-        try:
-            for require in sorted(flags):
-                server_context(new.tls, require_client_certificate=require)
-            if new.tls.certificate is not None:
-                certificate_facts(new.tls.certificate)
-        except TlsError as exc:
-            return [f"{where}: {exc}"]
-        return []
+        return [str(p) for p in tls_problems(new)]
 
     async def _reload(self) -> ReloadReport:
         runtime = self.runtime
@@ -419,14 +408,33 @@ def _start_watchdog(runtime: Runtime) -> asyncio.Task[None] | None:
     return asyncio.create_task(ping(), name="watchdog")
 
 
+def tls_problems(config: Config) -> list[Problem]:
+    """What OpenSSL says of the TLS files the listeners will load (a file that exists
+    but holds no certificate, a key that does not match it): the contexts are built
+    as the listeners build them, and thrown away."""
+    flags = {lc.require_client_certificate for lc in config.listeners if lc.tls is not TlsMode.NONE}
+    try:
+        for require in sorted(flags):
+            server_context(config.tls, require_client_certificate=require)
+        if config.tls.certificate is not None:
+            certificate_facts(config.tls.certificate)
+    except TlsError as exc:
+        return [Problem(str(config.path), "tls", str(exc))]
+    return []
+
+
 def load_for_serving(config_path: Path) -> Config:
-    """Load the config and check that its files exist (serving needs them)."""
+    """Load the config and check what serving needs of it: the files it names exist
+    and are readable, OpenSSL accepts the TLS ones, the policies load. `serve` and
+    `check-config` both call this, so they refuse the same files."""
     config = load(config_path)
     problems = check_files(config)
     try:
         load_policies(config.server.policy_dir)
     except PolicyError as exc:
         problems.extend(exc.problems)
+    if not problems:  # a missing file would be reported twice
+        problems.extend(tls_problems(config))
     if problems:
         raise ConfigError(tuple(problems))
     return config
@@ -443,9 +451,9 @@ async def serve(config_path: Path) -> int:
     daemon = Daemon(config_path, config)
     try:
         runtime = await daemon.start()
-    except (StoreError, StartError) as exc:
-        # A missing or wrong key, an unreachable database, a control socket in use:
-        # say why, no traceback.
+    except (StoreError, StartError, TlsError) as exc:
+        # A missing or wrong key, an unreachable database, a control socket in use, a
+        # TLS file changed since the check: say why, no traceback.
         print(f"mss-relay: cannot start: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

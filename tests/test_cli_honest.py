@@ -77,6 +77,31 @@ def test_missing_certificate_is_refused_by_check_config_as_by_serve(
     no_traceback(served)
 
 
+def test_tls_files_openssl_refuses_are_refused_by_both(tmp_path: Path, dev_pki: DevPki) -> None:
+    """A certificate file that exists but holds no certificate, a key of another
+    certificate: check-config refused them as serve does (it passed them before)."""
+    storage = StorageConfig(url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", key_file=tmp_path / "k")
+    good = config_for(tmp_path, dev_pki, storage)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    _, other_key = dev_pki.cert_and_key("peer")
+    for name, old, new in (
+        ("garbage", str(dev_pki.server_cert), str(garbage)),
+        ("mismatch", str(dev_pki.server_key), str(other_key)),
+    ):
+        bad = tmp_path / f"{name}.toml"
+        bad.write_text(good.read_text().replace(old, new))
+        assert new in bad.read_text()
+        checked = cli("check-config", str(bad))
+        assert checked.returncode == 2, (name, checked.stdout)
+        assert checked.stderr.startswith(f"{bad}: tls: "), checked.stderr
+        served = cli("serve", "--config", str(bad))
+        assert served.returncode == 2, (name, served.stderr)
+        assert f"{bad}: tls: " in served.stderr
+        no_traceback(served)
+        assert "internal error" not in served.stderr
+
+
 def test_unreadable_policy_folder_is_an_error(tmp_path: Path, dev_pki: DevPki) -> None:
     storage = StorageConfig(url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", key_file=tmp_path / "k")
     good = config_for(tmp_path, dev_pki, storage)
