@@ -353,9 +353,11 @@ async def test_a_socket_path_longer_than_sun_path_works_and_a_second_daemon_is_r
     assert not sock.exists()  # removed at stop
 
 
-def imap_greeting(d: RunningDaemon, listener: str) -> bytes:
-    """The first line a new connection to `listener` gets (TLS for imap-tls)."""
-    with socket.create_connection(("127.0.0.1", d.ports[listener]), timeout=10) as raw:
+def imap_greeting(d: RunningDaemon, listener: str, *, port: int | None = None) -> bytes:
+    """The first line a new connection to `listener` gets (TLS for imap-tls), on its
+    port or on `port`."""
+    address = ("127.0.0.1", port or d.ports[listener])
+    with socket.create_connection(address, timeout=10) as raw:
         if listener == "imap-tls":
             with d.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
                 return tls.recv(4096)
@@ -382,3 +384,21 @@ async def test_reload_applies_limits_to_the_next_connection(running: RunningDaem
         assert (await asyncio.to_thread(first.noop))[0] == "OK"
     finally:
         await asyncio.to_thread(first.logout)
+
+
+async def test_reload_changing_a_listeners_tls_mode_on_the_same_port(
+    running: RunningDaemon,
+) -> None:
+    """The address the old listener leaves is the new one's: bound once the old one
+    stopped accepting."""
+    d = running
+    assert (await asyncio.to_thread(imap_greeting, d, "imap")).startswith(b"* OK")
+    text = d.config_path.read_text(encoding="utf-8")
+    old = f'address = "127.0.0.1:{d.ports["imap"]}"\ntls = "starttls"'
+    assert old in text
+    d.config_path.write_text(text.replace(old, old.replace("starttls", "implicit")))
+    done = await cli("reload", "--config", d.config_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # implicit TLS now on the port that spoke STARTTLS
+    tls = await asyncio.to_thread(imap_greeting, d, "imap-tls", port=d.ports["imap"])
+    assert tls.startswith(b"* OK")
