@@ -70,6 +70,7 @@ from relay.runtime import Runtime
 from relay.store.queue import Outcome, QueueItem, QueueStore
 from relay.store.store import Acceptance, Store, Unit
 from relay.tls.context import TlsError, client_context
+from relay.upstream.connection import CredentialsRefused, read_password
 
 if TYPE_CHECKING:
     from relay.config.model import Route, UpstreamConfig
@@ -100,22 +101,12 @@ async def resolve_recipient(
 
 
 async def _read_password(up: UpstreamConfig) -> str | None:
-    """The box's password at its operator: the first line of `password_file`, read at
-    each connection (it can be rotated without a reload). None: certificate login."""
-    path = up.password_file
-    if path is None:
-        return None
+    """The box's password at its operator, read at each connection (it can be rotated
+    without a reload; the same reader as the IMAP side). None: certificate login."""
     try:
-        text = await asyncio.to_thread(path.read_text, encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise DeliveryFailure(
-            f"cannot read mailboxes.upstream.password_file {path}: {reason}", status="4.7.0"
-        ) from None
-    password = text.split("\n", 1)[0].rstrip("\r")
-    if not password:
-        raise DeliveryFailure(f"mailboxes.upstream.password_file {path} is empty", status="4.7.0")
-    return password
+        return await asyncio.to_thread(read_password, up)
+    except CredentialsRefused as exc:
+        raise DeliveryFailure(str(exc), status="4.7.0") from None
 
 
 def _diagnostic(last_reply: str | None) -> str | None:

@@ -24,6 +24,7 @@ from relay.audit.events import UpstreamChangeRefused
 from relay.store.mirror import JournalRow
 from relay.store.store import Store
 from relay.store.upjournal import LocalMessage, Mapping, Replayed, ReplayStore, Restore
+from relay.upstream.connection import UpstreamSession
 from relay.upstream.replay import (
     Answer,
     OperatorCaps,
@@ -98,6 +99,15 @@ def _answer(response: Any) -> Answer:
 
 class Replayer:
     """Replays one box's journal over one operator session."""
+
+    @classmethod
+    def over(cls, store: Store, session: UpstreamSession) -> Replayer:
+        """The replayer of `session.box` on an open session (`open_session`). The sync
+        engine runs it after each down round on the same session, so a remote UID this
+        replay maps is never downloaded as new."""
+        return cls(
+            store, session.box, session.client, OperatorCaps.from_capabilities(session.capabilities)
+        )
 
     def __init__(
         self, store: Store, box: str, client: ImapClient, capabilities: OperatorCaps

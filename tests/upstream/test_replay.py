@@ -12,6 +12,9 @@ import re
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import aioimaplib
 import pytest
@@ -19,21 +22,50 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.audit.events import ImapFolderChanged
-from relay.config.model import StorageConfig
+from relay.config.model import StorageConfig, UpstreamConfig
 from relay.message.analysis import analyse
 from relay.store import schema as t
 from relay.store.mailstore import MailStore
 from relay.store.mirror import MirrorStore
 from relay.store.store import AuditFilter, Store, TxContext
 from relay.store.upjournal import ReplayStore
+from relay.tls.pki import DevPki
+from relay.upstream.connection import UpstreamSession, open_session
 from relay.upstream.replay import OperatorCaps
 from relay.upstream.replayer import Replayer
 from tests.harness import SHARED, RunningDaemon
 from tests.imap.support import answer, deliver, letter, login, ok, shared
-from tests.upstream.operator_imap import OperatorBox, dovecot, operator_box  # noqa: F401
+from tests.upstream.conftest import BOX_LOGIN, BOX_PASSWORD, password_file, upstream_config
+from tests.upstream.dovecot import Dovecot
 
 BOX = SHARED  # the test config's shared box; mirrored in these tests
-pytestmark = pytest.mark.usefixtures("dovecot")
+
+
+@dataclass
+class OperatorBox:
+    """The box at the operator (the `dovecot` fixture's `cpts`) and the sessions
+    opened to it by `relay.upstream.connection` (logged out at the end)."""
+
+    dovecot: Dovecot
+    config: UpstreamConfig
+    sessions: list[UpstreamSession]
+
+    async def session(self) -> aioimaplib.IMAP4:
+        session = await open_session(BOX, self.config)
+        self.sessions.append(session)
+        return session.client
+
+
+@pytest.fixture
+async def operator_box(
+    dovecot: Dovecot, dev_pki: DevPki, tmp_path: Path
+) -> AsyncIterator[OperatorBox]:
+    config = upstream_config(dovecot, dev_pki, password=password_file(tmp_path, BOX_PASSWORD))
+    box = OperatorBox(dovecot, config, [])
+    yield box
+    for session in box.sessions:
+        await session.logout()
+
 
 _FETCH = re.compile(rb"UID (\d+)|MODSEQ \((\d+)\)|FLAGS \(([^)]*)\)")
 
@@ -42,7 +74,7 @@ def _event(person: str = "martin") -> ImapFolderChanged:
     return ImapFolderChanged(person=person, box=BOX, folder="x", operation="create")
 
 
-async def _remote(client: aioimaplib.IMAP4_SSL, folder: str) -> dict[int, tuple[int, set[str]]]:
+async def _remote(client: aioimaplib.IMAP4, folder: str) -> dict[int, tuple[int, set[str]]]:
     """UID -> (MODSEQ, FLAGS) of every message of `folder` at the operator."""
     r = await client.select(folder)
     assert r.result == "OK", r
@@ -65,7 +97,7 @@ async def _remote(client: aioimaplib.IMAP4_SSL, folder: str) -> dict[int, tuple[
     return out
 
 
-async def _link(store: Store, client: aioimaplib.IMAP4_SSL, folder: str) -> None:
+async def _link(store: Store, client: aioimaplib.IMAP4, folder: str) -> None:
     """What the down sync leaves: the local folder linked to the operator's, each local
     message mapped to the remote one in the same position."""
     mail = MailStore(store)
@@ -105,7 +137,7 @@ async def _link(store: Store, client: aioimaplib.IMAP4_SSL, folder: str) -> None
 
 async def _setup(
     store: Store, box: OperatorBox, n: int = 3
-) -> tuple[MailStore, aioimaplib.IMAP4_SSL, Replayer, int]:
+) -> tuple[MailStore, aioimaplib.IMAP4, Replayer, int]:
     """A box mirrored with `n` letters in INBOX on both sides, and an empty Sent."""
     client = await box.session()
     r = await client.protocol.simple_command("ENABLE", "CONDSTORE")
@@ -129,7 +161,7 @@ async def _setup(
 
 async def test_flags_expunge_in_order_once(
     store: Store,
-    operator_box: OperatorBox,  # noqa: F811
+    operator_box: OperatorBox,
 ) -> None:
     mail, client, replayer, inbox = await _setup(store, operator_box)
     await mail.store_flags(inbox, [1, 2], "+FLAGS", frozenset({"\\Flagged"}), person=None)
@@ -155,7 +187,7 @@ async def test_flags_expunge_in_order_once(
 
 async def test_operator_wins_a_flag_conflict(
     store: Store,
-    operator_box: OperatorBox,  # noqa: F811
+    operator_box: OperatorBox,
 ) -> None:
     mail, client, replayer, inbox = await _setup(store, operator_box)
     # The operator's webmail changes message 2 after the last mirror...
@@ -180,7 +212,7 @@ async def test_operator_wins_a_flag_conflict(
 
 async def test_append_to_sent_once_across_a_cut_replay(
     store: Store,
-    operator_box: OperatorBox,  # noqa: F811
+    operator_box: OperatorBox,
 ) -> None:
     mail, client, replayer, _ = await _setup(store, operator_box)
     sent = letter(10, subject="Envoi")
@@ -234,7 +266,7 @@ async def test_append_to_sent_once_across_a_cut_replay(
 
 async def test_folders_copy_and_move(
     store: Store,
-    operator_box: OperatorBox,  # noqa: F811
+    operator_box: OperatorBox,
 ) -> None:
     mail, client, replayer, inbox = await _setup(store, operator_box)
     await mail.create_folder(BOX, "Archives", None, _event())
@@ -268,7 +300,7 @@ async def test_folders_copy_and_move(
 
 async def test_refused_rename_is_recorded_audited_and_undone(
     store: Store,
-    operator_box: OperatorBox,  # noqa: F811
+    operator_box: OperatorBox,
 ) -> None:
     mail, client, replayer, inbox = await _setup(store, operator_box)
     assert (await client.create("Pris")).result == "OK"  # taken at the operator only
@@ -295,7 +327,7 @@ async def test_refused_rename_is_recorded_audited_and_undone(
 
 async def test_refused_append_removes_the_local_copy(
     store: Store,
-    operator_box: OperatorBox,  # noqa: F811
+    operator_box: OperatorBox,
 ) -> None:
     mail, _, replayer, _ = await _setup(store, operator_box)
     # The operator lost its Drafts (deleted in its webmail): the APPEND is refused.
@@ -338,7 +370,7 @@ async def test_refused_append_removes_the_local_copy(
 
 async def test_uidvalidity_change_waits_for_the_down_sync(
     store: Store,
-    operator_box: OperatorBox,  # noqa: F811
+    operator_box: OperatorBox,
 ) -> None:
     mail, _, replayer, inbox = await _setup(store, operator_box)
 
@@ -359,7 +391,7 @@ async def test_uidvalidity_change_waits_for_the_down_sync(
 
 async def test_read_only_replacement_cannot_delete_nothing_goes_up(
     daemon: RunningDaemon,
-    operator_box: OperatorBox,  # noqa: F811
+    operator_box: OperatorBox,
 ) -> None:
     """Leroy (a replacement with the read right only) tries every way to delete in the
     mirrored box: each is refused locally, nothing is journaled, the operator keeps
@@ -403,7 +435,7 @@ async def test_read_only_replacement_cannot_delete_nothing_goes_up(
 async def test_replay_sigkill_mid_append_sends_each_once(
     store: Store,
     storage: StorageConfig,
-    operator_box: OperatorBox,  # noqa: F811
+    operator_box: OperatorBox,
 ) -> None:
     """A replay process is SIGKILLed while it uploads 30 Sent copies (after the operator
     has some of them, so the kill lands between an APPEND and its commit or during
@@ -430,10 +462,10 @@ async def test_replay_sigkill_mid_append_sends_each_once(
         storage.url,
         str(storage.key_file),
         storage.schema or "",
-        str(operator.port),
-        str(operator.ca_bundle),
-        operator_box.login,
-        operator_box.password,
+        str(operator.imaps_port),
+        str(operator_box.config.trust_anchors[0]),
+        BOX_LOGIN,
+        str(operator_box.config.password_file),
         BOX,
         stdout=asyncio.subprocess.PIPE,
     )
