@@ -101,6 +101,7 @@ login = "{OP_LOGIN}"
 display_name = "CPTS du Val de Loue"
 rpps = "10002222222"
 password_hash = "{hash_password(OP_PASSWORD)}"
+certificate_fingerprints = ["{pki.fingerprints["person-dupont"]}"]
 
 [[mailboxes]]
 address = "{OP_BOX}"
@@ -114,8 +115,17 @@ responsible = "cptsbox"
     return path
 
 
-def upstream_box(submission: str, password_file: Path, trust_anchor: Path) -> str:
-    """The hosted box in A's config: dupont may send as it, leroy only read."""
+def upstream_box(
+    submission: str, password_file: Path, trust_anchor: Path, *, certificate: DevPki | None = None
+) -> str:
+    """The hosted box in A's config: dupont may send as it, leroy only read. With
+    `certificate`, the box's credential is a client certificate (the dev PKI's
+    "person-dupont" one stands in for the box's) instead of the password file."""
+    if certificate is not None:
+        chain, key = certificate.cert_and_key("person-dupont")
+        credential = f'certificate = "{chain}"\nkey = "{key}"'
+    else:
+        credential = f'password_file = "{password_file}"'
     return f"""
 [[mailboxes]]
 address = "{OP_BOX}"
@@ -127,7 +137,7 @@ responsible = "martin"
 imap = "imaps://localhost:1"
 submission = "{submission}"
 login = "{OP_LOGIN}"
-password_file = "{password_file}"
+{credential}
 trust_anchors = ["{trust_anchor}"]
 
 [[mailboxes.coholders]]
@@ -161,7 +171,9 @@ async def gateway(
 ) -> AsyncIterator[GatewayFactory]:
     running: list[RunningDaemon] = []
 
-    async def make(*, scheme: str = "smtp", operator_cert: str = "peer") -> Gateway:
+    async def make(
+        *, scheme: str = "smtp", operator_cert: str = "peer", credential: str = "password"
+    ) -> Gateway:
         peer = await peers("peer")
         b_ports = dict(zip(LISTENER_NAMES, free_ports(len(LISTENER_NAMES)), strict=True))
         b_path = write_operator_config(
@@ -180,7 +192,12 @@ async def gateway(
             tmp_path / "a",
             dev_pki,
             storage,
-            extra=upstream_box(f"{scheme}://localhost:{port}", password_file, dev_pki.ca_bundle),
+            extra=upstream_box(
+                f"{scheme}://localhost:{port}",
+                password_file,
+                dev_pki.ca_bundle,
+                certificate=dev_pki if credential == "certificate" else None,
+            ),
         )
         running.append(a)
         await a.trust_peer()  # the recipient's domain passes A's local check too
@@ -191,11 +208,14 @@ async def gateway(
         await d.daemon.stop("test finished", grace_seconds=1.0)
 
 
-@pytest.mark.parametrize("scheme", ["smtp", "smtps"])
+@pytest.mark.parametrize(
+    ("scheme", "credential"),
+    [("smtp", "password"), ("smtps", "password"), ("smtps", "certificate")],
+)
 async def test_sent_as_hosted_box_leaves_through_the_operator(
-    gateway: GatewayFactory, dev_pki: DevPki, scheme: str
+    gateway: GatewayFactory, dev_pki: DevPki, scheme: str, credential: str
 ) -> None:
-    g = await gateway(scheme=scheme)
+    g = await gateway(scheme=scheme, credential=credential)
     code, _ = await submit(
         g.a,
         [DR_X],
@@ -236,7 +256,10 @@ async def test_sent_as_hosted_box_leaves_through_the_operator(
 
     # At the operator: the box's login authenticated, the message accepted as the box.
     [auth] = await g.b.store.audit_rows(AuditFilter(action="auth.succeeded"))
-    assert json.loads(auth.data)["details"]["login"] == OP_LOGIN
+    assert auth.person == "cptsbox"
+    expected = ("EXTERNAL", OP_LOGIN) if credential == "certificate" else ("PLAIN", OP_LOGIN)
+    details = json.loads(auth.data)["details"]
+    assert (details["mechanism"], details["login"]) == expected
     accepted = [
         json.loads(r.data)["details"]
         for r in await g.b.store.audit_rows(AuditFilter(action="message.accepted"))
