@@ -9,6 +9,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -113,3 +114,41 @@ def refused(port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
+
+
+def revoke_in_crl_file(pki: DevPki, crl_file: Path, cert_file: Path) -> None:
+    """Rewrite `crl_file` (the dev PKI's PEM CRLs) with a newer intermediate CRL
+    (number 2) that also revokes the first certificate of `cert_file`."""
+    ca_cert = x509.load_pem_x509_certificate(pki.intermediate_ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.intermediate_ca_key.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    target = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    data = crl_file.read_bytes()
+    blocks = re.findall(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", data, re.DOTALL)
+    crls = [x509.load_pem_x509_crl(b) for b in blocks]
+    old = next(c for c in crls if c.issuer == ca_cert.subject)
+    others = [c for c in crls if c.issuer != ca_cert.subject]
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - dt.timedelta(minutes=1))
+        .next_update(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .add_extension(x509.CRLNumber(2), critical=False)
+    )
+    serials = [r.serial_number for r in old] + [target.serial_number]
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - dt.timedelta(minutes=1))
+            .build()
+        )
+    new = builder.sign(ca_key, hashes.SHA256())
+    crl_file.write_bytes(
+        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [*others, new])
+    )

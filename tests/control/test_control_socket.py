@@ -13,6 +13,7 @@ import os
 import shutil
 import smtplib
 import socket
+import ssl
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from tests.control.support import (
     presented_fingerprint,
     refused,
     renew_server_certificate,
+    revoke_in_crl_file,
 )
 from tests.harness import PASSWORDS, RunningDaemon, free_ports, start_daemon
 
@@ -43,10 +45,12 @@ async def running(
     own = tmp_path / "own-tls"
     own.mkdir()
     cert, key = own / "server.pem", own / "server.key"
+    crl = own / "crl.pem"
     shutil.copy(dev_pki.server_cert, cert)
     shutil.copy(dev_pki.server_key, key)
+    shutil.copy(dev_pki.crl, crl)
     os.chmod(key, 0o600)
-    pki = dataclasses.replace(dev_pki, server_cert=cert, server_key=key)
+    pki = dataclasses.replace(dev_pki, server_cert=cert, server_key=key, crl=crl)
     d = await start_daemon(tmp_path, pki, storage)
     try:
         yield d
@@ -402,3 +406,30 @@ async def test_reload_changing_a_listeners_tls_mode_on_the_same_port(
     # implicit TLS now on the port that spoke STARTTLS
     tls = await asyncio.to_thread(imap_greeting, d, "imap-tls", port=d.ports["imap"])
     assert tls.startswith(b"* OK")
+
+
+def external_login(d: RunningDaemon) -> str:
+    """IMAPS with martin's client certificate, AUTHENTICATE EXTERNAL."""
+    m = imaplib.IMAP4_SSL(
+        "localhost", d.ports["imap-tls"], ssl_context=d.client_context("person-martin"), timeout=10
+    )
+    typ, _ = m.authenticate("EXTERNAL", lambda _: b"")
+    m.logout()
+    return typ
+
+
+async def test_reload_applies_a_new_crl_file_to_the_next_handshake(running: RunningDaemon) -> None:
+    d = running
+    assert await asyncio.to_thread(external_login, d) == "OK"
+    before = {c["issuer"]: c for c in (await cli_json("status", d.config_path))["crls"]}
+    martin_cert, _ = d.pki.cert_and_key("person-martin")
+    revoke_in_crl_file(d.pki, d.pki.crl, martin_cert)
+    done = await cli("reload", "--config", d.config_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with pytest.raises((ssl.SSLError, ConnectionError, imaplib.IMAP4.abort)):
+        await asyncio.to_thread(external_login, d)
+    after = {c["issuer"]: c for c in (await cli_json("status", d.config_path))["crls"]}
+    changed = [i for i in after if after[i]["this_update"] != before[i]["this_update"]]
+    assert len(changed) == 1 and "ORGANISATIONS" in changed[0]  # the intermediate's
+    [updated] = await audit(d, "tls.crl_updated")
+    assert updated["crl_number"] == 2
