@@ -102,6 +102,24 @@ def test_tls_files_openssl_refuses_are_refused_by_both(tmp_path: Path, dev_pki: 
         assert "internal error" not in served.stderr
 
 
+def test_key_file_that_is_not_a_file_is_refused(tmp_path: Path, dev_pki: DevPki) -> None:
+    """A missing key file is fine (a first start creates it); a folder in its place is
+    refused by check-config, as by serve."""
+    key_dir = tmp_path / "keys" / "blob.key"
+    key_dir.mkdir(parents=True)
+    storage = StorageConfig(url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", key_file=key_dir)
+    config = config_for(tmp_path, dev_pki, storage)
+    checked = cli("check-config", str(config))
+    assert checked.returncode == 2
+    assert f"{config}: storage.key_file: not a regular file: {key_dir}" in checked.stderr
+    served = cli("serve", "--config", str(config))
+    assert served.returncode == 2
+    no_traceback(served)
+    fresh = tmp_path / "fresh.toml"
+    fresh.write_text(config.read_text().replace(str(key_dir), str(tmp_path / "new.key")))
+    assert cli("check-config", str(fresh)).returncode == 0
+
+
 def test_unreadable_policy_folder_is_an_error(tmp_path: Path, dev_pki: DevPki) -> None:
     storage = StorageConfig(url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", key_file=tmp_path / "k")
     good = config_for(tmp_path, dev_pki, storage)

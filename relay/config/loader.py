@@ -1189,6 +1189,17 @@ def check_files(config: Config) -> list[Problem]:
         if config.issuer.client_secret_file is not None:
             secrets.append(("issuer.client_secret_file", config.issuer.client_secret_file))
     found: list[Problem] = []
+    # The store's key files may be missing (the first start of an empty store creates
+    # them, relay.store.keys), but one that is there must be a readable file.
+    storage = config.storage
+    for key, path in (
+        ("storage.key_file", storage.key_file),
+        ("storage.audit_key_file", storage.audit_key_path),
+    ):
+        if path.exists() and not path.is_file():
+            found.append(Problem(str(config.path), key, f"not a regular file: {path}"))
+        elif path.exists() and not os.access(path, os.R_OK):
+            found.append(Problem(str(config.path), key, f"not readable: {path}"))
     for key, path in named + secrets:
         if not path.exists():
             found.append(Problem(str(config.path), key, f"file not found: {path}"))
