@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
+from aioimaplib.aioimaplib import AioImapException
 
 from relay.audit.events import UpstreamChangeRefused
 from relay.store.mirror import JournalRow
@@ -185,10 +186,9 @@ class Replayer:
     async def _call(self, what: str, coro: Any) -> Answer:
         try:
             response = await asyncio.wait_for(coro, COMMAND_TIMEOUT_SECONDS)
-        except (TimeoutError, OSError, ConnectionError) as exc:
-            self._selected = None
-            raise OperatorUnreachable(f"{what}: {type(exc).__name__} {exc}".strip()) from None
-        except Exception as exc:  # aioimaplib's Abort, CommandTimeout, a closed protocol
+        except (TimeoutError, OSError, AioImapException) as exc:
+            # A timeout, a lost socket, aioimaplib's Abort / CommandTimeout / a command
+            # in a state it no longer allows (the session was closed under it).
             self._selected = None
             raise OperatorUnreachable(f"{what}: {type(exc).__name__} {exc}".strip()) from None
         answer = _answer(response)
