@@ -498,3 +498,45 @@ async def test_replay_sigkill_mid_append_sends_each_once(
     assert sent is not None
     maps = await ReplayStore(store).remote_uids(sent.id, list(range(1, 1000)))
     assert len(maps) == count and len({m.remote_uid for m in maps.values()}) == count
+
+
+async def test_fallbacks_without_uidplus_condstore_move(
+    store: Store,
+    operator_box: OperatorBox,
+) -> None:
+    """An operator offering none of UIDPLUS, CONDSTORE, MOVE (the replay is told so;
+    Dovecot answers the plain commands the same): flags without UNCHANGEDSINCE,
+    APPEND and COPY mapped by Message-ID, MOVE as COPY + \\Deleted + EXPUNGE."""
+    mail, client, full, inbox = await _setup(store, operator_box)
+    plain = Replayer(store, BOX, full.client, OperatorCaps(False, False, False))
+    await mail.store_flags(inbox, [1], "+FLAGS", frozenset({"\\Flagged"}), person=None)
+    raw = letter(30, subject="Envoi")
+    _, sent_uid = await mail.append(
+        BOX,
+        "Sent",
+        raw,
+        analyse(raw),
+        frozenset({"\\Seen"}),
+        dt.datetime.now(dt.UTC),
+        person=None,
+        make_event=lambda uid: None,
+    )
+    sent = await mail.folder(BOX, "Sent")
+    assert sent is not None
+    await mail.copy(
+        inbox,
+        [2],
+        sent.id,
+        source_person=None,
+        dest_person=None,
+        move=True,
+        make_event=lambda s, m: None,
+    )
+    report = await plain.run()
+    assert (report.done, report.refused, report.retry) == (3, 0, None)
+    remote_inbox = await _remote(client, "INBOX")
+    assert sorted(remote_inbox) == [1, 3] and remote_inbox[1][1] == {"\\Flagged"}
+    remote_sent = await _remote(client, "Sent")
+    assert len(remote_sent) == 2
+    maps = await ReplayStore(store).remote_uids(sent.id, [sent_uid, sent_uid + 1])
+    assert sorted(m.remote_uid for m in maps.values()) == sorted(remote_sent)
