@@ -154,9 +154,13 @@ def test_install_from_the_wheel_into_a_destdir(unpacked: Path, tmp_path: Path) -
         assert (dest / str(Path(crl).parent).lstrip("/")).is_dir()
     tmpfiles = (dest / "usr/lib/tmpfiles.d/mss-relay.conf").read_text()
     for line in tmpfiles.splitlines():
-        if line.startswith("d "):
-            _, folder, perm, *_ = line.split()
+        if line.startswith(("d ", "z ")):
+            _, folder, perm, user, group, *_ = line.split()
             assert mode(folder.lstrip("/")) == int(perm, 8), line
+            # Under the hardened unit the daemon runs as mss-relay: what it reads is
+            # its group's (ConfigurationDirectory= leaves /etc/mss-relay to root).
+            if folder.startswith("/etc/"):
+                assert (user, group) == ("root", "mss-relay"), line
     sysusers = (dest / "usr/lib/sysusers.d/mss-relay.conf").read_text()
     assert re.search(r"^u mss-relay .* /var/lib/mss-relay$", sysusers, re.M)
 
@@ -213,3 +217,40 @@ def test_install_prefix_usr_local_and_refusals(unpacked: Path, tmp_path: Path) -
     refused = from_wheel(unpacked, tmp_path, "install", "--destdir", str(blocked))
     assert refused.returncode == 2 and refused.stderr.startswith("mss-relay install: ")
     assert "Traceback" not in refused.stderr
+
+
+def test_tmpfiles_gives_the_daemon_its_config(unpacked: Path, tmp_path: Path) -> None:
+    """systemd-tmpfiles on the installed tree (as on first boot): the daemon's group
+    can read /etc/mss-relay, relay.toml and tls/, and owns the state folders."""
+    if shutil.which("systemd-tmpfiles") is None:
+        pytest.skip("systemd-tmpfiles not installed (.ci/run installs the systemd package)")
+    if os.geteuid() != 0:
+        pytest.skip("systemd-tmpfiles sets owners: needs root")
+    dest = tmp_path / "root"
+    done = from_wheel(unpacked, tmp_path, "install", "--destdir", str(dest))
+    assert done.returncode == 0, done.stderr
+    # The user systemd-sysusers would make, in the target's own user database.
+    (dest / "etc/passwd").write_text(
+        "root:x:0:0::/root:/bin/sh\nmss-relay:x:990:990::/var/lib/mss-relay:/usr/sbin/nologin\n"
+    )
+    (dest / "etc/group").write_text("root:x:0:\nmss-relay:x:990:\n")
+    (dest / "etc/mss-relay/tls/server.key").write_text("")
+    conf = dest / "usr/lib/tmpfiles.d/mss-relay.conf"
+    ran = subprocess.run(
+        ["systemd-tmpfiles", f"--root={dest}", "--create", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0 and ran.stderr == "", ran.stderr
+
+    def owner(rel: str) -> tuple[int, int, int]:
+        st = (dest / rel).stat()
+        return st.st_uid, st.st_gid, st.st_mode & 0o777
+
+    assert owner("etc/mss-relay") == (0, 990, 0o750)
+    assert owner("etc/mss-relay/relay.toml") == (0, 990, 0o640)
+    assert owner("etc/mss-relay/tls")[:2] == (0, 990)
+    assert owner("etc/mss-relay/tls/server.key")[:2] == (0, 990)
+    for state in ("var/lib/mss-relay", "var/lib/mss-relay/keys", "var/lib/mss-relay/crl"):
+        assert owner(state) == (990, 990, 0o700), state
