@@ -68,7 +68,9 @@ class LocalMessage:
 
     uid: int
     raw: bytes
-    flags: frozenset[str]  # the box's flags (per-person \\Seen is not the operator's)
+    flags: frozenset[
+        str
+    ]  # the box's flags, with \\Seen as the co-holder who made the change has it
     internal_date: dt.datetime
     message_id: str | None
 
@@ -184,10 +186,15 @@ class ReplayStore:
             for r in await self.store.read(read)
         }
 
-    async def local_messages(self, folder_id: int, uids: Sequence[int]) -> list[LocalMessage]:
-        """The local messages still there among `uids`, in UID order, decrypted."""
+    async def local_messages(
+        self, folder_id: int, uids: Sequence[int], *, person: str | None = None
+    ) -> list[LocalMessage]:
+        """The local messages still there among `uids`, in UID order, decrypted. In a
+        box with per-person \\Seen, `person`'s \\Seen counts (the co-holder who put the
+        message there: their Sent copy is read at the operator too)."""
         if not uids:
             return []
+        seen = t.seen.alias("person_seen")
         stmt = (
             select(
                 t.messages.c.uid,
@@ -196,8 +203,14 @@ class ReplayStore:
                 t.messages.c.message_id,
                 t.blobs.c.id.label("blob_id"),
                 t.blobs.c.data,
+                seen.c.person.label("seen_by"),
             )
-            .select_from(t.messages.join(t.blobs, t.blobs.c.id == t.messages.c.blob_id))
+            .select_from(
+                t.messages.join(t.blobs, t.blobs.c.id == t.messages.c.blob_id).outerjoin(
+                    seen,
+                    and_(seen.c.message_id == t.messages.c.id, seen.c.person == (person or "")),
+                )
+            )
             .where(and_(t.messages.c.folder_id == folder_id, t.messages.c.uid.in_(list(set(uids)))))
             .order_by(t.messages.c.uid)
         )
@@ -209,7 +222,7 @@ class ReplayStore:
             LocalMessage(
                 uid=int(r.uid),
                 raw=self.store.cipher.open(r.blob_id, bytes(r.data)),
-                flags=parse_flags(r.flags),
+                flags=parse_flags(r.flags) | ({"\\Seen"} if r.seen_by else set()),
                 internal_date=_aware(r.internal_date),
                 message_id=r.message_id,
             )

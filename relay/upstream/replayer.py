@@ -320,7 +320,7 @@ class Replayer:
     async def _append(self, row: JournalRow) -> _Outcome:
         assert row.folder_id is not None
         remote, _ = await self._folder(row.folder_id, row.folder)
-        messages = await self.rs.local_messages(row.folder_id, row.data["uids"])
+        messages = await self.rs.local_messages(row.folder_id, row.data["uids"], person=row.person)
         if not messages:
             return _Outcome(Verdict.DONE, done=Replayed(note="expunged here before it went up"))
         mapped: list[Mapping] = []
@@ -404,7 +404,10 @@ class Replayer:
         restored = "the local copies removed" + (
             ", the originals brought back from the operator" if move else ""
         )
-        copies = {m.uid: m for m in await self.rs.local_messages(dest_id, list(pairs.values()))}
+        copies = {
+            m.uid: m
+            for m in await self.rs.local_messages(dest_id, list(pairs.values()), person=row.person)
+        }
         mapped: list[Mapping] = []
         if row.in_flight is not None:
             found, _ = await self._already_there(dest_id, dst_remote, list(copies.values()))

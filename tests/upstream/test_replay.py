@@ -540,3 +540,29 @@ async def test_fallbacks_without_uidplus_condstore_move(
     assert len(remote_sent) == 2
     maps = await ReplayStore(store).remote_uids(sent.id, [sent_uid, sent_uid + 1])
     assert sorted(m.remote_uid for m in maps.values()) == sorted(remote_sent)
+
+
+async def test_client_sent_copy_reaches_the_operator_once(
+    daemon: RunningDaemon,
+    operator_box: OperatorBox,
+) -> None:
+    """Dupont's mail client saves its sent message in the shared box's Sent over IMAP
+    (as after a submission): one APPEND goes up, once, whatever the rounds."""
+    _, client, replayer, _ = await _setup(daemon.store, operator_box, n=1)
+    sent = letter(40, subject="Envoi depuis Thunderbird")
+
+    def dupont() -> None:
+        m = login(daemon, "dupont")
+        ok(m.append(shared(SHARED, "Sent"), "(\\Seen)", None, sent))
+        m.logout()
+
+    await asyncio.to_thread(dupont)
+    [row] = await MirrorStore(daemon.store).journal(BOX)
+    assert (row.kind, row.folder, row.person) == ("append", "Sent", "dupont")
+    assert (await replayer.run()).done == 1
+    assert (await replayer.run()).done == 0
+    remote = await _remote(client, "Sent")
+    # Read at the operator too: dupont's own \Seen (the box has per-person \Seen).
+    assert [flags for _, flags in remote.values()] == [{"\\Seen"}]
+    r = await client.uid("fetch", "1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+    assert b"<m40@cabinet.example>" in b"".join(bytes(x) for x in r.lines)
