@@ -75,13 +75,22 @@ class OperatorUnreachable(Exception):
     """The session broke (or timed out) mid-replay: retry the row later."""
 
 
+class WaitForDownSync(Exception):
+    """The folder's UIDVALIDITY changed at the operator: the remote UIDs we hold mean
+    nothing until the down sync has re-matched it. Not a failure of the session: the
+    round goes on with the down sync, and the row is replayed at the next round."""
+
+
 @dataclass
 class ReplayReport:
     """What one `run` did (for logs, `upstream sync`, tests)."""
 
     done: int = 0
     refused: int = 0
-    retry: str | None = None  # why it stopped before the end, if it did
+    retry: str | None = None  # why it stopped before the end (session unusable), if it did
+    # Stopped (order kept) until the down sync has re-matched a folder: the session is
+    # fine, the caller goes on with its down round.
+    waiting: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -127,6 +136,10 @@ class Replayer:
         for row in await self.rs.pending(self.box):
             try:
                 outcome = await self._replay(row)
+            except WaitForDownSync as exc:
+                await self.rs.defer(row.id, str(exc))
+                report.waiting = str(exc)
+                break
             except OperatorUnreachable as exc:
                 await self.rs.defer(row.id, str(exc))
                 report.retry = str(exc)
@@ -212,7 +225,7 @@ class Replayer:
         now = select_uidvalidity(answer)
         if uidvalidity and now is not None and now != uidvalidity:
             self._selected = None
-            raise OperatorUnreachable(
+            raise WaitForDownSync(
                 f"UIDVALIDITY of {remote} is {now}, {uidvalidity} mirrored: "
                 "waiting for the down sync to re-match the folder"
             )
