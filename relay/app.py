@@ -45,6 +45,7 @@ from relay.smtp.listener import make_listener as smtp_listener
 from relay.store.rotation import KeyRotator
 from relay.store.store import Store
 from relay.tls.context import CertificateFacts, TlsError, certificate_facts, server_context
+from relay.upstream.sync import UpstreamSync
 from relay.web.server import DaemonView
 from relay.web.server import make_listener as web_listener
 
@@ -125,6 +126,7 @@ class Daemon:
         self.startup_ms = 0.0
         self.crl_refresher: CrlRefresher | None = None  # fresh CRLs, TLS contexts
         self.worker: DeliveryWorker | None = None  # the outbound queue
+        self.upstream: UpstreamSync | None = None  # gateway mode: boxes at an operator
         self.anchoring: asyncio.Task[None] | None = None  # audit head, outside the database
         self.key_rotator: KeyRotator | None = None  # new message keys, re-encryption
         self.control: ControlServer | None = None  # reload, status, who, kick
@@ -165,6 +167,17 @@ class Daemon:
             self.key_rotator = KeyRotator(store, config.storage, lambda: runtime.config.limits)
             await self.key_rotator.start()
             store.on_queued(self.worker.wake)
+            self.upstream = UpstreamSync(
+                store,
+                lambda: {
+                    m.address: m.upstream
+                    for m in runtime.config.upstream_boxes()
+                    if m.upstream is not None
+                },
+                minimum_tls_version=lambda: runtime.config.tls.minimum_version,
+            )
+            await self.upstream.start()
+            runtime.reload_hooks.append(lambda _old, _new: self._apply_upstream())
             await store.record(DaemonStarted(version=VERSION, config_file=str(self.config_path)))
             await store.anchor("start")
             self.anchoring = asyncio.create_task(self._anchor_loop(), name="audit-anchors")
@@ -181,6 +194,14 @@ class Daemon:
             await asyncio.sleep(self.runtime.config.limits.audit_anchor_interval_seconds)
             if self.runtime is not None:
                 await self.runtime.store.anchor("interval")
+
+    def _apply_upstream(self) -> None:
+        """After a reload: loops for boxes newly hosted at an operator (the others
+        read their table at each round and end when it is gone)."""
+        if self.upstream is not None:
+            task = asyncio.ensure_future(self.upstream.apply())
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
 
     def _wake_crl_refresher(self) -> None:
         if self.crl_refresher is not None:
@@ -369,6 +390,9 @@ class Daemon:
         rotator, self.key_rotator = self.key_rotator, None
         if rotator is not None:
             await rotator.stop()
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            await upstream.stop()
         worker, self.worker = self.worker, None
         if worker is not None:
             await worker.stop(grace_seconds)

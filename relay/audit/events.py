@@ -492,3 +492,14 @@ class UpstreamChangeRefused(AuditEvent):
     kind: str
     folder: str | None
     restored: str  # what was done locally: "flags re-compared", "copy removed", ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpstreamCredentialsRefused(AuditEvent):
+    """Gateway mode: the operator refused the box's credential (`relay.upstream.sync`).
+    Recorded once per refused credential: the engine does not try it again until the
+    password file (or the certificate) changes."""
+
+    ACTION: ClassVar[str] = "upstream.credentials_refused"
+    endpoint: str
+    reason: str

@@ -119,9 +119,12 @@ class UpstreamSession:
         return capability.upper() in self.capabilities
 
     async def logout(self) -> None:
-        """LOGOUT, then close the socket whatever the operator answers."""
+        """LOGOUT (ending an IDLE first), then close the socket whatever the operator
+        answers."""
         try:
-            await asyncio.wait_for(self.client.logout(), 5.0)
+            if self.client.has_pending_idle():
+                self.client.idle_done()
+            await asyncio.wait_for(self.client.logout(), 2.0)
         except (AioImapException, OSError, TimeoutError, asyncio.CancelledError):
             pass
         finally:

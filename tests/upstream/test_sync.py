@@ -1,0 +1,225 @@
+"""The DOWN direction against Debian's Dovecot as the operator, both engines: a message
+delivered at the operator reaches a co-holder's IDLE session on mss-relay; a flag set
+and an expunge at the operator show locally; an operator down at start is synced once
+it is up; a refused credential is one audit event, not a retry storm."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from relay.config.model import StorageConfig
+from relay.store.downsync import DownStore
+from relay.store.mirror import MirrorStore
+from relay.store.store import AuditFilter
+from relay.tls.pki import DevPki
+from relay.upstream.sync import BoxSync
+from tests.harness import RunningDaemon, start_daemon
+from tests.imap.support import Raw, login, ok, shared
+from tests.upstream.conftest import BOX_LOGIN, BOX_PASSWORD
+from tests.upstream.dovecot import Dovecot
+
+OP_BOX = "cpts@coordo.operateur-test.mssante.fr"
+INBOX = shared(OP_BOX)
+
+
+def letter(n: int, subject: str = "Compte rendu") -> bytes:
+    return (
+        f"From: dr.x@peer.mssante.fr\r\nTo: {OP_BOX}\r\nSubject: {subject} {n}\r\n"
+        f"Message-ID: <op-{n}-{time.monotonic_ns()}@peer.mssante.fr>\r\n"
+        f"Date: Wed, 02 Dec 2026 08:00:00 +0000\r\n\r\nBonjour {n}.\r\n"
+    ).encode()
+
+
+def hosted_box(port: int, password_file: Path, trust_anchor: Path, poll: int = 5) -> str:
+    return f"""
+[[mailboxes]]
+address = "{OP_BOX}"
+type = "ORG"
+owner = "martin"
+responsible = "martin"
+
+[mailboxes.upstream]
+imap = "imaps://localhost:{port}"
+login = "{BOX_LOGIN}"
+password_file = "{password_file}"
+trust_anchors = ["{trust_anchor}"]
+poll_interval_seconds = {poll}
+
+[[mailboxes.coholders]]
+person = "dupont"
+rights = ["read", "flag"]
+
+[[mailboxes.coholders]]
+person = "leroy"
+rights = ["read"]
+"""
+
+
+Factory = Callable[..., Awaitable[RunningDaemon]]
+
+
+@pytest.fixture
+async def gateway(
+    tmp_path: Path, dev_pki: DevPki, storage: StorageConfig
+) -> AsyncIterator[Factory]:
+    running: list[RunningDaemon] = []
+
+    async def make(server: Dovecot, password: str = BOX_PASSWORD) -> RunningDaemon:
+        pw = tmp_path / "operator.password"
+        pw.write_text(password + "\n")
+        os.chmod(pw, 0o600)
+        d = await start_daemon(
+            tmp_path, dev_pki, storage, extra=hosted_box(server.imaps_port, pw, dev_pki.ca_bundle)
+        )
+        running.append(d)
+        return d
+
+    yield make
+    for d in running:
+        await d.daemon.stop("test finished", grace_seconds=1.0)
+
+
+def box_sync(d: RunningDaemon) -> BoxSync:
+    assert d.daemon.upstream is not None
+    return d.daemon.upstream.boxes[OP_BOX]
+
+
+async def test_operator_delivery_reaches_a_coholders_idle(
+    dovecot: Dovecot, gateway: Factory
+) -> None:
+    dovecot.append(BOX_LOGIN, letter(1), flags=["\\Seen"])
+    dovecot.append(BOX_LOGIN, letter(2))
+    d = await gateway(dovecot)
+    await box_sync(d).wait_rounds(1, 20)
+    watcher = await asyncio.to_thread(Raw, d)
+    try:
+        await asyncio.to_thread(watcher.login, "dupont")
+        untagged, final = await asyncio.to_thread(watcher.command, "s", f"SELECT {INBOX}")
+        assert final.startswith(b"s OK") and b"* 2 EXISTS" in untagged
+        await asyncio.to_thread(watcher.send, b"i IDLE")
+        assert (await asyncio.to_thread(watcher.line)).startswith(b"+ ")
+        await asyncio.wait_for(box_sync(d).idling.wait(), 10)
+        started = time.monotonic()
+        await asyncio.to_thread(dovecot.append, BOX_LOGIN, letter(3, "Urgent"))
+        assert await asyncio.to_thread(watcher.until, b"* 3 EXISTS", 5.0)
+        delay = time.monotonic() - started
+        assert delay < 2.0  # issue 12: under 2 s with upstream IDLE (poll: 5 s)
+        await asyncio.to_thread(watcher.send, b"DONE")
+        assert (await asyncio.to_thread(watcher.until, b"i ")).startswith(b"i OK")
+        untagged, _ = await asyncio.to_thread(
+            watcher.command, "f", "FETCH 1:3 (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])"
+        )
+        text = b"\n".join(untagged)
+        assert b"Compte rendu 1" in text and b"Compte rendu 2" in text and b"Urgent 3" in text
+    finally:
+        watcher.close()
+    # bodies are sealed at rest like every message: no plaintext in the blob rows
+    rows = await d.store.read(_blob_data)
+    assert rows and all(b"Bonjour" not in data for data in rows)
+    state = await MirrorStore(d.store).box(OP_BOX)
+    assert state is not None and state.downloaded == 3 and state.state in ("idle", "syncing")
+
+
+def _uid_flags(d: RunningDaemon, person: str) -> list[bytes]:
+    """UID and FLAGS of every message of the hosted INBOX, as `person` sees them (in a
+    thread: the daemon runs in the test's event loop)."""
+    m = login(d, person)
+    try:
+        count = ok(m.select(INBOX, readonly=True))
+        if count == [b"0"]:
+            return []
+        return ok(m.uid("FETCH", "1:*", "(UID FLAGS)"))
+    finally:
+        m.logout()
+
+
+async def _blob_data(conn: object) -> list[bytes]:
+    from sqlalchemy import select
+
+    from relay.store import schema as t
+
+    result = await conn.execute(select(t.blobs.c.data))  # type: ignore[attr-defined]
+    return [bytes(r.data) for r in result.all()]
+
+
+async def test_flag_and_expunge_at_the_operator_show_locally(
+    dovecot: Dovecot, gateway: Factory
+) -> None:
+    for n in (1, 2, 3):
+        dovecot.append(BOX_LOGIN, letter(n))
+    d = await gateway(dovecot)
+    sync = box_sync(d)
+    await sync.wait_rounds(1, 20)
+    await asyncio.wait_for(sync.idling.wait(), 10)  # pushed by IDLE, not found by a poll
+    started = time.monotonic()
+    with dovecot.imap(BOX_LOGIN) as op:
+        op.select("INBOX")
+        assert op.uid("STORE", "1", "+FLAGS", "(\\Flagged $Urgent)")[0] == "OK"
+        assert op.uid("STORE", "2", "+FLAGS", "(\\Deleted)")[0] == "OK"
+        assert op.expunge()[0] == "OK"
+    # the flag change wakes the IDLE on the operator's INBOX: no poll needed
+    deadline = time.monotonic() + 10
+    while True:
+        lines = await asyncio.to_thread(_uid_flags, d, "leroy")
+        if len(lines) == 2 and b"$Urgent" in lines[0]:
+            break
+        assert time.monotonic() < deadline, lines
+        await asyncio.sleep(0.2)
+    assert time.monotonic() - started < 4.0  # the poll interval is 5 s
+    assert b"UID 1 " in lines[0] and b"\\Flagged" in lines[0]
+    assert b"UID 3 " in lines[1]
+    # nothing of it is journaled to go back up: it came from the operator
+    assert await MirrorStore(d.store).pending_count(OP_BOX) == 0
+    known = await DownStore(d.store).known((await DownStore(d.store).links(OP_BOX))[0].folder_id)
+    assert sorted(k.remote_uid for k in known) == [1, 3]
+
+
+async def test_operator_down_at_start_then_up(
+    dev_pki: DevPki, dovecot: Dovecot, gateway: Factory
+) -> None:
+    dovecot.append(BOX_LOGIN, letter(1))
+    dovecot.stop()
+    d = await gateway(dovecot)
+    sync = box_sync(d)
+    deadline = time.monotonic() + 10
+    while sync.state != "unreachable":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    state = await MirrorStore(d.store).box(OP_BOX)
+    assert state is not None and state.state == "unreachable"
+    assert state.last_error is not None and "refused" in state.last_error
+    # local reads do not wait on the operator
+    assert await asyncio.to_thread(_uid_flags, d, "dupont") == []
+    dovecot.start()
+    sync.wake()  # skip the rest of the backoff (it is 1 s, 2 s, 4 s ...)
+    await sync.wait_rounds(1, 20)
+    assert len(await asyncio.to_thread(_uid_flags, d, "dupont")) == 1
+
+
+async def test_refused_credential_is_one_event_and_no_retry_storm(
+    dovecot: Dovecot, gateway: Factory, tmp_path: Path
+) -> None:
+    d = await gateway(dovecot, password="wrong")
+    sync = box_sync(d)
+    deadline = time.monotonic() + 10
+    while sync.state != "credentials_refused":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    for _ in range(5):
+        sync.wake()  # wakes do not make it try the same credential again
+        await asyncio.sleep(0.1)
+    rows = await d.store.audit_rows(AuditFilter(action="upstream.credentials_refused"))
+    assert len(rows) == 1 and rows[0].box == OP_BOX
+    assert dovecot.log().count("auth failed") == 1
+    state = await MirrorStore(d.store).box(OP_BOX)
+    assert state is not None and state.state == "credentials_refused"
+    # the credential rotated: the next check logs in and syncs
+    (tmp_path / "operator.password").write_text(BOX_PASSWORD + "\n")
+    sync.wake()
+    await sync.wait_rounds(1, 20)
