@@ -575,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     from relay.control.cli import register as register_control
 
     register_control(sub)
+    from relay.upstream.cli import register as register_upstream
+
+    register_upstream(sub)
     return p
 
 

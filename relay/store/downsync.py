@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.audit.events import AuditEvent
@@ -436,3 +436,23 @@ async def _remove_local(
         [{"folder_id": folder_id, "uid": int(r.uid), "modseq": modseq} for r in rows],
     )
     ctx.touch(folder_id)
+
+
+async def mirrored_counts(store: Store) -> dict[str, int]:
+    """Box -> messages mirrored (rows of the remote ↔ local UID map)."""
+
+    async def read(conn: AsyncConnection) -> Sequence[Any]:
+        return (
+            await conn.execute(
+                select(t.upstream_folders.c.box, func.count())
+                .select_from(
+                    t.upstream_messages.join(
+                        t.upstream_folders,
+                        t.upstream_folders.c.folder_id == t.upstream_messages.c.folder_id,
+                    )
+                )
+                .group_by(t.upstream_folders.c.box)
+            )
+        ).all()
+
+    return {str(r[0]): int(r[1]) for r in await store.read(read)}

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -62,6 +64,17 @@ rights = ["read"]
 
 
 Factory = Callable[..., Awaitable[RunningDaemon]]
+
+
+def status(d: RunningDaemon, *args: str) -> subprocess.CompletedProcess[str]:
+    """`mss-relay upstream status` as a subprocess on the daemon's config."""
+    return subprocess.run(
+        [sys.executable, "-m", "relay.cli", "upstream", "status", "-c", str(d.config_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -124,6 +137,12 @@ async def test_operator_delivery_reaches_a_coholders_idle(
     assert rows and all(b"Bonjour" not in data for data in rows)
     state = await MirrorStore(d.store).box(OP_BOX)
     assert state is not None and state.downloaded == 3 and state.state in ("idle", "syncing")
+    out = await asyncio.to_thread(status, d)
+    assert out.returncode == 0, out.stderr
+    assert f"{OP_BOX}\n" in out.stdout and "messages mirrored 3 (downloaded 3)" in out.stdout
+    assert "pending changes   0" in out.stdout and "s ago)" in out.stdout
+    unknown = await asyncio.to_thread(status, d, "nobody@nowhere.fr")
+    assert unknown.returncode == 1 and "not a box hosted at an operator" in unknown.stderr
 
 
 def _uid_flags(d: RunningDaemon, person: str) -> list[bytes]:
@@ -219,6 +238,11 @@ async def test_refused_credential_is_one_event_and_no_retry_storm(
     assert dovecot.log().count("auth failed") == 1
     state = await MirrorStore(d.store).box(OP_BOX)
     assert state is not None and state.state == "credentials_refused"
+    out = await asyncio.to_thread(status, d, OP_BOX)
+    assert out.returncode == 0, out.stderr
+    assert "state             credentials_refused" in out.stdout
+    assert "last sync         never" in out.stdout
+    assert "login cpts refused: [AUTHENTICATIONFAILED]" in out.stdout and "wrong" not in out.stdout
     # the credential rotated: the next check logs in and syncs
     (tmp_path / "operator.password").write_text(BOX_PASSWORD + "\n")
     sync.wake()

@@ -1,0 +1,117 @@
+"""`mss-relay upstream status [BOX]`: how each box hosted at an operator is mirrored.
+
+Read from the database (the daemon may run or not): the sync state, the last complete
+comparison and how long ago, messages mirrored and downloaded, local changes waiting
+to go up and those the operator refused, the last error.
+
+Exit status: 0 shown, 1 no such hosted box, 2 bad input (config, store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from relay.errors import StoreError
+from relay.store.downsync import mirrored_counts
+from relay.store.mirror import MirrorStore, UpstreamBox
+from relay.store.store import Store
+
+__all__ = ["register", "render_status"]
+
+EXIT_OK = 0
+EXIT_NOTHING = 1
+EXIT_BAD_INPUT = 2
+
+
+def _when(value: dt.datetime | None, now: dt.datetime) -> str:
+    if value is None:
+        return "never"
+    ago = int((now - value).total_seconds())
+    if ago < 120:
+        lag = f"{ago} s ago"
+    elif ago < 7200:
+        lag = f"{ago // 60} min ago"
+    else:
+        lag = f"{ago // 3600} h ago"
+    return f"{value.astimezone():%Y-%m-%d %H:%M:%S} ({lag})"
+
+
+def render_status(
+    boxes: Sequence[UpstreamBox],
+    mirrored: dict[str, int],
+    pending: dict[str, int],
+    refused: dict[str, int],
+    now: dt.datetime,
+) -> str:
+    if not boxes:
+        return "no box is hosted at an operator"
+    blocks = []
+    for b in boxes:
+        lines = [
+            f"{b.box}{'' if b.enabled else '  (no longer in the config)'}",
+            f"  state             {b.state}",
+            f"  last sync         {_when(b.last_sync_at, now)}",
+            f"  messages mirrored {mirrored.get(b.box, 0)} (downloaded {b.downloaded})",
+            f"  pending changes   {pending.get(b.box, 0)} (replayed {b.replayed})",
+            f"  refused changes   {refused.get(b.box, 0)}",
+        ]
+        if b.last_error:
+            lines.append(f"  last error        {_when(b.last_error_at, now)}: {b.last_error}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+async def _status(args: argparse.Namespace) -> int:
+    from relay.config import ConfigError, load
+
+    try:
+        config = load(Path(args.config))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        store = await Store.open(config.storage)
+    except StoreError as exc:
+        print(f"mss-relay: cannot open the store: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        mirror = MirrorStore(store)
+        boxes = await mirror.boxes()
+        if args.box is not None:
+            boxes = [b for b in boxes if b.box == args.box.lower()]
+            if not boxes:
+                print(f"{args.box} is not a box hosted at an operator", file=sys.stderr)
+                return EXIT_NOTHING
+        pending: dict[str, int] = {}
+        refused: dict[str, int] = {}
+        for b in boxes:
+            pending[b.box] = await mirror.pending_count(b.box)
+            refused[b.box] = len(await mirror.journal(b.box, state="refused"))
+        text = render_status(
+            boxes, await mirrored_counts(store), pending, refused, dt.datetime.now(dt.UTC)
+        )
+        print(text)
+        return EXIT_OK
+    finally:
+        await store.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    return asyncio.run(_status(args))
+
+
+def register(subparsers: Any) -> None:
+    """Add `upstream` and its subcommands to the `mss-relay` parser."""
+    upstream = subparsers.add_parser("upstream", help="boxes hosted at an MSSanté operator")
+    sub = upstream.add_subparsers(dest="upstream_command", required=True)
+    s = sub.add_parser("status", help="last sync, messages mirrored, pending changes, last error")
+    s.add_argument("--config", "-c", default="/etc/mss-relay/relay.toml")
+    s.add_argument("box", nargs="?", help="one box (default: every hosted box)")
+    s.set_defaults(func=cmd_status)
