@@ -70,8 +70,12 @@ log = structlog.get_logger("relay.upstream")
 
 BACKOFF_FIRST_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
-FETCH_BATCH_MESSAGES = 200  # one UID FETCH and one store transaction
-FETCH_BATCH_BYTES = 16 * 1024 * 1024
+# aioimaplib parses a read's lines recursively (one stack frame per line): an answer
+# of thousands of lines in one read overflows Python's stack (RecursionError, found
+# with 10,000 messages). Every FETCH therefore names at most this many UIDs: their
+# lines stay well under the recursion limit whatever the read size.
+FLAGS_BATCH_UIDS = 250
+FETCH_BATCH_MESSAGES = 100  # one UID FETCH of bodies and one store transaction
 COMMAND_TIMEOUT_SECONDS = 120.0  # a FETCH of a batch of big messages fits
 IDLE_RESTART_SECONDS = 25 * 60  # RFC 2177: re-issue IDLE at least every 29 minutes
 
@@ -530,21 +534,24 @@ class BoxSync:
         client = session.client
         if sel.exists == 0:
             return RemoteFolder(sel.uidvalidity, frozenset(), {})
-        if condstore and link.highestmodseq and not link.resync:
-            # RFC 7162 §3.1.4.1: only the flags changed since the last round, and the
-            # UIDs (expunges show as missing ones).
-            found = await client.uid_search("ALL", charset=None)
-            uids = frozenset(search_uids(_answer(found)))
-            changed = await client.uid(
-                "fetch", "1:*", f"(UID FLAGS) (CHANGEDSINCE {link.highestmodseq})"
-            )
-            flags = {u: f for u, (_, f) in fetched_flags(_answer(changed)).items()}
-            return RemoteFolder(sel.uidvalidity, uids, flags, partial_flags=True)
-        response = await client.uid("fetch", "1:*", "(UID FLAGS)")
-        if response.result != "OK":
-            raise UpstreamError(f"UID FETCH refused: {_answer(response).text}")
-        got = {u: f for u, (_, f) in fetched_flags(_answer(response)).items()}
-        return RemoteFolder(sel.uidvalidity, frozenset(got), got)
+        found = await client.uid_search("ALL", charset=None)
+        if found.result != "OK":
+            raise UpstreamError(f"UID SEARCH refused: {_answer(found).text}")
+        uids = sorted(search_uids(_answer(found)))
+        # RFC 7162 §3.1.4.1: with CONDSTORE only the flags changed since the last round
+        # (expunges show as UIDs missing from the search).
+        partial = condstore and link.highestmodseq > 0 and not link.resync
+        items = f"(UID FLAGS) (CHANGEDSINCE {link.highestmodseq})" if partial else "(UID FLAGS)"
+        flags: dict[int, frozenset[str]] = {}
+        for i in range(0, len(uids), FLAGS_BATCH_UIDS):
+            response = await client.uid("fetch", uid_set(uids[i : i + FLAGS_BATCH_UIDS]), items)
+            if response.result != "OK":
+                raise UpstreamError(f"UID FETCH refused: {_answer(response).text}")
+            flags.update({u: f for u, (_, f) in fetched_flags(_answer(response)).items()})
+        if not partial:
+            # a UID the search listed but the FETCH did not was expunged in between
+            return RemoteFolder(sel.uidvalidity, frozenset(flags), flags)
+        return RemoteFolder(sel.uidvalidity, frozenset(uids), flags, partial_flags=True)
 
     async def _download(
         self, session: UpstreamSession, link: FolderLink, uidvalidity: int, uids: Sequence[int]
@@ -576,12 +583,17 @@ class BoxSync:
         )
         remote: list[RemoteCopy] = []
         if sel.exists:
-            response = await session.client.uid(
-                "fetch", "1:*", "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
-            )
-            if response.result != "OK":
-                raise UpstreamError(f"UID FETCH refused: {_answer(response).text}")
-            remote = parse_fetched_ids(response.lines)
+            found = await session.client.uid_search("ALL", charset=None)
+            uids = sorted(search_uids(_answer(found)))
+            for i in range(0, len(uids), FETCH_BATCH_MESSAGES):
+                response = await session.client.uid(
+                    "fetch",
+                    uid_set(uids[i : i + FETCH_BATCH_MESSAGES]),
+                    "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])",
+                )
+                if response.result != "OK":
+                    raise UpstreamError(f"UID FETCH refused: {_answer(response).text}")
+                remote += parse_fetched_ids(response.lines)
         local = await self.down.local_copies(link.folder_id)
         result = rematch(local, remote)
         await self.down.rematched(
