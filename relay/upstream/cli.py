@@ -21,12 +21,14 @@ from relay.errors import StoreError
 from relay.store.downsync import mirrored_counts
 from relay.store.mirror import MirrorStore, UpstreamBox
 from relay.store.store import Store
+from relay.store.upjournal import RefusedChange, ReplayStore
 
 __all__ = ["register", "render_status"]
 
 EXIT_OK = 0
 EXIT_NOTHING = 1
 EXIT_BAD_INPUT = 2
+MAX_REFUSED_SHOWN = 20  # the most recent; all of them are in the audit trail
 
 
 def _when(value: dt.datetime | None, now: dt.datetime) -> str:
@@ -48,7 +50,10 @@ def render_status(
     pending: dict[str, int],
     refused: dict[str, int],
     now: dt.datetime,
+    refused_changes: dict[str, list[RefusedChange]] | None = None,
 ) -> str:
+    """The status text; with `refused_changes`, each refused change under its box
+    (the journal row, when, what, by whom, and the operator's answer)."""
     if not boxes:
         return "no box is hosted at an operator"
     blocks = []
@@ -61,6 +66,12 @@ def render_status(
             f"  pending changes   {pending.get(b.box, 0)} (replayed {b.replayed})",
             f"  refused changes   {refused.get(b.box, 0)}",
         ]
+        for c in (refused_changes or {}).get(b.box, [])[-MAX_REFUSED_SHOWN:]:
+            what = f"{c.kind} {c.folder}" if c.folder else c.kind
+            lines.append(
+                f"    #{c.id} {c.created_at.astimezone():%Y-%m-%d %H:%M} {what}"
+                f" by {c.person or 'the system'}: {c.answer or 'refused'}"
+            )
         if b.last_error:
             lines.append(f"  last error        {_when(b.last_error_at, now)}: {b.last_error}")
         blocks.append("\n".join(lines))
@@ -91,11 +102,19 @@ async def _status(args: argparse.Namespace) -> int:
                 return EXIT_NOTHING
         pending: dict[str, int] = {}
         refused: dict[str, int] = {}
+        details: dict[str, list[RefusedChange]] = {}
+        replay = ReplayStore(store)
         for b in boxes:
             pending[b.box] = await mirror.pending_count(b.box)
-            refused[b.box] = len(await mirror.journal(b.box, state="refused"))
+            details[b.box] = await replay.refused_changes(b.box)
+            refused[b.box] = len(details[b.box])
         text = render_status(
-            boxes, await mirrored_counts(store), pending, refused, dt.datetime.now(dt.UTC)
+            boxes,
+            await mirrored_counts(store),
+            pending,
+            refused,
+            dt.datetime.now(dt.UTC),
+            refused_changes=details,
         )
         print(text)
         return EXIT_OK

@@ -30,6 +30,7 @@ from relay.store.mirror import MirrorStore
 from relay.store.store import AuditFilter, Store, TxContext
 from relay.store.upjournal import ReplayStore
 from relay.tls.pki import DevPki
+from relay.upstream.cli import render_status
 from relay.upstream.connection import UpstreamSession, open_session
 from relay.upstream.replay import OperatorCaps
 from relay.upstream.replayer import Replayer
@@ -323,6 +324,13 @@ async def test_refused_rename_is_recorded_audited_and_undone(
     [box] = await MirrorStore(store).boxes()
     assert box.last_error is not None and "refused" in box.last_error
     assert (await _remote(client, "INBOX"))[3][1] == {"\\Answered"}
+    # Visible in `mss-relay upstream status`: the change, who made it, the answer.
+    changes = await ReplayStore(store).refused_changes(BOX)
+    text = render_status(
+        [box], {}, {}, {BOX: 1}, dt.datetime.now(dt.UTC), refused_changes={BOX: changes}
+    )
+    [line] = [x for x in text.splitlines() if x.startswith(f"    #{refused.id} ")]
+    assert " rename Dossiers by dupont: NO [ALREADYEXISTS]" in line
 
 
 async def test_refused_append_removes_the_local_copy(
