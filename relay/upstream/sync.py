@@ -299,6 +299,8 @@ class BoxSync:
         # What the last comparison saw of each remote folder (SELECT's numbers).
         self._compared: dict[str, Selected] = {}
         self.idling = asyncio.Event()  # set while IDLE runs on the operator's INBOX
+        self.in_round = False  # replaying or comparing (our own writes are under way)
+        self.folder_ids: frozenset[int] = frozenset()  # local folders linked
 
     def wake(self) -> None:
         """Compare now (a local change to replay, `upstream sync`)."""
@@ -389,17 +391,30 @@ class BoxSync:
         if condstore and "ENABLE" in caps:
             await session.client.enable("CONDSTORE")
         await self._set_state("syncing", capabilities=" ".join(sorted(caps)))
+        mirror = MirrorStore(self.store)
         while True:
             if self.config() != up:
                 return  # reloaded: reconnect with the new table
-            if self.replay:
-                await self._replay(session)
-            await self.sync_folders(session, up, condstore=condstore)
+            self.in_round = True
+            try:
+                if self.replay:
+                    await self._replay(session)
+                after_replay = await mirror.pending_count(self.box)
+                await self.sync_folders(session, up, condstore=condstore)
+                self.folder_ids = frozenset(
+                    link.folder_id for link in await self.down.links(self.box)
+                )
+                # A co-holder's change committed during the round (its commit was not
+                # a wake-up: our own writes touch the same folders): go round again.
+                again = await mirror.pending_count(self.box) > after_replay
+            finally:
+                self.in_round = False
             await self._set_state("idle", synced=True)
             async with self.round_done:
                 self.rounds += 1
                 self.round_done.notify_all()
-            await self._wait(session, up, lost)
+            if not again:
+                await self._wait(session, up, lost)
 
     async def _replay(self, session: UpstreamSession) -> None:
         from relay.upstream.replayer import Replayer  # the UP direction
@@ -636,6 +651,15 @@ class UpstreamSync:
 
     async def start(self) -> None:
         await self.apply()
+        self.store.on_commit(self._on_commit)
+
+    def _on_commit(self, folders: frozenset[int]) -> None:
+        """A commit touched a mirrored folder outside the box's own round: a
+        co-holder's change (journaled in that commit) to replay now, not at the next
+        poll (the operator's IDLE is ended with DONE for it)."""
+        for sync in self.boxes.values():
+            if not sync.in_round and folders & sync.folder_ids:
+                sync.wake()
 
     async def apply(self) -> None:
         """Start loops for boxes newly given an upstream; loops of boxes that lost it
@@ -661,6 +685,7 @@ class UpstreamSync:
             sync.wake()
 
     async def stop(self) -> None:
+        self.store.off_commit(self._on_commit)
         tasks, self._tasks = self._tasks, {}
         for task in tasks.values():
             task.cancel()

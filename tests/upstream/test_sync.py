@@ -277,3 +277,33 @@ async def test_first_sync_of_a_box_larger_than_one_read(
         await session.logout()
     state = await MirrorStore(store).box(OP_BOX)
     assert state is not None and state.downloaded == count
+
+
+def _flag_at_relay(d: RunningDaemon) -> None:
+    m = login(d, "dupont")
+    try:
+        ok(m.select(INBOX))
+        ok(m.uid("STORE", "1", "+FLAGS", "(\\Flagged)"))
+    finally:
+        m.logout()
+
+
+async def test_a_coholders_flag_goes_up_at_once(dovecot: Dovecot, gateway: Factory) -> None:
+    """The commit of a co-holder's change wakes the box's loop out of its IDLE on the
+    operator: the change is replayed within moments, not at the next poll (5 s)."""
+    dovecot.append(BOX_LOGIN, letter(1))
+    d = await gateway(dovecot)
+    sync = box_sync(d)
+    await sync.wait_rounds(1, 20)
+    await asyncio.wait_for(sync.idling.wait(), 10)
+    started = time.monotonic()
+    await asyncio.to_thread(_flag_at_relay, d)
+    while True:
+        with dovecot.imap(BOX_LOGIN) as op:
+            op.select("INBOX", readonly=True)
+            _, data = op.uid("FETCH", "1", "(FLAGS)")
+        if b"\\Flagged" in (data[0] or b""):
+            break
+        assert time.monotonic() - started < 4.0, data
+        await asyncio.sleep(0.1)
+    assert await MirrorStore(d.store).pending_count(OP_BOX) == 0
