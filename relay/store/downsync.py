@@ -242,36 +242,47 @@ class DownStore:
             row = (await conn.execute(_BUMP, {"folder_id": link.folder_id, "n": len(todo)})).one()
             modseq, first = int(row.highestmodseq), int(row.uidnext) - len(todo)
             now = self.store.clock()
-            uids = []
-            for n, (m, blob_id, data, meta, message_id) in enumerate(todo):
-                await conn.execute(
-                    insert(t.blobs).values(
-                        id=blob_id, size=len(m.raw), data=data, meta=meta, created_at=now
-                    )
-                )
-                await conn.execute(
-                    insert(t.messages).values(
-                        folder_id=link.folder_id,
-                        uid=first + n,
-                        modseq=modseq,
-                        blob_id=blob_id,
-                        internal_date=m.internal_date.astimezone(dt.UTC),
-                        internal_offset=offset_minutes(m.internal_date),
-                        size=len(m.raw),
-                        flags=format_flags(m.flags),
-                        message_id=message_id,
-                    )
-                )
-                await conn.execute(
-                    insert(t.upstream_messages).values(
-                        folder_id=link.folder_id,
-                        remote_uid=m.remote_uid,
-                        local_uid=first + n,
-                        modseq=m.modseq,
-                        flags=format_flags(m.flags),
-                    )
-                )
-                uids.append(first + n)
+            uids = [first + n for n in range(len(todo))]
+            # One multi-row statement per table (executemany): a batch is three
+            # statements, not three per message (PostgreSQL round trips).
+            await conn.execute(
+                insert(t.blobs),
+                [
+                    {"id": b, "size": len(m.raw), "data": data, "meta": meta, "created_at": now}
+                    for m, b, data, meta, _ in todo
+                ],
+            )
+            await conn.execute(
+                insert(t.messages),
+                [
+                    {
+                        "folder_id": link.folder_id,
+                        "uid": uid,
+                        "modseq": modseq,
+                        "blob_id": b,
+                        # the instant in UTC (SQLite keeps no zone) and the zone apart
+                        "internal_date": m.internal_date.astimezone(dt.UTC),
+                        "internal_offset": offset_minutes(m.internal_date),
+                        "size": len(m.raw),
+                        "flags": format_flags(m.flags),
+                        "message_id": message_id,
+                    }
+                    for uid, (m, b, _, _, message_id) in zip(uids, todo, strict=True)
+                ],
+            )
+            await conn.execute(
+                insert(t.upstream_messages),
+                [
+                    {
+                        "folder_id": link.folder_id,
+                        "remote_uid": m.remote_uid,
+                        "local_uid": uid,
+                        "modseq": m.modseq,
+                        "flags": format_flags(m.flags),
+                    }
+                    for uid, (m, *_rest) in zip(uids, todo, strict=True)
+                ],
+            )
             await conn.execute(
                 update(t.upstream_boxes)
                 .where(t.upstream_boxes.c.box == link.box)
