@@ -351,6 +351,15 @@ class BoxSync:
                 last_error = reason
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+            except Exception as exc:
+                # A bug here must not end the box's mirroring for good: logged with its
+                # traceback, state "error", retried with the same backoff.
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+                log.exception("upstream.sync_failed", box=self.box)
+                await self._set_state("error", error=reason)
+                last_error = reason
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
             finally:
                 await session.logout()
 
@@ -444,13 +453,15 @@ class BoxSync:
         # is not pushed by IDLE (the SELECT shows it silently): compare the numbers,
         # and go round again if they moved (with CONDSTORE, HIGHESTMODSEQ moves with
         # every flag change and expunge too, RFC 7162 §3.1.2).
-        response = await client.select("INBOX")
+        # aioimaplib does not fail a command when the connection drops (it waits for
+        # its timeout, IDLE has none): both race the connection-lost signal.
+        response = await _unless_lost(client.select("INBOX"), lost)
         if response.result != "OK":
             raise UpstreamError(f"SELECT INBOX refused: {_answer(response).text}")
         if parse_select(response.lines) != self._compared.get("INBOX"):
             return
         seconds = min(up.poll_interval_seconds, IDLE_RESTART_SECONDS)
-        idle = await client.idle_start(timeout=seconds)
+        idle = await _unless_lost(client.idle_start(timeout=seconds), lost)
         self.idling.set()
         waker = asyncio.ensure_future(self._wake.wait())
         gone = asyncio.ensure_future(lost.wait())
@@ -624,6 +635,23 @@ class BoxSync:
         await self.down.folder_synced(
             link.folder_id, uidvalidity=sel.uidvalidity, highestmodseq=0, uidnext=sel.uidnext
         )
+
+
+async def _unless_lost(coro: Any, lost: asyncio.Event) -> Any:
+    """`coro`'s result, or `_Lost` as soon as the connection drops (or after
+    COMMAND_TIMEOUT_SECONDS)."""
+    task = asyncio.ensure_future(coro)
+    gone = asyncio.ensure_future(lost.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {task, gone}, timeout=COMMAND_TIMEOUT_SECONDS, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        gone.cancel()
+    if task not in done:
+        task.cancel()
+        raise _Lost("connection lost" if lost.is_set() else "the operator stopped answering")
+    return task.result()
 
 
 def _quote(name: str) -> str:

@@ -307,3 +307,34 @@ async def test_a_coholders_flag_goes_up_at_once(dovecot: Dovecot, gateway: Facto
         assert time.monotonic() - started < 4.0, data
         await asyncio.sleep(0.1)
     assert await MirrorStore(d.store).pending_count(OP_BOX) == 0
+
+
+async def test_uidvalidity_change_at_the_operator_rematches_without_duplicates(
+    dovecot: Dovecot, gateway: Factory
+) -> None:
+    """The operator rebuilds its UID list (RFC 3501 §2.3.1.1: a new UIDVALIDITY, every
+    UID void): the messages are paired again by Message-ID and size and keep their
+    local UIDs; nothing is downloaded twice, co-holders see no duplicate."""
+    for n in (1, 2, 3):
+        dovecot.append(BOX_LOGIN, letter(n))
+    d = await gateway(dovecot)
+    sync = box_sync(d)
+    await sync.wait_rounds(1, 20)
+    down = DownStore(d.store)
+    (before,) = await down.links(OP_BOX)
+    dovecot.stop()
+    md = dovecot.maildir(BOX_LOGIN)
+    for path in md.iterdir():
+        if path.name.startswith("dovecot"):
+            path.unlink()
+    await asyncio.sleep(1.1)  # Dovecot's UIDVALIDITY is a time in seconds
+    dovecot.start()
+    sync.wake()
+    await sync.wait_rounds(2, 30)
+    (after,) = await down.links(OP_BOX)
+    assert after.uidvalidity != before.uidvalidity and after.uidvalidity != 0
+    assert sorted(k.local_uid for k in await down.known(after.folder_id)) == [1, 2, 3]
+    lines = await asyncio.to_thread(_uid_flags, d, "dupont")
+    assert [line.split(b"UID ")[1].split()[0] for line in lines] == [b"1", b"2", b"3"]
+    state = await MirrorStore(d.store).box(OP_BOX)
+    assert state is not None and state.downloaded == 3
