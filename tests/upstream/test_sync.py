@@ -338,3 +338,23 @@ async def test_uidvalidity_change_at_the_operator_rematches_without_duplicates(
     assert [line.split(b"UID ")[1].split()[0] for line in lines] == [b"1", b"2", b"3"]
     state = await MirrorStore(d.store).box(OP_BOX)
     assert state is not None and state.downloaded == 3
+
+
+async def test_operator_restarted_while_idle(dovecot: Dovecot, gateway: Factory) -> None:
+    """The operator dies under the IDLE (connection lost: state unreachable at once, not
+    at the poll), comes back; what it received meanwhile comes down."""
+    dovecot.append(BOX_LOGIN, letter(1))
+    d = await gateway(dovecot)
+    sync = box_sync(d)
+    await sync.wait_rounds(1, 20)
+    await asyncio.wait_for(sync.idling.wait(), 10)
+    dovecot.stop()
+    deadline = time.monotonic() + 3  # the poll interval is 5 s
+    while sync.state != "unreachable":
+        assert time.monotonic() < deadline, sync.state
+        await asyncio.sleep(0.05)
+    dovecot.start()
+    dovecot.append(BOX_LOGIN, letter(2))
+    sync.wake()
+    await sync.wait_rounds(2, 20)
+    assert len(await asyncio.to_thread(_uid_flags, d, "dupont")) == 2
