@@ -25,8 +25,10 @@ from relay.control.model import (
     render_kick,
     render_reload,
     render_status,
+    render_upstream_sync,
     render_who,
     status_from_json,
+    upstream_sync_from_json,
     who_from_json,
 )
 from relay.control.paths import control_socket_from_text
@@ -43,6 +45,7 @@ _RENDER: dict[Command, Callable[[Any], str]] = {
     Command.WHO: lambda d: render_who(who_from_json(d)),
     Command.KICK: lambda d: render_kick(kick_from_json(d)),
     Command.RELOAD: lambda d: render_reload(reload_from_json(d)),
+    Command.UPSTREAM_SYNC: lambda d: render_upstream_sync(upstream_sync_from_json(d)),
 }
 
 
@@ -66,12 +69,12 @@ def _socket(args: argparse.Namespace) -> Path | None:
     return None
 
 
-def run(args: argparse.Namespace, request: Request) -> int:
+def run(args: argparse.Namespace, request: Request, *, timeout: float | None = None) -> int:
     path = _socket(args)
     if path is None:
         return EXIT_REFUSED
     try:
-        response = call(path, request)
+        response = call(path, request) if timeout is None else call(path, request, timeout=timeout)
         text = None
         if response.result is not None and not args.json:
             text = _RENDER[request.command](response.result)

@@ -120,6 +120,17 @@ class ReloadReport:
         return self.applied
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamSyncReport:
+    """One complete round (replay, then every folder compared) of a hosted box."""
+
+    box: str
+    complete: bool  # False: the round could not happen (see state) or took too long
+    state: str  # the box's sync state after the round ("idle", "unreachable", ...)
+    rounds: int  # complete rounds since the daemon started
+    seconds: float  # how long this one took, from the request
+
+
 # --- JSON ----------------------------------------------------------------------------
 
 
@@ -180,6 +191,10 @@ def who_from_json(data: Any) -> WhoReport:
 
 def kick_from_json(data: Any) -> KickReport:
     return _build(KickReport, data)
+
+
+def upstream_sync_from_json(data: Any) -> UpstreamSyncReport:
+    return _build(UpstreamSyncReport, data)
 
 
 def reload_from_json(data: Any) -> ReloadReport:
@@ -279,6 +294,15 @@ def render_kick(r: KickReport) -> str:
     if not total:
         return f"{r.person}{where}: no open session"
     return f"{r.person}{where}: {r.imap} IMAP and {r.smtp} SMTP sessions cut"
+
+
+def render_upstream_sync(r: UpstreamSyncReport) -> str:
+    if r.complete:
+        return f"{r.box}: synced with its operator in {r.seconds:.1f} s (state {r.state})"
+    return (
+        f"{r.box}: no complete sync after {r.seconds:.1f} s (state {r.state}); "
+        f"`mss-relay upstream status {r.box}` shows the last error"
+    )
 
 
 def render_reload(r: ReloadReport) -> str:

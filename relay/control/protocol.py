@@ -33,13 +33,14 @@ class Command(enum.StrEnum):
     WHO = "who"
     KICK = "kick"
     RELOAD = "reload"
+    UPSTREAM_SYNC = "upstream-sync"  # compare a hosted box with its operator now
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
     command: Command
     person: str | None = None  # kick
-    box: str | None = None  # kick --box
+    box: str | None = None  # kick --box; upstream-sync BOX
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,10 @@ def decode_request(line: bytes) -> Request:
     person, box = _optional_text(obj, "person"), _optional_text(obj, "box")
     if command is Command.KICK and person is None:
         raise ProtocolError("kick needs a person")
-    if command is not Command.KICK and (person is not None or box is not None):
+    if command is Command.UPSTREAM_SYNC:
+        if box is None or person is not None:
+            raise ProtocolError("upstream-sync needs a box and no person")
+    elif command is not Command.KICK and (person is not None or box is not None):
         raise ProtocolError(f"{command.value} takes no person or box")
     return Request(command, person, box)
 

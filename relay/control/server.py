@@ -35,6 +35,7 @@ from relay.control.model import (
     ReloadReport,
     SessionFacts,
     StatusReport,
+    UpstreamSyncReport,
     WhoReport,
     sessions_sorted,
     to_json,
@@ -54,8 +55,14 @@ from relay.tls.context import CertificateFacts
 
 if TYPE_CHECKING:
     from relay.delivery.crl import CrlRefresher
+    from relay.upstream.sync import UpstreamSync
 
 log = structlog.get_logger("relay.control")
+
+# `upstream sync`: how long the daemon waits for the round it asked for. A first sync
+# of a large box takes minutes (about 2,000 messages/s from a local Dovecot); an
+# operator that cannot be reached makes the round end at once with that state.
+UPSTREAM_SYNC_MAX_SECONDS = 3600.0
 
 # A client that connects and sends nothing is dropped after this.
 REQUEST_TIMEOUT_SECONDS = 10.0
@@ -110,6 +117,9 @@ class ControlTarget(Protocol):
     @property
     def started_at(self) -> dt.datetime: ...
 
+    @property
+    def upstream(self) -> UpstreamSync | None: ...
+
     async def reload(self) -> ReloadReport: ...
 
 
@@ -132,6 +142,7 @@ class ControlService:
             Command.WHO: self._who,
             Command.KICK: self._kick,
             Command.RELOAD: self._reload,
+            Command.UPSTREAM_SYNC: self._upstream_sync,
         }
 
     def _runtime(self) -> Runtime:
@@ -280,6 +291,44 @@ class ControlService:
         if report.applied:
             return Response(ok=True, result=to_json(report))
         return Response(ok=False, result=to_json(report), error="reload refused")
+
+    # --- upstream sync --------------------------------------------------------------
+
+    async def _upstream_sync(self, request: Request, _uid: int) -> Response:
+        """Wake the box's loop and wait for the next complete round (replay of the
+        local changes, then every folder compared)."""
+        self._runtime()
+        assert request.box is not None  # decode_request
+        box = request.box.lower()
+        upstream = self.target.upstream
+        sync = None if upstream is None else upstream.boxes.get(box)
+        if sync is None:
+            raise ControlError(f'"{box}" is not a box hosted at an operator')
+        started, wanted = time.monotonic(), sync.rounds + 1
+        sync.wake()
+        while sync.rounds < wanted:
+            # A round that cannot happen (operator unreachable, credential refused)
+            # ends the wait with that state instead of the whole timeout.
+            if sync.state in ("unreachable", "credentials_refused", "error") and (
+                time.monotonic() - started > 3.0
+            ):
+                break
+            try:
+                await sync.wait_rounds(wanted, 0.5)
+            except TimeoutError:
+                if time.monotonic() - started > UPSTREAM_SYNC_MAX_SECONDS:
+                    break
+        complete = sync.rounds >= wanted
+        report = UpstreamSyncReport(
+            box=box,
+            complete=complete,
+            state=sync.state,
+            rounds=sync.rounds,
+            seconds=time.monotonic() - started,
+        )
+        if not complete:
+            return Response(ok=False, result=to_json(report), error=f"{box}: no complete sync")
+        return Response(ok=True, result=to_json(report))
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int | None:

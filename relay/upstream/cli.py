@@ -1,4 +1,5 @@
-"""`mss-relay upstream status [BOX]`: how each box hosted at an operator is mirrored.
+"""`mss-relay upstream status [BOX]`: how each box hosted at an operator is mirrored;
+`mss-relay upstream sync BOX`: a round now, through the daemon's control socket.
 
 Read from the database (the daemon may run or not): the sync state, the last complete
 comparison and how long ago, messages mirrored and downloaded, local changes waiting
@@ -126,6 +127,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(_status(args))
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Through the running daemon's control socket: its loop for BOX does a round now
+    (local changes replayed, every folder compared) and the command waits for it."""
+    from relay.control.cli import run
+    from relay.control.protocol import Command, Request
+
+    return run(args, Request(Command.UPSTREAM_SYNC, box=args.box), timeout=args.timeout)
+
+
 def register(subparsers: Any) -> None:
     """Add `upstream` and its subcommands to the `mss-relay` parser."""
     upstream = subparsers.add_parser("upstream", help="boxes hosted at an MSSanté operator")
@@ -134,3 +144,12 @@ def register(subparsers: Any) -> None:
     s.add_argument("--config", "-c", default="/etc/mss-relay/relay.toml")
     s.add_argument("box", nargs="?", help="one box (default: every hosted box)")
     s.set_defaults(func=cmd_status)
+    s = sub.add_parser("sync", help="sync BOX with its operator now (the daemon must run)")
+    s.add_argument("--config", "-c", default="/etc/mss-relay/relay.toml", help="to find the socket")
+    s.add_argument("--socket", help="the control socket (default: from the config)")
+    s.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    s.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds to wait for the round (3600)"
+    )
+    s.add_argument("box", metavar="BOX", help="a box with a [mailboxes.upstream] table")
+    s.set_defaults(func=cmd_sync)

@@ -46,6 +46,7 @@ from relay.control.protocol import (
         Request(Command.RELOAD),
         Request(Command.KICK, person="dupont"),
         Request(Command.KICK, person="dupont", box="secretariat@cpts-demo.mssante.fr"),
+        Request(Command.UPSTREAM_SYNC, box="cpts@coordo.operateur-test.mssante.fr"),
     ],
 )
 def test_requests_round_trip(request_: Request) -> None:
@@ -63,6 +64,8 @@ def test_requests_round_trip(request_: Request) -> None:
         (b'{"v": 1, "command": "rm -rf"}', "unknown command"),
         (b'{"v": 1, "command": "kick"}', "kick needs a person"),
         (b'{"v": 1, "command": "status", "person": "x"}', "takes no person"),
+        (b'{"v": 1, "command": "upstream-sync"}', "needs a box"),
+        (b'{"v": 1, "command": "upstream-sync", "box": "b@x", "person": "x"}', "no person"),
         (b'{"v": 1, "command": "kick", "person": ""}', "non-empty"),
         (b'{"v": 1, "command": "who", "extra": 1}', "unknown fields"),
         (b"\xff\xfe", "not a JSON line"),

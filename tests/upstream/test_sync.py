@@ -358,3 +358,51 @@ async def test_operator_restarted_while_idle(dovecot: Dovecot, gateway: Factory)
     sync.wake()
     await sync.wait_rounds(2, 20)
     assert len(await asyncio.to_thread(_uid_flags, d, "dupont")) == 2
+
+
+def sync_now(d: RunningDaemon, box: str = OP_BOX) -> subprocess.CompletedProcess[str]:
+    """`mss-relay upstream sync BOX`, a real process, through the daemon's control socket."""
+    return subprocess.run(
+        [sys.executable, "-m", "relay.cli", "upstream", "sync", "-c", str(d.config_path), box],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_upstream_sync_now_waits_for_a_complete_round(
+    dovecot: Dovecot, gateway: Factory
+) -> None:
+    dovecot.append(BOX_LOGIN, letter(1))
+    d = await gateway(dovecot)
+    sync = box_sync(d)
+    await sync.wait_rounds(1, 20)
+    before = sync.rounds
+    dovecot.append(BOX_LOGIN, letter(2))
+    done = await asyncio.to_thread(sync_now, d)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{OP_BOX}: synced with its operator in" in done.stdout
+    assert sync.rounds > before
+    assert len(await asyncio.to_thread(_uid_flags, d, "dupont")) == 2
+    # a box that is not hosted at an operator: refused by name, exit 2
+    other = await asyncio.to_thread(sync_now, d, "secretariat@cpts-demo.mssante.fr")
+    assert other.returncode == 2
+    assert "is not a box hosted at an operator" in other.stderr
+
+
+async def test_upstream_sync_with_the_operator_down_says_so(
+    dovecot: Dovecot, gateway: Factory
+) -> None:
+    dovecot.stop()
+    d = await gateway(dovecot)
+    sync = box_sync(d)
+    deadline = time.monotonic() + 10
+    while sync.state != "unreachable":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    started = time.monotonic()
+    done = await asyncio.to_thread(sync_now, d)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "no complete sync" in done.stdout and "state unreachable" in done.stdout
+    assert time.monotonic() - started < 30  # the unreachable state ends the wait
