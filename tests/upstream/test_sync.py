@@ -306,7 +306,12 @@ async def test_a_coholders_flag_goes_up_at_once(dovecot: Dovecot, gateway: Facto
             break
         assert time.monotonic() - started < 4.0, data
         await asyncio.sleep(0.1)
-    assert await MirrorStore(d.store).pending_count(OP_BOX) == 0
+    # The operator has the flag once its STORE is answered; the journal row goes in
+    # the commit that follows (same transaction as the recorded result): wait for it.
+    deadline = time.monotonic() + 5.0
+    while await MirrorStore(d.store).pending_count(OP_BOX):
+        assert time.monotonic() < deadline, "the replayed change is still pending"
+        await asyncio.sleep(0.05)
 
 
 async def test_uidvalidity_change_at_the_operator_rematches_without_duplicates(
