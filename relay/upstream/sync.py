@@ -35,7 +35,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,10 +175,10 @@ def _internaldate(text: bytes | None) -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def parse_fetched_bodies(lines: Sequence[Any]) -> list[Downloaded]:
-    """The messages of a `UID FETCH (UID FLAGS INTERNALDATE BODY.PEEK[])` answer: a
-    line ending in the literal's size, the literal, then the rest of the response."""
-    out = []
+def fetched_literals(lines: Sequence[Any]) -> Iterator[tuple[bytes, bytes]]:
+    """(the FETCH's items as text, the literal) for each message of a `UID FETCH`
+    answer carrying one literal per message, as aioimaplib gives it: a line ending in
+    the literal's size, the literal, then the rest of the response."""
     items = list(lines)
     i = 0
     while i < len(items):
@@ -189,12 +189,18 @@ def parse_fetched_bodies(lines: Sequence[Any]) -> list[Downloaded]:
         m = _LITERAL_HEAD.match(bytes(line))
         if m is None or i >= len(items):
             continue
-        body = bytes(items[i])
+        literal = bytes(items[i])
         i += 1
         tail = bytes(items[i]) if i < len(items) and isinstance(items[i], bytes) else b""
         if tail.endswith(b")"):
             i += 1
-        text = m.group(1) + b" " + tail
+        yield m.group(1) + b" " + tail, literal
+
+
+def parse_fetched_bodies(lines: Sequence[Any]) -> list[Downloaded]:
+    """The messages of a `UID FETCH (UID FLAGS INTERNALDATE BODY.PEEK[])` answer."""
+    out = []
+    for text, body in fetched_literals(lines):
         uid = _UID.search(text)
         if uid is None:
             continue
@@ -218,22 +224,7 @@ def parse_fetched_bodies(lines: Sequence[Any]) -> list[Downloaded]:
 def parse_fetched_ids(lines: Sequence[Any]) -> list[RemoteCopy]:
     """`UID FETCH (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])`."""
     out = []
-    items = list(lines)
-    i = 0
-    while i < len(items):
-        line = items[i]
-        i += 1
-        if not isinstance(line, bytes | bytearray):
-            continue
-        m = _LITERAL_HEAD.match(bytes(line))
-        if m is None or i >= len(items):
-            continue
-        header = bytes(items[i])
-        i += 1
-        tail = bytes(items[i]) if i < len(items) and isinstance(items[i], bytes) else b""
-        if tail.endswith(b")"):
-            i += 1
-        text = m.group(1) + b" " + tail
+    for text, header in fetched_literals(lines):
         uid, size, flags = _UID.search(text), _SIZE.search(text), _FLAGS.search(text)
         if uid is None or size is None:
             continue
