@@ -22,8 +22,8 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `cat big | head`
-EXIT_INTERRUPTED = 130
-EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h)  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h)
 DEFAULT_CONFIG = "/etc/mss-relay/relay.toml"
 
 

@@ -40,9 +40,6 @@ __all__ = [
     "rematch",
 ]
 
-# Session flags never stored (RFC 3501 §2.3.2 \Recent is per session).
-_SESSION_FLAGS = frozenset({"\\Recent"})
-
 
 def clean_flags(flags: Sequence[str] | frozenset[str]) -> frozenset[str]:
     """The operator's flags as stored locally: \\Recent dropped, system flags in
@@ -53,7 +50,7 @@ def clean_flags(flags: Sequence[str] | frozenset[str]) -> frozenset[str]:
         if f.lower() == "\\recent":
             continue
         out.add(canon.get(f.lower(), f))
-    return frozenset(out) - _SESSION_FLAGS
+    return frozenset(out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "FLAGS_ITEM",
+    "MODSEQ_ITEM",
+    "UID_ITEM",
     "Answer",
     "OperatorCaps",
     "Verdict",
@@ -67,9 +70,9 @@ __all__ = [
 LOCAL_ONLY_FLAGS = frozenset({"\\Recent"})
 _CODE = re.compile(rb"^(?:OK |NO |BAD )?\[([A-Z-]+)(?: ([^\]]*))?\]")
 _FETCH = re.compile(rb"^\d+ FETCH \((.*)\)$")
-_UID = re.compile(rb"\bUID (\d+)")
-_MODSEQ = re.compile(rb"\bMODSEQ \((\d+)\)")
-_FLAGS = re.compile(rb"\bFLAGS \(([^)]*)\)")
+UID_ITEM = re.compile(rb"\bUID (\d+)")
+MODSEQ_ITEM = re.compile(rb"\bMODSEQ \((\d+)\)")
+FLAGS_ITEM = re.compile(rb"\bFLAGS \(([^)]*)\)")
 _ATOM_SAFE = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 # RFC 5530 response codes that say "not now" rather than "no".
 _TRANSIENT_CODES = frozenset({"UNAVAILABLE", "INUSE", "SERVERBUG", "LIMIT", "CONTACTADMIN"})
@@ -189,11 +192,11 @@ def fetched_flags(answer: Answer) -> dict[int, tuple[int | None, frozenset[str]]
         if not m:
             continue
         body = m.group(1)
-        uid = _UID.search(body)
-        flags = _FLAGS.search(body)
+        uid = UID_ITEM.search(body)
+        flags = FLAGS_ITEM.search(body)
         if uid is None or flags is None:
             continue
-        modseq = _MODSEQ.search(body)
+        modseq = MODSEQ_ITEM.search(body)
         out[int(uid.group(1))] = (
             int(modseq.group(1)) if modseq else None,
             frozenset(flags.group(1).decode("utf-8", "replace").split()),

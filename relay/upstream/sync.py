@@ -62,7 +62,16 @@ from relay.upstream.plan import (
     plan_folder,
     rematch,
 )
-from relay.upstream.replay import Answer, OperatorCaps, fetched_flags, search_uids, uid_set
+from relay.upstream.replay import (
+    FLAGS_ITEM,
+    MODSEQ_ITEM,
+    UID_ITEM,
+    Answer,
+    OperatorCaps,
+    fetched_flags,
+    search_uids,
+    uid_set,
+)
 
 __all__ = ["BoxSync", "UpstreamSync"]
 
@@ -92,9 +101,6 @@ _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _LITERAL_HEAD = re.compile(rb"^\d+ FETCH \((.*)\{(\d+)\}$")
 _CODE_NUMBER = re.compile(rb"\[(UIDVALIDITY|UIDNEXT|HIGHESTMODSEQ) (\d+)\]")
 _EXISTS = re.compile(rb"^(\d+) EXISTS$")
-_UID = re.compile(rb"\bUID (\d+)")
-_FLAGS = re.compile(rb"\bFLAGS \(([^)]*)\)")
-_MODSEQ = re.compile(rb"\bMODSEQ \((\d+)\)")
 _MESSAGE_ID = re.compile(rb"^Message-ID:\s*<?([^>\r\n]*)>?", re.IGNORECASE | re.MULTILINE)
 
 
@@ -201,11 +207,11 @@ def parse_fetched_bodies(lines: Sequence[Any]) -> list[Downloaded]:
     """The messages of a `UID FETCH (UID FLAGS INTERNALDATE BODY.PEEK[])` answer."""
     out = []
     for text, body in fetched_literals(lines):
-        uid = _UID.search(text)
+        uid = UID_ITEM.search(text)
         if uid is None:
             continue
-        flags = _FLAGS.search(text)
-        modseq = _MODSEQ.search(text)
+        flags = FLAGS_ITEM.search(text)
+        modseq = MODSEQ_ITEM.search(text)
         date = _INTERNALDATE.search(text)
         out.append(
             Downloaded(
@@ -225,7 +231,7 @@ def parse_fetched_ids(lines: Sequence[Any]) -> list[RemoteCopy]:
     """`UID FETCH (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])`."""
     out = []
     for text, header in fetched_literals(lines):
-        uid, size, flags = _UID.search(text), _SIZE.search(text), _FLAGS.search(text)
+        uid, size, flags = UID_ITEM.search(text), _SIZE.search(text), FLAGS_ITEM.search(text)
         if uid is None or size is None:
             continue
         mid = _MESSAGE_ID.search(header)
