@@ -4,7 +4,7 @@
         [--rows per-message,reused,starttls] [--messages 2000] [--size 10240]
         [--concurrency 10]
     .venv/bin/python -m bench.compare imap [--engine E] [--profiles session,login]
-        [--clients 10] [--secs 10]
+        [--clients 10] [--secs 10] [--pairs 3]
     .venv/bin/python -m bench.compare append [--engine E] [--messages 10000]
         [--connections 4]
     .venv/bin/python -m bench.compare scale [--engine E] [--sizes 1000,10000,100000]
@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import fcntl
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.daemon import LOGIN, PASSWORD, PERSONAL_BOX, SHARED_BOX, BenchDaemon, rss_kb
+from bench.imap_load import Client
 from bench.smtp_client import SmtpResult, SmtpTarget, run_load
 
 DEFAULT_REFERENCE = os.environ.get("MSS_REFERENCE_DIR", "/work/shared/reference")
@@ -250,6 +252,101 @@ def compare_smtp(args: argparse.Namespace, ref: Reference) -> dict[str, float]:
     return results
 
 
+# --- IMAP: imaptest stress -----------------------------------------------------------
+
+STRESS_LINE = re.compile(
+    r"imaptest stress: .*?total=(\d+) cmds, ([0-9.]+) cmds/s, logins/s=([0-9.]+), errors=(\d+)"
+)
+
+
+def imap_client(port: int) -> Client:
+    """A blocking IMAPS client (bench/imap_load.py's) for either server on loopback;
+    the certificate is not checked (Dovecot's is its own self-signed one)."""
+    return Client.unverified(port)
+
+
+def empty_inbox(port: int, user: str, password: str) -> int:
+    """Expunge every message of the account's INBOX; the count it held."""
+    c = imap_client(port)
+    try:
+        c.cmd(f'LOGIN {user} "{password}"')
+        lines = c.cmd("SELECT INBOX")
+        exists = [int(x.split()[1]) for x in lines if x.endswith(b" EXISTS")]
+        n = exists[-1] if exists else 0
+        if n:
+            c.cmd("STORE 1:* +FLAGS.SILENT (\\Deleted)")
+            c.cmd("EXPUNGE")
+        c.cmd("LOGOUT")
+        return n
+    finally:
+        c.close()
+
+
+def imaptest_stress(
+    args: argparse.Namespace, port: int, user: str, password: str, profile: str
+) -> Figure:
+    """One `run.sh stress` run against 127.0.0.1:port (implicit TLS), INBOX emptied
+    first; its cmds/s, errors in the note (with the first error line of its log)."""
+    before = empty_inbox(port, user, password)
+    cmd = [
+        args.imaptest, "stress", "--host", "127.0.0.1", "--port", str(port), "--ssl",
+        "--user", user, "--pass", password, "--clients", str(args.clients),
+        "--secs", str(args.secs), "--profile", profile,
+    ]  # fmt: skip
+    with tempfile.TemporaryFile() as out:
+        subprocess.run(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=args.secs + 600,  # the first run may build imaptest
+            check=False,
+        )
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    m = STRESS_LINE.search(text)
+    if m is None:
+        return Figure(0.0, "cmds/s", f"no imaptest summary: {text.strip()[-300:]!r}")
+    errors = int(m.group(4))
+    note = f"errors={errors}, logins/s {float(m.group(3)):.1f}, INBOX held {before} before"
+    log = re.search(r"^log: (\S+)", text, re.M)
+    if errors and log:
+        first = next(
+            (ln for ln in Path(log.group(1)).read_text(errors="replace").splitlines()
+             if ln.startswith(("Error:", "Panic:", "Fatal:"))),
+            "",
+        )  # fmt: skip
+        note += f", first: {first[:160]}"
+    return Figure(float(m.group(2)), "cmds/s", note)
+
+
+def compare_imap(args: argparse.Namespace, ref: Reference) -> dict[str, float]:
+    ref.start("dovecot-ref.sh")
+    results: dict[str, float] = {}
+    with BenchDaemon(args.engine) as daemon:
+        port = daemon.ports["imaps"]
+        print(f"  mss-relay pid {daemon.pid}, engine {args.engine}, IMAPS {port}", flush=True)
+        for profile in args.profiles.split(","):
+
+            def ours(p: str = profile) -> Figure:
+                fig = imaptest_stress(args, port, LOGIN, PASSWORD, p)
+                rss = rss_kb(daemon.pid) / 1024
+                return Figure(fig.value, fig.unit, fig.note + f", RSS {rss:.0f} MiB")
+
+            def theirs(p: str = profile) -> Figure:
+                return imaptest_stress(args, DOVECOT_IMAPS, *DOVECOT_USER, p)
+
+            kept = "sessions kept open" if profile == "session" else "login every cycle"
+            label = (
+                f"IMAP imaptest stress, profile {profile} ({kept}), {args.clients} clients, "
+                f"{args.secs} s, IMAPS (mss-relay {args.engine} vs Dovecot)"
+            )
+            results[f"imap {profile}"] = alternate(
+                args.pairs, ours, theirs, label=label, reference_name="dovecot"
+            )
+    return results
+
+
 # --- one big message ---------------------------------------------------------------
 
 
@@ -306,7 +403,7 @@ def big_message(args: argparse.Namespace, ref: Reference) -> dict[str, float]:
 
 # --- main --------------------------------------------------------------------------
 
-COMMANDS = {"smtp": compare_smtp, "bigmsg": big_message}
+COMMANDS = {"smtp": compare_smtp, "bigmsg": big_message, "imap": compare_imap}
 NO_REFERENCE = frozenset({"bigmsg"})
 
 
@@ -323,7 +420,14 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=10)
     p.add_argument("--max-seconds", type=float, default=300.0)
     p.add_argument("--megabytes", type=int, default=25, help="bigmsg: the message's size")
+    p.add_argument("--profiles", default="session,login", help="imap: imaptest profiles")
+    p.add_argument("--clients", type=int, default=10, help="imap: imaptest clients")
+    p.add_argument("--secs", type=int, default=10, help="imap: seconds per imaptest run")
+    p.add_argument("--imaptest", default=DEFAULT_IMAPTEST, help="imap: imaptest's run.sh")
     args = p.parse_args()
+    args.pairs = max(1, min(args.pairs, 20))
+    args.clients = max(1, min(args.clients, 200))
+    args.secs = max(1, min(args.secs, 600))
     ref = Reference(Path(args.reference))
     print(
         f"bench.compare {args.what}, {time.strftime('%Y-%m-%d %H:%M')}, load {loadavg()}, "
