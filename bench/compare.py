@@ -6,7 +6,7 @@
     .venv/bin/python -m bench.compare imap [--engine E] [--profiles session,login]
         [--clients 10] [--secs 10] [--pairs 3]
     .venv/bin/python -m bench.compare append [--engine E] [--messages 10000]
-        [--connections 4]
+        [--connections 4] [--pairs 3]
     .venv/bin/python -m bench.compare scale [--engine E] [--sizes 1000,10000,100000]
     .venv/bin/python -m bench.compare bigmsg [--engine E] [--megabytes 25]
 
@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.daemon import LOGIN, PASSWORD, PERSONAL_BOX, SHARED_BOX, BenchDaemon, rss_kb
-from bench.imap_load import Client
+from bench.imap_load import Client, bench_message
 from bench.smtp_client import SmtpResult, SmtpTarget, run_load
 
 DEFAULT_REFERENCE = os.environ.get("MSS_REFERENCE_DIR", "/work/shared/reference")
@@ -274,6 +275,7 @@ def empty_inbox(port: int, user: str, password: str) -> int:
         exists = [int(x.split()[1]) for x in lines if x.endswith(b" EXISTS")]
         n = exists[-1] if exists else 0
         if n:
+            c.sock.settimeout(300.0)  # a big box takes a while; still bounded
             c.cmd("STORE 1:* +FLAGS.SILENT (\\Deleted)")
             c.cmd("EXPUNGE")
         c.cmd("LOGOUT")
@@ -347,6 +349,89 @@ def compare_imap(args: argparse.Namespace, ref: Reference) -> dict[str, float]:
     return results
 
 
+# --- IMAP: APPEND ------------------------------------------------------------------
+
+
+def append_load(args: argparse.Namespace, port: int, user: str, password: str, box: str) -> Figure:
+    """APPEND --messages small messages (bench/imap_load.py's, about 1.1 KB) into the
+    account's INBOX over --connections IMAPS connections (one thread each, logged in
+    before the clock starts; synchronizing literals, one APPEND at a time per
+    connection, counted at the tagged OK). INBOX is emptied first."""
+    empty_inbox(port, user, password)
+    per = [len(range(i, args.messages, args.connections)) for i in range(args.connections)]
+    clients = []
+    for _ in range(args.connections):
+        c = imap_client(port)
+        c.cmd(f'LOGIN {user} "{password}"')
+        clients.append(c)
+    done = [0] * args.connections
+    errors: list[str] = []
+    deadline = time.monotonic() + args.max_seconds
+    start = threading.Barrier(args.connections + 1)
+
+    def worker(k: int) -> None:
+        c = clients[k]
+        start.wait(timeout=60)
+        try:
+            for j in range(per[k]):
+                if time.monotonic() > deadline:
+                    errors.append("stopped at --max-seconds")
+                    return
+                raw = bench_message(k + j * args.connections, box)
+                c.n += 1
+                tag = b"a%d" % c.n
+                c.sock.sendall(tag + b" APPEND INBOX {%d}\r\n" % len(raw))
+                if not c.read_until(b"+")[-1].startswith(b"+"):
+                    raise RuntimeError("no continuation")
+                c.sock.sendall(raw + b"\r\n")
+                last = c.read_until(tag + b" ")[-1]
+                if not last.startswith(tag + b" OK"):
+                    raise RuntimeError(f"APPEND: {last[:120]!r}")
+                done[k] += 1
+        except (OSError, EOFError, RuntimeError) as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(args.connections)]
+    for t in threads:
+        t.start()
+    start.wait(timeout=60)
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join(timeout=args.max_seconds + 60)
+    elapsed = time.perf_counter() - t0
+    for c in clients:
+        c.close()
+    n = sum(done)
+    note = f"{n} msgs in {elapsed:.1f} s"
+    if errors:
+        note += f", {len(errors)} errors: {errors[0][:120]}"
+    return Figure(n / elapsed if elapsed else 0.0, "msg/s", note)
+
+
+def compare_append(args: argparse.Namespace, ref: Reference) -> dict[str, float]:
+    ref.start("dovecot-ref.sh")
+    with BenchDaemon(args.engine) as daemon:
+        port = daemon.ports["imaps"]
+        print(f"  mss-relay pid {daemon.pid}, engine {args.engine}, IMAPS {port}", flush=True)
+
+        def ours() -> Figure:
+            fig = append_load(args, port, LOGIN, PASSWORD, PERSONAL_BOX)
+            rss = rss_kb(daemon.pid) / 1024
+            return Figure(fig.value, fig.unit, fig.note + f", RSS {rss:.0f} MiB")
+
+        def theirs() -> Figure:
+            return append_load(args, DOVECOT_IMAPS, *DOVECOT_USER, "testuser@localhost")
+
+        label = (
+            f"IMAP APPEND: {args.messages} small messages into INBOX, {args.connections} "
+            f"IMAPS connections (mss-relay {args.engine} vs Dovecot)"
+        )
+        ratio = alternate(args.pairs, ours, theirs, label=label, reference_name="dovecot")
+        empty_inbox(port, LOGIN, PASSWORD)
+        empty_inbox(DOVECOT_IMAPS, *DOVECOT_USER)
+    return {"append": ratio}
+
+
 # --- one big message ---------------------------------------------------------------
 
 
@@ -403,7 +488,12 @@ def big_message(args: argparse.Namespace, ref: Reference) -> dict[str, float]:
 
 # --- main --------------------------------------------------------------------------
 
-COMMANDS = {"smtp": compare_smtp, "bigmsg": big_message, "imap": compare_imap}
+COMMANDS = {
+    "smtp": compare_smtp,
+    "bigmsg": big_message,
+    "imap": compare_imap,
+    "append": compare_append,
+}
 NO_REFERENCE = frozenset({"bigmsg"})
 
 
@@ -415,7 +505,8 @@ def main() -> None:
     p.add_argument("--reference", default=DEFAULT_REFERENCE, help="the reference scripts")
     p.add_argument("--lock", default=DEFAULT_LOCK, help="the reference servers' lock file")
     p.add_argument("--rows", default=",".join(SMTP_ROWS))
-    p.add_argument("--messages", type=int, default=2000)
+    p.add_argument("--messages", type=int, help="smtp: 2000 (default), append: 10000")
+    p.add_argument("--connections", type=int, default=4, help="append: IMAP connections")
     p.add_argument("--size", type=int, default=10240)
     p.add_argument("--concurrency", type=int, default=10)
     p.add_argument("--max-seconds", type=float, default=300.0)
@@ -428,6 +519,10 @@ def main() -> None:
     args.pairs = max(1, min(args.pairs, 20))
     args.clients = max(1, min(args.clients, 200))
     args.secs = max(1, min(args.secs, 600))
+    if args.messages is None:
+        args.messages = 10_000 if args.what == "append" else 2000
+    args.messages = max(1, min(args.messages, 200_000))
+    args.connections = max(1, min(args.connections, 50))
     ref = Reference(Path(args.reference))
     print(
         f"bench.compare {args.what}, {time.strftime('%Y-%m-%d %H:%M')}, load {loadavg()}, "
