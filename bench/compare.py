@@ -25,6 +25,28 @@ AUTH PLAIN). mss-relay's submission always needs AUTH, so its no-TLS rows also d
 PLAIN on each connection; Postfix's plain port has no AUTH (mss-relay does one round
 trip more there).
 
+`imap`: Dovecot's imaptest stress (`--imaptest`, the team's run.sh) over IMAPS, profile
+`session` (sessions kept open) and `login` (login every cycle); cmds/s and its errors
+count. The account's INBOX is emptied before each run (stress appends and expunges
+there); mss-relay's account is the bench daemon's own, thrown away after.
+
+`append`: --messages small messages (about 1.3 KB) APPENDed into INBOX over
+--connections IMAPS connections, one APPEND in flight per connection (synchronizing
+literal), counted at the tagged OK; msg/s. INBOX is emptied before each run.
+
+`scale`: for each of --sizes, an INBOX of that many messages, half \\Seen: mss-relay's
+filled through its store with the daemon stopped (Store.accept, 200 at a time), the
+reference's written as Maildir files (`dovecot-ref.sh reset` first; it indexes them at
+the first SELECT). The same client then times on each: the first SELECT, SELECT
+(median of 5 after a warm-up), `FETCH 1:* (UID FLAGS)`, `UID SEARCH UNSEEN`, APPEND of
+one message into the box and into an empty folder (no folder selected, alternated,
+median of 50), and the RSS after the first SELECT above the idle figure (mss-relay:
+the daemon; Dovecot: the session's imap process). For mss-relay also the SMTP
+acceptance (submission, AUTH, session kept) into the box and into an empty box (the
+shared one), median of 50. One table per size, Dovecot's figure beside; no
+alternation (one run each). About 6 minutes for 1,000/10,000/100,000 on SQLite, of
+which the 100,000 fill is about 100 s.
+
 Everything is bounded: message counts, seconds, socket timeouts.
 """
 
@@ -353,7 +375,7 @@ def compare_imap(args: argparse.Namespace, ref: Reference) -> dict[str, float]:
 
 
 def append_load(args: argparse.Namespace, port: int, user: str, password: str, box: str) -> Figure:
-    """APPEND --messages small messages (bench/imap_load.py's, about 1.1 KB) into the
+    """APPEND --messages small messages (bench/imap_load.py's, about 1.3 KB) into the
     account's INBOX over --connections IMAPS connections (one thread each, logged in
     before the clock starts; synchronizing literals, one APPEND at a time per
     connection, counted at the tagged OK). INBOX is emptied first."""
@@ -432,6 +454,276 @@ def compare_append(args: argparse.Namespace, ref: Reference) -> dict[str, float]
     return {"append": ratio}
 
 
+# --- IMAP: costs as a box grows --------------------------------------------------------
+
+DOVECOT_DIR = Path(os.environ.get("REF_DIR", "/tmp/dovecot-ref"))
+SCALE_EMPTY = "scale-empty"  # the empty folder both servers get for the APPEND baseline
+SCALE_ACCEPTS = 50  # new messages timed into the full box, and as many into an empty one
+
+
+def median_ms(times: list[float]) -> float:
+    return statistics.median(times) * 1000 if times else 0.0
+
+
+def append_one(c: Client, folder: str, raw: bytes) -> float:
+    """One APPEND (synchronizing literal) on a logged-in client; seconds to its OK."""
+    c.n += 1
+    tag = b"s%d" % c.n
+    t0 = time.perf_counter()
+    c.sock.sendall(tag + b' APPEND "%s" {%d}\r\n' % (folder.encode(), len(raw)))
+    if not c.read_until(b"+")[-1].startswith(b"+"):
+        raise RuntimeError("APPEND: no continuation")
+    c.sock.sendall(raw + b"\r\n")
+    last = c.read_until(tag + b" ")[-1]
+    took = time.perf_counter() - t0
+    if not last.startswith(tag + b" OK"):
+        raise RuntimeError(f"APPEND {folder}: {last[:120]!r}")
+    return took
+
+
+def scale_measure(
+    port: int, user: str, password: str, n: int, rss: Callable[[], float], box: str
+) -> dict[str, float]:
+    """The same IMAP measurements on either server, INBOX holding `n` messages (half
+    \\Seen): times in ms, RSS in MiB (from `rss()`)."""
+    out: dict[str, float] = {}
+    c = imap_client(port)
+    c.sock.settimeout(600.0)  # the first SELECT of a big Maildir indexes it
+    try:
+        c.cmd(f'LOGIN {user} "{password}"')
+        out["rss_idle"] = rss()
+        t0 = time.perf_counter()
+        lines = c.cmd("SELECT INBOX")
+        out["select_first"] = (time.perf_counter() - t0) * 1000
+        exists = [int(x.split()[1]) for x in lines if x.endswith(b" EXISTS")]
+        out["exists"] = exists[-1] if exists else -1
+        out["rss_selected"] = rss()
+        for key, text, runs in (
+            ("select", "SELECT INBOX", 5),
+            ("fetch", "FETCH 1:* (UID FLAGS)", 5),
+            ("search", "UID SEARCH UNSEEN", 5),
+        ):
+            times = []
+            for i in range(runs + 1):  # one warm-up, not counted
+                t0 = time.perf_counter()
+                lines = c.cmd(text)
+                if i:
+                    times.append(time.perf_counter() - t0)
+            out[key] = median_ms(times)
+            if key == "fetch":
+                out["fetch_lines"] = sum(1 for x in lines if x.startswith(b"* "))
+            if key == "search":
+                hits = [x for x in lines if x.startswith(b"* SEARCH")]
+                out["unseen"] = len(hits[0].split()) - 2 if hits else 0
+        c.cmd("CLOSE")  # no folder selected: the APPENDs below differ by size only
+        c.n += 1
+        c.sock.sendall(b'c%d CREATE "%s"\r\n' % (c.n, SCALE_EMPTY.encode()))
+        c.read_until(b"c%d " % c.n)  # NO if it is there already: fine
+        full: list[float] = []
+        empty: list[float] = []
+        for i in range(SCALE_ACCEPTS + 2):  # alternated; two warm-ups each
+            raw = bench_message(n + i, box)
+            a, b = append_one(c, "INBOX", raw), append_one(c, SCALE_EMPTY, raw)
+            if i >= 2:
+                full.append(a)
+                empty.append(b)
+        out["append_full"], out["append_empty"] = median_ms(full), median_ms(empty)
+        out["rss_end"] = rss()
+        c.cmd("LOGOUT")
+    finally:
+        c.close()
+    return out
+
+
+def smtp_accept_times(daemon: BenchDaemon) -> tuple[float, float]:
+    """mss-relay's SMTP acceptance (submission, no TLS, AUTH PLAIN, one session per
+    box kept open), ms to the 250: median of SCALE_ACCEPTS messages into the full box
+    (martin's INBOX) and as many into an empty one (the shared box), alternated."""
+    from bench.smtp_client import close_session, dot_stuff, make_message, open_session, send_one
+
+    def target(rcpt: str) -> SmtpTarget:
+        return SmtpTarget(
+            "127.0.0.1", daemon.ports["plain"], False, daemon.ca, LOGIN, PASSWORD,
+            PERSONAL_BOX, rcpt,
+        )  # fmt: skip
+
+    async def run() -> tuple[float, float]:
+        full_t, empty_t = target(PERSONAL_BOX), target(SHARED_BOX)
+        full_s, empty_s = await open_session(full_t), await open_session(empty_t)
+        full: list[float] = []
+        empty: list[float] = []
+        try:
+            for i in range(SCALE_ACCEPTS + 2):
+                a = await send_one(full_t, *full_s, dot_stuff(make_message(
+                    full_t.sender, full_t.recipient, 2048, i)) + b".\r\n")  # fmt: skip
+                b = await send_one(empty_t, *empty_s, dot_stuff(make_message(
+                    empty_t.sender, empty_t.recipient, 2048, i)) + b".\r\n")  # fmt: skip
+                if i >= 2:
+                    full.append(a)
+                    empty.append(b)
+        finally:
+            await close_session(*full_s)
+            await close_session(*empty_s)
+        return median_ms(full), median_ms(empty)
+
+    return asyncio.run(asyncio.wait_for(run(), 300))
+
+
+def fill_relay(daemon: BenchDaemon, n: int) -> float:
+    """Stop the daemon, put `n` messages (half \\Seen) in martin's INBOX through the
+    store (bench/imap_load.py's fill: Store.accept, the path SMTP takes after DATA,
+    group-committed 200 at a time), start it again; seconds the fill took."""
+    from bench.imap_load import fill, logging_quiet
+    from relay.config.loader import load
+    from relay.store.store import Store
+
+    took = [0.0]
+
+    def between() -> None:
+        async def go() -> None:
+            logging_quiet()
+            store = await Store.open(load(daemon.config_path).storage)
+            try:
+                took[0] = await asyncio.wait_for(fill(store, PERSONAL_BOX, n), 1800)
+            finally:
+                await store.close()
+
+        asyncio.run(go())
+
+    daemon.restart(between)
+    return took[0]
+
+
+def fill_dovecot(ref: Reference, n: int) -> float:
+    """Wipe the reference's mail (`dovecot-ref.sh reset`, which stops it), write `n`
+    messages as files into testuser's Maildir (the same bench messages; odd ones in
+    cur/ with `:2,S`, even ones in new/, mtime = internal date, S= size in the name),
+    start it again; seconds the writing took. Dovecot indexes them at the first
+    SELECT (timed separately)."""
+    import grp
+    import pwd
+
+    ref.run("dovecot-ref.sh", "reset")
+    home = DOVECOT_DIR / "home" / DOVECOT_USER[0]
+    maildir = home / "Maildir"
+    uid, gid = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+    t0 = time.perf_counter()
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    base = 1_770_000_000
+    for i in range(n):
+        raw = bench_message(i, "testuser@localhost")
+        name = f"{base + i}.M{i}P1.scale,S={len(raw)}"
+        path = maildir / "cur" / f"{name}:2,S" if i % 2 else maildir / "new" / name
+        path.write_bytes(raw)
+        os.utime(path, (base + i, base + i))
+        os.chown(path, uid, gid)
+    for d in (home, maildir, maildir / "cur", maildir / "new", maildir / "tmp"):
+        os.chown(d, uid, gid)
+    took = time.perf_counter() - t0
+    ref.run("dovecot-ref.sh", "start")
+    return took
+
+
+def dovecot_session_rss() -> float:
+    """MiB: the RSS of the newest `imap` process of the reference (one per
+    connection, so the session's own while it is the only one)."""
+    master = (DOVECOT_DIR / "run" / "master.pid").read_text().strip()
+    newest: tuple[int, int] | None = None
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if comm == "imap" and fields[1] == master:
+            start = int(fields[19])
+            if newest is None or start > newest[0]:
+                newest = (start, int(d.name))
+    return rss_kb(newest[1]) / 1024 if newest else 0.0
+
+
+SCALE_ROWS = (
+    # key, label, goal at 100,000 (issue 14)
+    ("select_first", "first SELECT after start (cold), ms", ""),
+    ("select", "SELECT INBOX, ms (median of 5)", "< 50"),
+    ("fetch", "FETCH 1:* (UID FLAGS), ms (median of 5)", "< 400"),
+    ("search", "UID SEARCH UNSEEN, ms (median of 5)", "< 10"),
+    ("append_full", f"APPEND into the box, ms (median of {SCALE_ACCEPTS})", "± 10 %"),
+    ("append_empty", f"APPEND into an empty folder, ms (median of {SCALE_ACCEPTS})", ""),
+    ("smtp_full", f"SMTP 250 into the box, ms (median of {SCALE_ACCEPTS})", "± 10 %"),
+    ("smtp_empty", f"SMTP 250 into an empty box, ms (median of {SCALE_ACCEPTS})", ""),
+    ("rss_growth", "RSS growth after the first SELECT, MiB", ""),
+    ("rss_end_growth", "RSS growth at the end of the run, MiB", ""),
+)
+
+
+def compare_scale(args: argparse.Namespace, ref: Reference) -> dict[str, float]:
+    ref.start("dovecot-ref.sh")
+    results: dict[str, float] = {}
+    for n in (int(x) for x in args.sizes.split(",")):
+        n = max(1, min(n, 200_000))
+        print(f"\nINBOX of {n} messages (half \\Seen), load {loadavg()}", flush=True)
+        with BenchDaemon(args.engine) as daemon:
+            filled = fill_relay(daemon, n)
+            print(f"  mss-relay {args.engine}: filled in {filled:.1f} s", flush=True)
+            time.sleep(1.0)  # idle after the start
+            idle = rss_kb(daemon.pid) / 1024
+            ours = scale_measure(
+                daemon.ports["imaps"], LOGIN, PASSWORD, n,
+                lambda: rss_kb(daemon.pid) / 1024, PERSONAL_BOX,
+            )  # fmt: skip
+            ours["rss_idle"] = idle
+            ours["smtp_full"], ours["smtp_empty"] = smtp_accept_times(daemon)
+            print(f"  mss-relay measured (load {loadavg()})", flush=True)
+        filled_ref = fill_dovecot(ref, n)
+        print(f"  Dovecot: Maildir written in {filled_ref:.1f} s", flush=True)
+        theirs = scale_measure(
+            DOVECOT_IMAPS, *DOVECOT_USER, n, dovecot_session_rss, "testuser@localhost"
+        )
+        print(f"  Dovecot measured (load {loadavg()})", flush=True)
+        for fig in (ours, theirs):
+            fig["rss_growth"] = fig["rss_selected"] - fig["rss_idle"]
+            fig["rss_end_growth"] = fig["rss_end"] - fig["rss_idle"]
+        print(
+            f"  checks: EXISTS {ours['exists']:.0f} / {theirs['exists']:.0f}, FETCH lines "
+            f"{ours['fetch_lines']:.0f} / {theirs['fetch_lines']:.0f}, UNSEEN "
+            f"{ours['unseen']:.0f} / {theirs['unseen']:.0f} (mss-relay / Dovecot)"
+        )
+        print(f"  {'':48} {'mss-relay':>10} {'Dovecot':>10} {'ratio':>7}  goal at 100k")
+        for key, label, goal in SCALE_ROWS:
+            a, b = ours.get(key), theirs.get(key)
+            ratio = (
+                f"{b / a:7.2f}" if a and b and key.startswith(("select", "fetch", "search",
+                                                                "append")) else ""
+            )  # fmt: skip
+            sa = f"{a:10.1f}" if a is not None else f"{'-':>10}"
+            sb = f"{b:10.1f}" if b is not None else f"{'-':>10}"
+            print(f"  {label:48} {sa} {sb} {ratio:>7}  {goal}")
+            if a and b and key in ("select", "fetch", "search"):
+                results[f"{n} {key} (Dovecot time / mss-relay time)"] = b / a
+        print(
+            f"  mss-relay idle RSS {ours['rss_idle']:.0f} MiB (the daemon); Dovecot "
+            f"{theirs['rss_idle']:.0f} MiB (the session's imap process, logged in)",
+            flush=True,
+        )
+        if ours["smtp_empty"]:
+            results[f"{n} smtp into the box / into an empty box"] = (
+                ours["smtp_full"] / ours["smtp_empty"]
+            )
+        for name, fig in (("mss-relay", ours), ("Dovecot", theirs)):
+            if fig["append_empty"]:
+                results[f"{n} {name} APPEND into the box / into an empty folder"] = (
+                    fig["append_full"] / fig["append_empty"]
+                )
+    ref.run("dovecot-ref.sh", "reset")
+    ref.run("dovecot-ref.sh", "start")  # as it was found; stop_all stops it if we started it
+    return results
+
+
 # --- one big message ---------------------------------------------------------------
 
 
@@ -493,6 +785,7 @@ COMMANDS = {
     "bigmsg": big_message,
     "imap": compare_imap,
     "append": compare_append,
+    "scale": compare_scale,
 }
 NO_REFERENCE = frozenset({"bigmsg"})
 
@@ -514,6 +807,7 @@ def main() -> None:
     p.add_argument("--profiles", default="session,login", help="imap: imaptest profiles")
     p.add_argument("--clients", type=int, default=10, help="imap: imaptest clients")
     p.add_argument("--secs", type=int, default=10, help="imap: seconds per imaptest run")
+    p.add_argument("--sizes", default="1000,10000,100000", help="scale: box sizes")
     p.add_argument("--imaptest", default=DEFAULT_IMAPTEST, help="imap: imaptest's run.sh")
     args = p.parse_args()
     args.pairs = max(1, min(args.pairs, 20))
@@ -537,7 +831,11 @@ def main() -> None:
                 results = COMMANDS[args.what](args, ref)
             finally:
                 ref.stop_all()
-    print("\nsummary (median ratio, mss-relay / reference; above 1: mss-relay ahead)")
+    if args.what == "scale":
+        print("\nsummary (each ratio as named; Dovecot time / mss-relay time: above 1 is "
+              "mss-relay ahead; into the box / into an empty one: 1.0 is flat)")  # fmt: skip
+    else:
+        print("\nsummary (median ratio, mss-relay / reference; above 1: mss-relay ahead)")
     for name, ratio in results.items():
         print(f"  {name}: {ratio:.2f}")
 

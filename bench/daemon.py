@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,15 +67,20 @@ class BenchDaemon:
     def __enter__(self) -> BenchDaemon:
         self.folder = Path(tempfile.mkdtemp(prefix="mss-bench-"))
         self.ports = {k: free_port() for k in ("plain", "starttls", "imaps")}
-        config = self._write_config()
+        self._write_config()
+        self._spawn()
+        return self
+
+    def _spawn(self) -> None:
         env = {**os.environ, **self.extra_env}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay.cli", "serve", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=open(self.folder / "stderr.log", "w"),
-            text=True,
-            env=env,
-        )
+        with open(self.folder / "stderr.log", "a") as log:  # the child keeps its copy
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "relay.cli", "serve", "--config", str(self.config_path)],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+            )
         ready = threading.Event()
 
         def watch() -> None:
@@ -89,9 +95,8 @@ class BenchDaemon:
             err = (self.folder / "stderr.log").read_text(errors="replace")[-800:]
             self.__exit__(None, None, None)
             raise RuntimeError(f"mss-relay did not start within {READY_SECONDS:.0f} s: {err}")
-        return self
 
-    def __exit__(self, *_: object) -> None:
+    def _terminate(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
             try:
@@ -100,6 +105,17 @@ class BenchDaemon:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
             self.proc = None
+
+    def restart(self, between: Callable[[], None] | None = None) -> None:
+        """Stop the daemon, run `between()` (e.g. fill the store directly, with nothing
+        else writing), start it again on the same folder, store and ports."""
+        self._terminate()
+        if between is not None:
+            between()
+        self._spawn()
+
+    def __exit__(self, *_: object) -> None:
+        self._terminate()
         if self.schema is not None:
             import asyncio
 
