@@ -107,6 +107,7 @@ class Client:
         raw = socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT)
         self.sock = ctx.wrap_socket(raw, server_hostname="localhost")
         self.buf = b""
+        self.pos = 0
         self.n = 0
         self.read_until(b"* OK")
 
@@ -120,28 +121,35 @@ class Client:
         raw = socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT)
         self.sock = ctx.wrap_socket(raw)
         self.buf = b""
+        self.pos = 0
         self.n = 0
         self.read_until(b"* OK")
         return self
 
+    def _more(self) -> None:
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise EOFError("server closed the connection")
+        # Only what is left is copied, once per read: a 100,000-line answer costs
+        # linear time in the client, as in any real one.
+        self.buf = self.buf[self.pos :] + chunk
+        self.pos = 0
+
     def read_until(self, prefix: bytes) -> list[bytes]:
         lines = []
         while True:
-            while b"\r\n" not in self.buf:
-                chunk = self.sock.recv(1 << 20)
-                if not chunk:
-                    raise EOFError("server closed the connection")
-                self.buf += chunk
-            line, _, self.buf = self.buf.partition(b"\r\n")
+            end = self.buf.find(b"\r\n", self.pos)
+            while end < 0:
+                self._more()
+                end = self.buf.find(b"\r\n", self.pos)
+            line = self.buf[self.pos : end]
+            self.pos = end + 2
             # skip literal payloads: "{n}" at the end of a line
             if line.endswith(b"}") and b"{" in line:
                 size = int(line[line.rindex(b"{") + 1 : -1])
-                while len(self.buf) < size:
-                    chunk = self.sock.recv(1 << 20)
-                    if not chunk:
-                        raise EOFError("server closed the connection")
-                    self.buf += chunk
-                self.buf = self.buf[size:]
+                while len(self.buf) - self.pos < size:
+                    self._more()
+                self.pos += size
             lines.append(line)
             if line.startswith(prefix):
                 return lines
