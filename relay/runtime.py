@@ -18,6 +18,8 @@ from relay.identity.auth import Authenticator
 from relay.identity.issuer import IssuerKeys
 from relay.metrics import Metrics
 from relay.policy.model import Policies
+from relay.store.indexcache import FolderIndexes
+from relay.store.mailstore import MailStore
 from relay.store.store import Store
 
 
@@ -59,12 +61,16 @@ class Runtime:
     policies: Policies = field(default_factory=Policies)
     authenticator: Authenticator = field(init=False)
     issuer_keys: IssuerKeys = field(init=False)  # the token issuer's cached keys
+    # The folders in use, in memory (SELECT, STATUS, what changed): one per daemon,
+    # shared by every IMAP listener.
+    indexes: FolderIndexes = field(init=False)
 
     def __post_init__(self) -> None:
         self.issuer_keys = IssuerKeys(lambda: self.config.issuer)
         self.authenticator = Authenticator(
             lambda: self.config, today=self.today, tokens=self.issuer_keys
         )
+        self.indexes = FolderIndexes(MailStore(self.store))
 
     @property
     def metrics(self) -> Metrics:

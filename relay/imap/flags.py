@@ -15,6 +15,7 @@ messages are recent for it and adds the flag when it shows a message's flags (`s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -36,6 +37,17 @@ def is_keyword(flag: str) -> bool:
 def shown(flags: Iterable[str], *, recent: bool) -> bytes:
     """The flag list of a FETCH response: the stored flags, plus ``\\Recent`` when the
     message is recent for this session, in a stable order."""
+    if isinstance(flags, frozenset):
+        return _shown(flags, recent)  # a folder has few distinct flag sets
+    return _shown_uncached(flags, recent)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shown(flags: frozenset[str], recent: bool) -> bytes:
+    return _shown_uncached(flags, recent)
+
+
+def _shown_uncached(flags: Iterable[str], recent: bool) -> bytes:
     out = sorted(flags)
     if recent:
         out.insert(0, RECENT)

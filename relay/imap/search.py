@@ -10,6 +10,7 @@ messages touches no blob at all.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.imap import commands as c
@@ -83,6 +84,44 @@ def uses_modseq(key: c.SearchKey) -> bool:
     return False
 
 
+_LOWERED: dict[frozenset[str], frozenset[str]] = {}  # a folder has few distinct flag sets
+
+
+def _lowered(flags: frozenset[str]) -> frozenset[str]:
+    found = _LOWERED.get(flags)
+    if found is None:
+        if len(_LOWERED) > 10_000:
+            _LOWERED.clear()
+        found = _LOWERED[flags] = frozenset(f.lower() for f in flags)
+    return found
+
+
+def flag_predicate(key: c.SearchKey) -> Callable[[frozenset[str]], bool] | None:
+    """For criteria made of flag tests only (``UNSEEN``, ``DELETED NOT FLAGGED``, ...),
+    a test of a message's flags equivalent to `matches`; None for any other criteria.
+    ``SEARCH UNSEEN`` on 100,000 messages then builds nothing per message."""
+    if isinstance(key, c.SearchAll):
+        return lambda flags: True
+    if isinstance(key, c.SearchFlag):
+        wanted, present = key.flag.lower(), key.present
+        return lambda flags: (wanted in _lowered(flags)) == present
+    if isinstance(key, c.SearchNot):
+        inner = flag_predicate(key.key)
+        return None if inner is None else (lambda flags: not inner(flags))
+    if isinstance(key, c.SearchOr):
+        left, right = flag_predicate(key.left), flag_predicate(key.right)
+        if left is None or right is None:
+            return None
+        return lambda flags: left(flags) or right(flags)
+    if isinstance(key, c.SearchAnd):
+        parts = [flag_predicate(k) for k in key.keys]
+        if any(p is None for p in parts):
+            return None
+        tests = [p for p in parts if p is not None]
+        return lambda flags: all(t(flags) for t in tests)
+    return None
+
+
 def _compare(day: dt.date | None, op: c.DateOp, when: dt.date) -> bool:
     if day is None:
         return False
@@ -108,8 +147,7 @@ def matches(key: c.SearchKey, m: Candidate, *, messages: int, largest_uid: int) 
     if isinstance(key, c.SearchFlag):
         # `flags` is the session's view: \Recent is there when the message is recent
         # for this session (RECENT, NEW, OLD; RFC 3501 §6.4.4).
-        has = key.flag.lower() in {f.lower() for f in m.flags}
-        return has == key.present
+        return (key.flag.lower() in _lowered(m.flags)) == key.present
     if isinstance(key, c.SearchSequence):
         if key.sequence_set.saved:
             return False  # SEARCHRES ($) is not advertised

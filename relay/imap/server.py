@@ -5,9 +5,9 @@
 implicit TLS (port 993, RFC 8314). The service keeps, per folder id, the sessions
 that have it selected; `Store.on_commit` tells it which folders a commit touched, and
 it wakes those sessions (IDLE pushes at once, others before their next tagged reply).
-The woken sessions then ask `ImapService.changes`, which reads the change set once per
-folder, person and commit for all of them (RFC 7162 MODSEQ: from the lowest MODSEQ a
-watcher has seen) and hands each its part, instead of one query per session.
+The woken sessions then ask `ImapService.changes`, answered from the folder's in-memory
+index (`relay.store.folderindex`), which reads what a commit changed once for all of
+them; SELECT and STATUS are answered from the same index.
 A config reload that withdraws a person's access to a box closes that person's
 sessions on it with ``BYE`` (`relay.config.lost_access`).
 """
@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import ssl
-from dataclasses import dataclass
 
 import structlog
 
@@ -32,7 +31,8 @@ from relay.imap.session import Session
 from relay.imap.sort import KeyCache
 from relay.imap.state import State
 from relay.runtime import Runtime
-from relay.store.mailstore import Changes, MailStore
+from relay.store.folderindex import FolderIndex
+from relay.store.mailstore import Changes, Flagged, FolderMissing, FolderStatus, MailStore
 from relay.tls.context import CertificateFacts, ListenerContext
 
 log = structlog.get_logger("relay.imap")
@@ -75,23 +75,9 @@ EXTENSIONS: tuple[str, ...] = (
 # folders sort without reading the store once their keys are known.
 SORT_KEY_CACHE_ENTRIES = 200_000
 
-# A shared change set is read from the lowest MODSEQ of the folder's watchers, but not
-# from further back than this below the asking session's: a session that has not
-# refreshed for long does not make every read return half the folder.
-SHARED_CHANGES_WINDOW = 1000
 
-
-@dataclass
-class _ChangeSet:
-    """One read of a folder's changes, for the sessions at or above `since`."""
-
-    generation: int  # the folder's commit count when the read started
-    since: int
-    read: asyncio.Future[Changes]
-
-
-def _consume(future: asyncio.Future[Changes]) -> None:
-    # Every asker may have gone (cancelled): the outcome is still retrieved.
+def _retrieve(future: asyncio.Future[int]) -> None:
+    # The claimer may have gone (cancelled): the outcome is still retrieved.
     if not future.cancelled():
         future.exception()
 
@@ -115,11 +101,11 @@ class ImapService:
         self.refused = 0
         self._watchers: dict[int, set[Session]] = {}
         self._notify_watchers: dict[int, set[Session]] = {}  # NOTIFY, RFC 5465
-        self._generation: dict[int, int] = {}  # watched folder id -> commits seen
-        self._change_sets: dict[tuple[int, str | None], _ChangeSet] = {}
         # Per watched folder, a UID below which every message's \Recent is known to be
         # taken (a lower bound of `folders.recent_uid`, which only grows).
         self._recent_floor: dict[int, int] = {}
+        # The \Recent claim being written per folder: (upto, its transaction).
+        self._claims: dict[int, tuple[int, asyncio.Future[int]]] = {}
         runtime.store.on_commit(self._on_commit)
         runtime.reload_hooks.append(self._on_reload)
 
@@ -316,10 +302,7 @@ class ImapService:
             watchers.discard(s)
             if not watchers:
                 del self._watchers[folder_id]
-                self._generation.pop(folder_id, None)
                 self._recent_floor.pop(folder_id, None)
-                for key in [k for k in self._change_sets if k[0] == folder_id]:
-                    del self._change_sets[key]
 
     def watch_notify(self, s: Session, folder_ids: set[int]) -> None:
         """Wake `s` after commits to these folders (other than its selected one)."""
@@ -338,40 +321,38 @@ class ImapService:
         for fid in folder_ids:
             watchers = self._watchers.get(fid)
             if watchers:
-                # First: a change set read from now on sees this commit.
-                self._generation[fid] = self._generation.get(fid, 0) + 1
                 for s in list(watchers):
                     s.notify(fid)
             for s in list(self._notify_watchers.get(fid, ())):
                 s.notify(fid)
 
     async def changes(self, folder_id: int, since: int, person: str | None) -> Changes:
-        """What changed in a watched folder above MODSEQ `since`, as `person` sees it.
+        """What changed in a folder above MODSEQ `since`, as `person` sees it.
 
-        One read serves every session of the folder (and person) until the next commit
-        that touches it: a read started after the commit that woke the asker, from a
-        MODSEQ at or below the asker's, holds everything the asker must learn; it gets
-        the part above its own MODSEQ (`Changes.since`)."""
-        generation = self._generation.get(folder_id, 0)
-        key = (folder_id, person)
-        cs = self._change_sets.get(key)
-        if cs is None or cs.generation != generation or cs.since > since:
-            base = since
-            for w in self._watchers.get(folder_id, ()):
-                sel = w.selected
-                if (
-                    sel is not None
-                    and sel.folder.id == folder_id
-                    and sel.seen_person == person
-                    and since - SHARED_CHANGES_WINDOW <= sel.highestmodseq < base
-                ):
-                    base = sel.highestmodseq
-            read = asyncio.ensure_future(self.mail.changes(folder_id, base, person))
-            read.add_done_callback(_consume)
-            cs = _ChangeSet(generation, base, read)
-            self._change_sets[key] = cs
-        changes = await asyncio.shield(cs.read)
-        return changes if cs.since == since else changes.since(since)
+        From the folder's in-memory index (`Runtime.indexes`), brought forward once per
+        commit for every session that asks; a session further behind than the index
+        goes back is answered by the store."""
+        index = await self.runtime.indexes.get(folder_id)
+        found = index.changes(since, person)
+        if found is not None:
+            return found
+        return await self.mail.changes(folder_id, since, person)
+
+    async def status(self, folder_id: int, person: str | None) -> FolderStatus:
+        """STATUS counts of a folder, from its index."""
+        return (await self.runtime.indexes.get(folder_id)).status(person)
+
+    async def snapshot(
+        self, box: str, name: str, person: str | None
+    ) -> tuple[FolderIndex, list[int], dict[int, Flagged], dict[frozenset[str], set[int]]]:
+        """What SELECT keeps of a folder: its index (head, keywords), the UIDs in
+        order, each message's flags as `person` sees them and the UIDs of each flag
+        set (copies)."""
+        index = await self.runtime.indexes.find(box, name)
+        if index is None:
+            raise FolderMissing("no such folder")
+        uids, flags, buckets = index.snapshot(person)
+        return index, uids, flags, buckets
 
     async def claim_recent(self, folder_id: int, upto: int, known: int) -> int:
         """Take \\Recent below UID `upto` for the calling session (RFC 3501 §2.3.2,
@@ -384,7 +365,23 @@ class ImapService:
         floor = max(self._recent_floor.get(folder_id, 0), known)
         if floor >= upto:
             return floor
-        before = await self.mail.claim_recent(folder_id, upto)
+        pending = self._claims.get(folder_id)
+        if pending is not None and pending[0] >= upto:
+            # Another session of this node is taking them (all of ours): wait for its
+            # transaction instead of writing one more, and take none.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending[1])
+                return pending[0]
+        claim = asyncio.ensure_future(self.mail.claim_recent(folder_id, upto))
+        claim.add_done_callback(_retrieve)
+        self._claims[folder_id] = (upto, claim)
+        try:
+            before = await asyncio.shield(claim)
+        finally:
+            if self._claims.get(folder_id, (0, None))[1] is claim:
+                del self._claims[folder_id]
+        if (index := self.runtime.indexes.cached(folder_id)) is not None:
+            index.took_recent(upto)
         if folder_id in self._watchers:
             self._recent_floor[folder_id] = max(self._recent_floor.get(folder_id, 0), before, upto)
         return before

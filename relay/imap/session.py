@@ -86,6 +86,11 @@ class Selected:
     # answered without sorting again (a few entries; see relay.imap.handlers.sort).
     sort_memo: dict[tuple[object, ...], list[int]] = field(default_factory=dict)
     thread_memo: dict[tuple[object, ...], str] = field(default_factory=dict)
+    # The UIDs of each distinct flag set (a folder has few), from the folder's index at
+    # SELECT (or built at the first search on flags alone) and kept current by
+    # `set_flags` / `drop`: ``UID SEARCH UNSEEN`` on 100,000 messages then looks at a
+    # few sets, not at every message.
+    by_flags: dict[frozenset[str], set[int]] | None = None
 
     def seq_of(self, uid: int) -> int:
         """The message number of `uid` (1-based); the UID must be in the snapshot."""
@@ -107,6 +112,29 @@ class Selected:
     def largest_uid(self) -> int:
         return self.uids[-1] if self.uids else 0
 
+    def set_flags(self, f: Flagged) -> None:
+        """A message's new (or first) state."""
+        old = self.flags.get(f.uid)
+        self.flags[f.uid] = f
+        if self.by_flags is not None:
+            if old is not None and old.flags is not f.flags:
+                self.by_flags.get(old.flags, set()).discard(f.uid)
+            self.by_flags.setdefault(f.flags, set()).add(f.uid)
+
+    def drop(self, uid: int) -> None:
+        """A message is gone from the snapshot's flags (its number is the caller's)."""
+        old = self.flags.pop(uid)
+        if self.by_flags is not None:
+            self.by_flags.get(old.flags, set()).discard(uid)
+
+    def flag_sets(self) -> dict[frozenset[str], set[int]]:
+        """The UIDs of each distinct flag set (\\Recent aside), built on first use."""
+        if self.by_flags is None:
+            self.by_flags = {}
+            for uid, f in self.flags.items():
+                self.by_flags.setdefault(f.flags, set()).add(uid)
+        return self.by_flags
+
 
 def describe(cmd: c.Command, selected: str | None) -> str:
     """The request as the audit trail records it: the command, its flags and folder, never
@@ -121,6 +149,10 @@ def describe(cmd: c.Command, selected: str | None) -> str:
     if selected is not None:
         parts.append(f"(in {selected})")
     return " ".join(parts)
+
+
+# Commands whose missing folder is a destination (RFC 3501 §6.3.11, §6.4.7: TRYCREATE).
+_DESTINATIONS = (c.Append, c.AppendMany, c.Copy, c.Move)
 
 
 class Closing(Exception):
@@ -464,6 +496,16 @@ class Session:
             return CommandResult.NO
         except (ConnectionError, ssl.SSLError):
             raise
+        except FolderMissing:
+            # Deleted or renamed by another session between the command's check and its
+            # transaction: what the check would have answered a moment later.
+            await self._settle(cmd)
+            missing = r.ResponseCode.TRYCREATE
+            if not isinstance(cmd, _DESTINATIONS):
+                missing = r.ResponseCode.NONEXISTENT
+            self.emit(r.tagged(cmd.tag, r.Status.NO, "No such mailbox", missing))
+            self.bad_in_a_row = 0
+            return CommandResult.NO
         except Exception:
             ref = secrets.token_hex(6)
             log.exception("imap.server_bug", session=self.id, command=cmd.name, reference=ref)
@@ -571,7 +613,7 @@ class Session:
         output before any FETCH that shows it."""
         sel = self.selected
         assert sel is not None
-        sel.flags[f.uid] = f
+        sel.set_flags(f)
         for line in sel.mailbox_flags.learn(f.flags):
             self.emit(line)
 
@@ -700,7 +742,7 @@ class Session:
                 if (update := ctx.drop(uid, seq)) is not None:
                     self.emit(r.untagged(update))
             del sel.uids[seq - 1]
-            del sel.flags[uid]
+            sel.drop(uid)
             sel.recent.discard(uid)
             sel.rows.pop(uid, None)
             sel.pending_expunge.pop(uid, None)

@@ -154,6 +154,10 @@ class Raw:
     async def fetchone(self, stmt: Prepared, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
         raise NotImplementedError
 
+    async def fetchall(self, stmt: Prepared, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row, as plain tuples (a big read: no per-row object of SQLAlchemy's)."""
+        raise NotImplementedError
+
     async def insert_blob(self, sql: Statements, values: Mapping[str, Any]) -> None:
         """One `blobs` row; `values["data"]` is its sealed content."""
         await self.execute(sql.insert_blob, values)
@@ -185,6 +189,11 @@ class SqliteRaw(Raw):
         finally:
             cur.close()
 
+    async def fetchall(self, stmt: Prepared, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        return cast(
+            list[tuple[Any, ...]], self._conn.execute(stmt.sql, stmt.args(values)).fetchall()
+        )
+
 
 class AsyncpgRaw(Raw):
     """The asyncpg connection under SQLAlchemy's adapter, inside its transaction."""
@@ -204,6 +213,9 @@ class AsyncpgRaw(Raw):
     async def fetchone(self, stmt: Prepared, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
         row = await self._conn.fetchrow(stmt.sql, *stmt.args(values))
         return None if row is None else tuple(row)
+
+    async def fetchall(self, stmt: Prepared, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self._conn.fetch(stmt.sql, *stmt.args(values))]
 
 
 async def raw_connection(conn: AsyncConnection) -> Raw:

@@ -29,7 +29,7 @@ import json
 import secrets
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -38,6 +38,7 @@ from relay.audit.events import AuditEvent
 from relay.errors import StoreError
 from relay.message.analysis import Envelope, MessageMeta, headers_from_json
 from relay.store import schema as t
+from relay.store.fastsql import Prepared, prepare, raw_connection
 from relay.store.store import Store, TxContext, offset_minutes
 
 SEEN = "\\Seen"
@@ -67,13 +68,28 @@ class FolderInfo:
     recent_uid: int = 1  # RFC 3501 §2.3.2: messages from this UID on are still \Recent
 
 
-@dataclass(frozen=True, slots=True)
-class Flagged:
-    """A message's number-independent state: UID, MODSEQ and flags as a person sees them."""
+class Flagged(NamedTuple):
+    """A message's number-independent state: UID, MODSEQ and flags as a person sees them.
+    A named tuple: a folder index builds 100,000 of them, twice as fast as a dataclass."""
 
     uid: int
     modseq: int
     flags: frozenset[str]
+
+
+# A message as `relay.store.folderindex` keeps it: (uid, modseq, flags as stored, size).
+IndexRow = tuple[int, int, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class FolderRead:
+    """One read of a folder for its index: the head (read first), the messages, the
+    per-person \\Seen rows (uid, person) of those messages, the removals (uid, modseq)."""
+
+    folder: FolderInfo
+    rows: list[IndexRow]
+    seen: list[tuple[int, str]]
+    gone: list[tuple[int, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +205,7 @@ class MailStore:
         # (SQLite WAL; on SQLite in a reader thread without aiosqlite's hand-offs).
         self.store = store
         self._meta_cache: dict[str, MessageMeta] = {}
+        self._prepared: dict[str, Prepared] = {}  # the index's big read, per dialect
 
     # --- folders ------------------------------------------------------------------
 
@@ -275,6 +292,37 @@ class MailStore:
             expunged_at=tuple(sorted((int(r.uid), int(r.modseq)) for r in gone)),
             recent_uid=int(head.recent_uid),
         )
+
+    async def index_read(self, folder_id: int, since: int | None) -> FolderRead:
+        """A folder for its in-memory index (`relay.store.folderindex`): everything
+        (`since` None), or what has a MODSEQ above `since`. The head comes first, so
+        a commit between the statements is read again next time, never missed."""
+        params = {"folder_id": folder_id, "since": since if since is not None else -1}
+
+        async def read(conn: AsyncConnection) -> FolderRead:
+            head = (await conn.execute(_FOLDER_BY_ID, params)).one_or_none()
+            if head is None:
+                raise FolderMissing("folder deleted")
+            # 100,000 rows: straight from the driver (SQLAlchemy's rows cost more than
+            # the query), in the transaction the head's read began.
+            raw = await raw_connection(conn)
+            rows = await raw.fetchall(self._index_rows(conn.dialect), params)
+            seen = (await conn.execute(_INDEX_SEEN, params)).all()
+            gone = (await conn.execute(_GONE, params)).all() if since is not None else []
+            return FolderRead(
+                folder=_folder(head),
+                rows=rows,
+                seen=[(int(r.uid), str(r.person)) for r in seen],
+                gone=[(int(r.uid), int(r.modseq)) for r in gone],
+            )
+
+        return await self.store.read(read)
+
+    def _index_rows(self, dialect: Any) -> Prepared:
+        found = self._prepared.get(dialect.name)
+        if found is None:
+            found = self._prepared[dialect.name] = prepare(_INDEX_ROWS, dialect)
+        return found
 
     async def vanished(self, folder_id: int, since: int) -> list[int]:
         """UIDs removed from the folder with a MODSEQ above `since`, ascending (RFC 7162
@@ -395,6 +443,16 @@ class MailStore:
                 self._meta_cache.pop(next(iter(self._meta_cache)))
             self._meta_cache[blob_id] = meta
         return meta
+
+    def cached_metas(self, blob_ids: Iterable[str]) -> dict[str, MessageMeta] | None:
+        """The metadata of the given blobs if every one is in memory, else None."""
+        out: dict[str, MessageMeta] = {}
+        for i in blob_ids:
+            meta = self._meta_cache.get(i)
+            if meta is None:
+                return None
+            out[i] = meta
+        return out
 
     async def metas(self, blob_ids: Iterable[str]) -> dict[str, MessageMeta]:
         """Decrypted parsed metadata of the given blobs."""
@@ -1050,6 +1108,29 @@ def _all(
 
 _HEAD = select(t.folders.c.highestmodseq, t.folders.c.uidnext, t.folders.c.recent_uid).where(
     t.folders.c.id == bindparam("folder_id")
+)
+_FOLDER_BY_ID = (
+    select(t.folders, t.mailboxes.c.address)
+    .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
+    .where(t.folders.c.id == bindparam("folder_id"))
+)
+_INDEX_ROWS = select(
+    t.messages.c.uid, t.messages.c.modseq, t.messages.c.flags, t.messages.c.size
+).where(
+    and_(
+        t.messages.c.folder_id == bindparam("folder_id"),
+        t.messages.c.modseq > bindparam("since"),
+    )
+)
+_INDEX_SEEN = (
+    select(t.messages.c.uid, t.seen.c.person)
+    .select_from(t.seen.join(t.messages, t.messages.c.id == t.seen.c.message_id))
+    .where(
+        and_(
+            t.messages.c.folder_id == bindparam("folder_id"),
+            t.messages.c.modseq > bindparam("since"),
+        )
+    )
 )
 _GONE = select(t.expunged.c.uid, t.expunged.c.modseq).where(
     and_(

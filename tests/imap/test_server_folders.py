@@ -166,3 +166,26 @@ async def test_append_keeps_the_internaldate_zone(daemon: RunningDaemon) -> None
         s.close()
 
     await asyncio.to_thread(run)
+
+
+async def test_folder_deleted_by_another_session_is_answered_as_missing(
+    daemon: RunningDaemon,
+) -> None:
+    """A folder another session deletes between a command's check and its transaction
+    (the check found it in memory) gets NO [TRYCREATE] for APPEND, NO [NONEXISTENT]
+    for STATUS, never [SERVERBUG]; nothing else changes."""
+
+    def run() -> None:
+        a, b = _session(daemon, None), _session(daemon, None)
+        assert a.command("c", "CREATE Archives")[1].startswith(b"c OK")
+        assert a.command("s", "STATUS Archives (MESSAGES)")[1].startswith(b"s OK")
+        assert b.command("d", "DELETE Archives")[1].startswith(b"d OK")
+        raw = letter(1)
+        a.send(b"a APPEND Archives {%d+}\r\n" % len(raw) + raw)
+        assert a.until(b"a ").startswith(b"a NO [TRYCREATE]")
+        assert a.command("s2", "STATUS Archives (MESSAGES)")[1].startswith(b"s2 NO [NONEXISTENT]")
+        assert a.command("n", "NOOP")[1].startswith(b"n OK")
+        a.close()
+        b.close()
+
+    await asyncio.to_thread(run)

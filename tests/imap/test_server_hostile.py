@@ -71,7 +71,7 @@ async def test_internal_errors_give_serverbug_with_a_reference(
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret detail: /var/lib/relay.db is locked")
 
-    monkeypatch.setattr(MailStore, "status", broken)
+    monkeypatch.setattr(MailStore, "index_read", broken)
 
     def status() -> bytes:
         raw = Raw(daemon)

@@ -195,7 +195,10 @@ def target_of(s: Session, raw: str, *, trycreate: bool = False) -> Target:
 
 async def existing(s: Session, raw: str, *, trycreate: bool = False) -> Target:
     target = target_of(s, raw, trycreate=trycreate)
-    if await s.service.mail.folder(target.box, target.folder) is None:
+    # For a destination (APPEND, COPY: `trycreate`) a folder known to exist is enough:
+    # the command checks again in its own transaction (a folder gone by then is
+    # answered NO [TRYCREATE] by the session).
+    if await s.runtime.indexes.find(target.box, target.folder, current=not trycreate) is None:
         if trycreate:
             raise TryCreate("No such mailbox")
         raise NoSuchMailbox("No such mailbox")

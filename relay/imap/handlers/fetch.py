@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
+
 from relay.audit.events import ImapFetched
 from relay.imap import commands as c
 from relay.imap import response as r
+from relay.imap.flags import shown
 from relay.imap.handlers.common import (
     RAW_BATCH,
     ClientBug,
@@ -134,6 +137,75 @@ def _render(
     return name + b" " + _literal(decoded, binary=True)
 
 
+_STATE_ITEMS = frozenset({c.FetchItem.UID, c.FetchItem.FLAGS, c.FetchItem.MODSEQ})
+
+
+async def _emit_states(
+    s: Session, sel: Selected, uids: list[int], attrs: list[c.FetchAttr]
+) -> None:
+    """FETCH of UID, FLAGS and MODSEQ only (``FETCH 1:* (UID FLAGS)``, a client's
+    resynchronisation): from the snapshot, one line per message, in the order asked,
+    each flag list rendered once per distinct set."""
+    fmt = b"* %d FETCH (" + b" ".join(_STATE_FORMAT[a.item] for a in attrs) + b")\r\n"
+    fields = [a.item for a in attrs]
+    flags, recent, show_recent = sel.flags, sel.recent, sel.show_recent
+    every = sel.uids
+    whole = len(uids) == len(every)  # then the n-th UID asked is message n
+    rendered: dict[tuple[frozenset[str], bool], bytes] = {}
+    pos = 0
+    lines: list[bytes] = []
+    for n, uid in enumerate(uids):
+        # `uids` ascend: each number is found from the previous one on.
+        pos = n if whole else bisect.bisect_left(every, uid, pos)
+        f = flags[uid]
+        values: list[int | bytes] = [pos + 1]
+        for item in fields:
+            if item is c.FetchItem.UID:
+                values.append(uid)
+            elif item is c.FetchItem.FLAGS:
+                key = (f.flags, show_recent and uid in recent)
+                text = rendered.get(key)
+                if text is None:
+                    text = rendered[key] = shown(key[0], recent=key[1])
+                values.append(text)
+            else:
+                values.append(f.modseq)
+        lines.append(fmt % tuple(values))
+        if len(lines) == 2048:
+            s.emit(b"".join(lines))
+            lines.clear()
+            await s.flush_if_large()
+    s.emit(b"".join(lines))
+
+
+_STATE_FORMAT = {
+    c.FetchItem.UID: b"UID %d",
+    c.FetchItem.FLAGS: b"FLAGS %s",
+    c.FetchItem.MODSEQ: b"MODSEQ (%d)",
+}
+
+
+async def _rows(
+    s: Session, sel: Selected, uids: list[int], *, meta: bool, raw: bool
+) -> tuple[dict[int, MessageRow], dict[str, MessageMeta], dict[str, bytes]]:
+    """Rows, metadata and (for a few messages) bytes of `uids`: one query, or none
+    when every row is known to the session (a UID's row never changes) and no byte is
+    asked for. A row read is kept for the session (`Selected.rows`)."""
+    mail = s.service.mail
+    if not raw:
+        known = sel.rows
+        if all(u in known for u in uids):
+            rows = {u: known[u] for u in uids}
+            metas = mail.cached_metas(r.blob_id for r in rows.values()) if meta else {}
+            if metas is not None:
+                return rows, metas, {}
+    rows, metas, raws = await mail.fetch_data(sel.folder.id, uids, meta=meta, raw=raw)
+    for u, row in rows.items():
+        if u in sel.flags:
+            sel.rows[u] = row
+    return rows, metas, raws
+
+
 async def h_fetch(s: Session, cmd: c.Fetch) -> Result:
     sel = selected(s)
     need(s, sel.target, "r", "read messages")
@@ -178,17 +250,16 @@ async def h_fetch(s: Session, cmd: c.Fetch) -> Result:
                 for item in (c.FetchItem.UID, c.FetchItem.MODSEQ):
                     if item not in {a.item for a in attrs}:
                         attrs.append(c.FetchAttr(item))
+    if {a.item for a in attrs} <= _STATE_ITEMS:
+        await _emit_states(s, sel, uids, attrs)
+        return f"{'UID ' if cmd.uid else ''}FETCH completed", None
     rows: dict[int, MessageRow] = {}
     metas: dict[str, MessageMeta] = {}
     raws: dict[str, bytes] = {}
     small = len(uids) <= RAW_BATCH
     if kinds & _ROW_ITEMS:
-        # One query for rows, metadata and (for a few messages) the bytes.
-        rows, metas, raws = await s.service.mail.fetch_data(
-            sel.folder.id,
-            uids,
-            meta=bool(kinds & _META_ITEMS),
-            raw=bool(content) and small,
+        rows, metas, raws = await _rows(
+            s, sel, uids, meta=bool(kinds & _META_ITEMS), raw=bool(content) and small
         )
     if content and traced(s, sel.target.box):
         present = [u for u in uids if u in rows]

@@ -5,6 +5,7 @@ STATUS.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ async def select_folder(s: Session, cmd: c.Select | c.Examine) -> Result:
     need(s, target, "r", "read messages")
     person = seen_person(s, target.box)
     try:
-        folder, flagged = await s.service.mail.snapshot(target.box, target.folder, person)
+        index, uids, flags, buckets = await s.service.snapshot(target.box, target.folder, person)
     except FolderMissing:
         raise NoSuchMailbox("No such mailbox") from None
     have = rights(s, target)
@@ -65,10 +66,11 @@ async def select_folder(s: Session, cmd: c.Select | c.Examine) -> Result:
                 **who(s, target.box, f"{cmd.name} {names.display(target, view(s))}"),
                 folder=target.folder,
                 read_only=read_only,
-                messages=len(flagged),
+                messages=len(uids),
                 answer="OK",
             ),
         )
+    folder = index.folder
     if read_only:
         first_recent = folder.recent_uid  # EXAMINE shows \Recent without taking it
     else:
@@ -78,19 +80,20 @@ async def select_folder(s: Session, cmd: c.Select | c.Examine) -> Result:
         permanent=() if read_only else permanent_system_flags(have),
         new_keywords=not read_only and "w" in have,
     )
-    mailbox_flags.learn(f for m in flagged for f in m.flags)
+    mailbox_flags.learn(index.keywords)
     sel = Selected(
         target=target,
         name=names.display(target, view(s)),
         folder=folder,
         read_only=read_only,
         seen_person=person,
-        uids=[f.uid for f in flagged],
-        flags={f.uid: f for f in flagged},
+        uids=uids,
+        flags=flags,
         highestmodseq=folder.highestmodseq,
         mailbox_flags=mailbox_flags,
-        recent={f.uid for f in flagged if f.uid >= first_recent},
+        recent=set(uids[bisect.bisect_left(uids, first_recent) :]),
         show_recent=not s.rev2,
+        by_flags=buckets,
     )
     s.select(sel)
     if cmd.condstore:
@@ -329,10 +332,10 @@ async def h_list(s: Session, cmd: c.List | c.Lsub) -> Result:
 
 
 async def emit_status(s: Session, name: str, target: Target, attrs: Iterable[c.StatusAttr]) -> None:
-    folder = await s.service.mail.folder(target.box, target.folder)
-    if folder is None:
+    index = await s.runtime.indexes.find(target.box, target.folder)
+    if index is None:
         raise NoSuchMailbox("No such mailbox")
-    st = await s.service.mail.status(folder.id, seen_person(s, target.box))
+    st = index.status(seen_person(s, target.box))
     values = {
         c.StatusAttr.MESSAGES: st.messages,
         c.StatusAttr.RECENT: st.recent,

@@ -88,7 +88,7 @@ async def _report(s: Session, fid: int, w: Watched, *, force: bool = False) -> N
     if "r" not in rights(s, target):
         s.unwatch_one(fid)  # access withdrawn: never reported again
         return
-    st = await s.service.mail.status(fid, seen_person(s, w.box))
+    st = await s.service.status(fid, seen_person(s, w.box))
     items = status_items(w.events)
     values = tuple((a, getattr(st, _VALUES[a])) for a in items)
     if not force and s.notify_sent.get(fid) == values:

@@ -8,15 +8,17 @@ command's RETURN options ask, saves it for ``$`` and registers a live context.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from relay.imap import commands as c
 from relay.imap import response as r
 from relay.imap import rev2
 from relay.imap.context import MAX_CONTEXTS, SearchContext, esearch, resolve_saved, to_save
+from relay.imap.flags import RECENT
 from relay.imap.handlers.common import ClientBug, ImapError, Result, need, selected
-from relay.imap.search import Candidate, matches, needs, uses_modseq
+from relay.imap.search import Candidate, flag_predicate, matches, needs, uses_modseq
 from relay.imap.session import Selected, Session
 from relay.message.analysis import MessageMeta
 from relay.store.mailstore import MessageRow
@@ -39,6 +41,15 @@ async def matching(
     among `uids` when given. ``$`` is the saved result (RFC 5182 §2.1)."""
     criteria = resolve_saved(criteria, sel.saved)
     want = needs(criteria)
+    if uids is None and (test := flag_predicate(criteria)) is not None:
+        hits = _by_flags(sel, criteria, test)
+        if len(hits) == len(sel.uids):
+            return list(enumerate(sel.uids, 1))
+        numbered, pos, every = [], 0, sel.uids
+        for u in hits:  # both ascend: each number is found from the previous one on
+            pos = bisect.bisect_left(every, u, pos)
+            numbered.append((pos + 1, u))
+        return numbered
     candidates = list(sel.uids if uids is None else uids)
     total = len(sel.uids)
     rows: dict[int, MessageRow] = {}
@@ -72,6 +83,36 @@ async def matching(
             if matches(criteria, cand, messages=total, largest_uid=sel.largest_uid):
                 found.append((seq, uid))
     return found
+
+
+def _by_flags(
+    sel: Selected, criteria: c.SearchKey, test: Callable[[frozenset[str]], bool]
+) -> list[int]:
+    """The UIDs (ascending) matching criteria on flags alone: each distinct flag set
+    is tested once, not each message."""
+    if rev2.uses_recent(criteria) and sel.show_recent and sel.recent:
+        # \Recent is the session's, not in the stored sets: per message, memoised.
+        memo: dict[tuple[frozenset[str], bool], bool] = {}
+        found = []
+        for u in sel.uids:
+            fs, rec = sel.flags[u].flags, u in sel.recent
+            hit = memo.get((fs, rec))
+            if hit is None:
+                hit = memo[(fs, rec)] = test(fs | {RECENT} if rec else fs)
+            if hit:
+                found.append(u)
+        return found
+    chosen = [uids for fs, uids in sel.flag_sets().items() if uids and test(fs)]
+    if not chosen:
+        return []
+    return sorted(chosen[0] if len(chosen) == 1 else set().union(*chosen))
+
+
+async def matching_uids(s: Session, sel: Selected, criteria: c.SearchKey) -> list[int]:
+    """The UIDs matching `criteria`, ascending (SEARCH: no message number needed)."""
+    if (test := flag_predicate(resolve_saved(criteria, sel.saved))) is not None:
+        return _by_flags(sel, criteria, test)
+    return [u for _, u in await matching(s, sel, criteria)]
 
 
 # Message bytes decrypted at once by a body search: bounded in count and in octets,
@@ -118,7 +159,8 @@ def answer(
     with_modseq = uses_modseq(criteria) and bool(uids)
     if opts is None:
         tail = f" (MODSEQ {max(sel.flags[u].modseq for u in uids)})" if with_modseq else ""
-        s.emit(r.untagged(legacy + "".join(f" {x}" for x in numbers) + tail))
+        listed = (" " + " ".join(map(str, numbers))) if numbers else ""
+        s.emit(r.untagged(legacy + listed + tail))
         return
     if c.SearchReturn.SAVE in opts:
         # RFC 5182 §2.4: the UIDs are kept, so "$" survives expunges of other messages.
@@ -189,8 +231,8 @@ async def h_search(s: Session, cmd: c.Search) -> Result:
         s.enable_condstore()  # RFC 7162 §3.1: SEARCH MODSEQ enables CONDSTORE
     if cmd.return_options is not None and c.SearchReturn.SAVE in cmd.return_options:
         sel.saved = []  # RFC 5182 §2.1: a failed SEARCH ... SAVE leaves "$" empty
-    found = await matching(s, sel, criteria)
-    answer(s, sel, cmd, [u for _, u in found], legacy="SEARCH", sort=None, criteria=criteria)
+    found = await matching_uids(s, sel, criteria)
+    answer(s, sel, cmd, found, legacy="SEARCH", sort=None, criteria=criteria)
     return f"{'UID ' if cmd.uid else ''}SEARCH completed", None
 
 
