@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Integer, bindparam, insert, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -111,6 +111,8 @@ class Statements:
     insert_queue: Prepared
     insert_audit: Prepared
     next_uid: Prepared  # one row: (uidnext - 1, highestmodseq) after the increment
+    # `n` UIDs at once: one row, (uidnext, highestmodseq) after adding `n` to both
+    next_uids: Prepared
     head: Prepared
     head_for_update: Prepared
     set_head: Prepared
@@ -122,6 +124,15 @@ class Statements:
             update(t.folders)
             .where(folders.id == bindparam("folder_id"))
             .values(uidnext=folders.uidnext + 1, highestmodseq=folders.highestmodseq + 1)
+            .returning(folders.uidnext, folders.highestmodseq)
+        )
+        next_uids = (
+            update(t.folders)
+            .where(folders.id == bindparam("folder_id"))
+            .values(
+                uidnext=folders.uidnext + bindparam("n", type_=Integer),
+                highestmodseq=folders.highestmodseq + bindparam("n", type_=Integer),
+            )
             .returning(folders.uidnext, folders.highestmodseq)
         )
         head = select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
@@ -136,6 +147,7 @@ class Statements:
             insert_queue=prepare(_insert(t.queue, *QUEUE_COLUMNS), dialect),
             insert_audit=prepare(_insert(t.audit, *AUDIT_COLUMNS), dialect),
             next_uid=prepare(next_uid, dialect),
+            next_uids=prepare(next_uids, dialect),
             head=prepare(head, dialect),
             head_for_update=prepare(head.with_for_update(), dialect),
             set_head=prepare(set_head, dialect),
@@ -161,6 +173,10 @@ class Raw:
     async def insert_blob(self, sql: Statements, values: Mapping[str, Any]) -> None:
         """One `blobs` row; `values["data"]` is its sealed content."""
         await self.execute(sql.insert_blob, values)
+
+    async def insert_blobs(self, sql: Statements, rows: Sequence[Mapping[str, Any]]) -> None:
+        """`blobs` rows, one statement for all."""
+        await self.executemany(sql.insert_blob, rows)
 
 
 class SqliteRaw(Raw):

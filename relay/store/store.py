@@ -86,14 +86,17 @@ class _UnitFailed(Exception):
 class TxContext:
     """What a unit may do besides SQL: add audit events, mark folders changed."""
 
-    __slots__ = ("events", "raw", "touched")
+    __slots__ = ("accepted", "events", "raw", "touched")
 
-    def __init__(self, raw: Raw | None = None) -> None:
+    def __init__(self, raw: Raw | None = None, accepted: _BatchAcceptances | None = None) -> None:
         self.events: list[AuditEvent] = []
         self.touched: set[int] = set()
         # The transaction's DBAPI connection, for the store's prepared hot statements
         # (relay.store.fastsql); set by the writer for every unit.
         self.raw = raw
+        # The batch's acceptances, written together after the last unit (None: a unit
+        # in its own savepoint writes its rows itself).
+        self.accepted = accepted
 
     def audit(self, *events: AuditEvent) -> None:
         self.events.extend(events)
@@ -110,6 +113,65 @@ class _Pending(Generic[T]):
     unit: Unit[T]
     future: asyncio.Future[T]
     ctx: TxContext = field(default_factory=TxContext)
+
+
+@dataclass(slots=True)
+class _AcceptedRows:
+    """One acceptance's rows, waiting for the batch's multi-row INSERTs."""
+
+    blob: dict[str, Any]
+    folders: list[tuple[str, int]]  # (box, folder id) per local recipient
+    message: dict[str, Any]  # the messages row but its folder, UID and MODSEQ
+    queue: list[dict[str, Any]]
+    queue_id: str
+    result: AcceptResult | None = None
+
+
+class _BatchAcceptances:
+    """The acceptances of one batch, written after its last unit with one statement
+    per table (blobs, messages, queue) and one UID allocation per folder, instead of
+    three or four statements per message. The rows are only written inside the
+    batch's transaction, so they are as durable, and as atomic with the units' audit
+    events, as rows each unit wrote itself."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: list[_AcceptedRows] = []
+
+    async def write(self, raw: Raw, sql: Statements) -> None:
+        if not self.pending:
+            return
+        wanted: dict[int, int] = {}
+        for p in self.pending:
+            for _, folder_id in p.folders:
+                wanted[folder_id] = wanted.get(folder_id, 0) + 1
+        # (next UID, next MODSEQ) per folder; folders locked in id order (PostgreSQL:
+        # two nodes' batches never wait on each other in a cycle)
+        following: dict[int, list[int]] = {}
+        for folder_id in sorted(wanted):
+            n = wanted[folder_id]
+            got = await raw.fetchone(sql.next_uids, {"folder_id": folder_id, "n": n})
+            if got is None:
+                raise StoreError(f"folder {folder_id} vanished")
+            following[folder_id] = [int(got[0]) - n, int(got[1]) - n + 1]
+        messages: list[dict[str, Any]] = []
+        queue: list[dict[str, Any]] = []
+        for p in self.pending:
+            deliveries = []
+            for box, folder_id in p.folders:
+                uid, modseq = following[folder_id]
+                following[folder_id] = [uid + 1, modseq + 1]
+                messages.append({**p.message, "folder_id": folder_id, "uid": uid, "modseq": modseq})
+                deliveries.append(Delivery(box, folder_id, uid))
+            queue.extend(p.queue)
+            p.result = AcceptResult(p.queue_id, p.blob["id"], tuple(deliveries), len(p.queue))
+        await raw.insert_blobs(sql, [p.blob for p in self.pending])
+        await raw.executemany(sql.insert_message, messages)
+        await raw.executemany(sql.insert_queue, queue)
+
+    def clear(self) -> None:
+        self.pending.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,8 +632,9 @@ class Store:
         written: list[tuple[AuditRow, AuditEvent]] = []
         head_seq, head_hash = await self._lock_head(conn)
         raw = await raw_connection(conn)
+        accepted = None if isolate else _BatchAcceptances()
         for item in batch:
-            item.ctx = TxContext(raw)
+            item.ctx = TxContext(raw, accepted)
             try:
                 if isolate:
                     async with conn.begin_nested():
@@ -591,6 +654,18 @@ class Store:
                 row = self._audit_row(head_seq, head_hash, ev)
                 head_hash = row.hash
                 written.append((row, ev))
+        if accepted is not None and accepted.pending:
+            try:
+                await accepted.write(raw, self._sql)
+            except Exception as exc:
+                if isinstance(exc, DBAPIError) and _is_conflict(exc):
+                    raise
+                raise _UnitFailed from exc  # run again unit by unit: who failed fails
+            outcomes = [
+                (ok, value.result if isinstance(value, _AcceptedRows) else value)
+                for ok, value in outcomes
+            ]
+            accepted.clear()
         if self.dialect == "postgresql":
             touched = sorted(
                 {
@@ -826,72 +901,65 @@ class Store:
             a.raw.clear()  # the caller handed the buffer over: only the ciphertext stays
         sealed_meta = self.seal_meta(blob_id, a.meta)
 
-        async def unit(conn: AsyncConnection, ctx: TxContext) -> AcceptResult:
+        async def unit(conn: AsyncConnection, ctx: TxContext) -> AcceptResult | _AcceptedRows:
             now = self.clock()
-            sql = self._sql
             raw = ctx.raw
             assert raw is not None  # set by the writer
-            await raw.insert_blob(
-                sql,
-                {
+            folders = [
+                (box, await self.folder_id(conn, box, a.folder)) for box in a.local_recipients
+            ]
+            rows = _AcceptedRows(
+                blob={
                     "id": blob_id,
                     "size": size,
                     "data": sealed,
                     "meta": sealed_meta,
                     "created_at": now,
                 },
-            )
-            deliveries: list[Delivery] = []
-            rows: list[dict[str, Any]] = []
-            for box in a.local_recipients:
-                folder_id = await self.folder_id(conn, box, a.folder)
-                got = await raw.fetchone(sql.next_uid, {"folder_id": folder_id})
-                if got is None:
-                    raise StoreError(f"folder {folder_id} vanished")
-                uid, modseq = int(got[0]) - 1, int(got[1])
-                rows.append(
+                folders=folders,
+                message={
+                    "blob_id": blob_id,
+                    "internal_date": (a.internal_date or now).astimezone(dt.UTC),
+                    "internal_offset": offset_minutes(a.internal_date or now),
+                    "size": size,
+                    "flags": a.flags,
+                    "message_id": a.message_id,
+                },
+                queue=[
                     {
-                        "folder_id": folder_id,
-                        "uid": uid,
-                        "modseq": modseq,
+                        "queue_id": queue_id,
                         "blob_id": blob_id,
-                        "internal_date": (a.internal_date or now).astimezone(dt.UTC),
-                        "internal_offset": offset_minutes(a.internal_date or now),
-                        "size": size,
-                        "flags": a.flags,
+                        "sender": a.sender,
+                        "recipient": rcpt,
+                        "status": "queued",
+                        "attempts": 0,
+                        "created_at": now,
+                        "next_attempt_at": now,
                         "message_id": a.message_id,
+                        "person": a.person,
+                        "box": a.box,
+                        "delay_warned": False,
                     }
-                )
-                deliveries.append(Delivery(box, folder_id, uid))
+                    for rcpt in a.remote_recipients
+                ],
+                queue_id=queue_id,
+            )
+            for _, folder_id in folders:
                 ctx.touch(folder_id)
-            await raw.executemany(sql.insert_message, rows)
-            if a.remote_recipients:
-                await raw.executemany(
-                    sql.insert_queue,
-                    [
-                        {
-                            "queue_id": queue_id,
-                            "blob_id": blob_id,
-                            "sender": a.sender,
-                            "recipient": rcpt,
-                            "status": "queued",
-                            "attempts": 0,
-                            "created_at": now,
-                            "next_attempt_at": now,
-                            "message_id": a.message_id,
-                            "person": a.person,
-                            "box": a.box,
-                            "delay_warned": False,
-                        }
-                        for rcpt in a.remote_recipients
-                    ],
-                )
             if a.in_same_transaction is not None:
                 await a.in_same_transaction(conn, ctx)
             ctx.audit(a.audit(queue_id))
-            return AcceptResult(queue_id, blob_id, tuple(deliveries), len(a.remote_recipients))
+            if ctx.accepted is not None:
+                ctx.accepted.pending.append(rows)
+                return rows  # the writer puts the AcceptResult in its place
+            # In its own savepoint (the batch is run again unit by unit): its rows now.
+            alone = _BatchAcceptances()
+            alone.pending.append(rows)
+            await alone.write(raw, self._sql)
+            assert rows.result is not None
+            return rows.result
 
-        result = await self.transact(unit)
+        result = cast(AcceptResult, await self.transact(unit))
         if result.queued:
             for listener in self._queue_listeners:
                 listener()
