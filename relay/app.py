@@ -464,6 +464,18 @@ def load_for_serving(config_path: Path) -> Config:
     return config
 
 
+def run_serve(config_path: Path) -> int:
+    """`serve` on uvloop's event loop (libuv: the loop's own work, socket writes and
+    timers in C; bench/README has what it gave), or on asyncio's own when uvloop is
+    not installed (a platform without its wheels)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(serve(config_path))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(serve(config_path))
+
+
 async def serve(config_path: Path) -> int:
     """Run the daemon until SIGTERM/SIGINT. Returns the process exit status."""
     try:

@@ -42,10 +42,10 @@ def _load_config_or_exit(path: Path):  # type: ignore[no-untyped-def]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from relay.app import serve
+    from relay.app import run_serve
 
     setup_logging(args.log_format)
-    return asyncio.run(serve(Path(args.config)))
+    return run_serve(Path(args.config))
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -174,9 +174,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not (pki_dir / JWKS_FILE).exists():
         cmd_dev_issuer(argparse.Namespace(dir=str(pki_dir)))
     setup_logging(args.log_format)
-    from relay.app import serve
+    from relay.app import run_serve
 
-    return asyncio.run(serve(config_path))
+    return run_serve(config_path)
 
 
 async def _with_store(
