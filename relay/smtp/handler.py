@@ -276,8 +276,14 @@ class BaseHandler:
                 certificate_subject=peer_subject,
             )
 
-        if state.login_recorded is not None:
-            await state.login_recorded  # the login event is durable before the message
+        # The login event (handed to the writer at AUTH) is not awaited here: the
+        # store commits it with this message or before it, never the message alone
+        # (Acceptance.after), so the first message costs one commit, not two.
+        login = state.login_recorded
+        if login is not None and login.done():
+            if login.exception() is not None:
+                await login  # its failure, as before the message
+            login = state.login_recorded = None
         result = await self.runtime.store.accept(
             Acceptance(
                 raw=message,
@@ -291,6 +297,7 @@ class BaseHandler:
                 box=box,
                 in_same_transaction=extra,
                 queue_id=queue_id,
+                after=login,
             )
         )
         return replies.OK_QUEUED.format(queue_id=result.queue_id)

@@ -199,6 +199,9 @@ class Acceptance:
     queue_id: str | None = None
     # More work for the same transaction (e.g. a patient conversation's state).
     in_same_transaction: Callable[[AsyncConnection, TxContext], Awaitable[None]] | None = None
+    # What `record_soon` handed to the writer before this (SMTP: the login event): the
+    # message commits with it or after it, never without it (see `accept`).
+    after: asyncio.Future[None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -902,6 +905,12 @@ class Store:
         sealed_meta = self.seal_meta(blob_id, a.meta)
 
         async def unit(conn: AsyncConnection, ctx: TxContext) -> AcceptResult | _AcceptedRows:
+            before = a.after
+            # Handed in before this unit, so in this batch (not done yet: committed
+            # with it or not at all) or in an earlier one (done): then it must have
+            # been committed, or this message would be on disk without it.
+            if before is not None and before.done() and before.exception() is not None:
+                raise StoreError("what this message comes after was not recorded")
             now = self.clock()
             raw = ctx.raw
             assert raw is not None  # set by the writer
