@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -72,9 +73,20 @@ async def test_a_big_message_is_stored_whole_and_its_buffer_released(store: Stor
     assert buffer == b""  # handed over and released once sealed
     [stored] = await store.messages(BOX)
     assert stored.raw == body and stored.size == len(body)
+    assert stored.meta == a.meta  # PostgreSQL: the row went in by COPY, text format
     [queued] = await store.queue_rows()
     assert await store.read_blob(queued["blob_id"]) == body
     assert result.queued == 1
+    created = await store.sql_scalar(
+        "SELECT created_at FROM blobs WHERE id = :id", {"id": result.blob_id}
+    )
+    # the instant the row was written, like the queue row's (SQLite: text, naive)
+    assert abs(_utc(created) - _utc(queued["created_at"])) < dt.timedelta(seconds=1)
+
+
+def _utc(value: dt.datetime | str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 async def test_accept_delivers_locally_queues_remote_and_audits(store: Store) -> None:
