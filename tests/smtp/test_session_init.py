@@ -112,3 +112,57 @@ async def test_counted_commands_keep_their_names() -> None:
     assert wrapped is not None and not _same_method(wrapped, smtp.smtp_NOOP)
     assert smtp._smtp_methods.get("NOSUCH") is None
     assert "EHLO" in dict(smtp._smtp_methods.items())
+
+
+PATHS = [
+    "<a@b.c>",
+    "<a@b.c> SIZE=10 BODY=8BITMIME",
+    "<a@b.c>\tSIZE=10",
+    "<a@b.c>  SIZE=1",
+    "<a@b.c> ",
+    "<a@b.c> (comment) SIZE=1",
+    "<Dr.Martin+ordo@chu-exemple.mssante.fr> SMTPUTF8",
+    "<a..b@c>",
+    "<.a@b>",
+    "<a@b..c>",
+    "<a@-b>",
+    "<a@[192.0.2.1]>",
+    '<"a b"@c>',
+    "<@relay.example:a@b.c>",
+    "<>",
+    "<a@b>x",
+    "a@b.c",
+    "<" + "x" * 65 + "@b.c>",
+]
+
+
+@pytest.mark.parametrize("local_part_limit", [0, 64])
+def test_getaddr_fast_path_answers_as_aiosmtpd(local_part_limit: int) -> None:
+    """`RelaySMTP._getaddr` reads plain paths itself and hands the rest to aiosmtpd's:
+    for every path, listed and random, its answer is aiosmtpd's."""
+    import random
+
+    ours = RelaySMTP.__new__(RelaySMTP)
+    ours.local_part_limit = local_part_limit
+    rng = random.Random(5321)
+    randoms = [
+        "".join(rng.choice('ab.@<>" \t-+[]:;()x1=') for _ in range(rng.randint(1, 16)))
+        for _ in range(5000)
+    ] + [
+        "<"
+        + "".join(rng.choice("ab.-+") for _ in range(rng.randint(1, 5)))
+        + "@"
+        + "".join(rng.choice("ab.-") for _ in range(rng.randint(1, 5)))
+        + ">"
+        + "".join(rng.choice(" \tab=()") for _ in range(rng.randint(0, 6)))
+        for _ in range(5000)
+    ]
+
+    def answer(getaddr: Any, arg: str) -> object:
+        try:
+            return getaddr(ours, arg)
+        except Exception as exc:  # the email package's parser fails on some input
+            return type(exc)
+
+    for arg in PATHS + randoms:
+        assert answer(RelaySMTP._getaddr, arg) == answer(SMTP._getaddr, arg), arg
