@@ -850,36 +850,35 @@ class MailStore:
             info = await self._folder_in(conn, box, folder)
             modseq, first, uidvalidity = await self._bump(conn, info.id, len(messages))
             uids: list[int] = []
+            raw, sql, now = ctx.raw, self.store.statements, self.store.clock()
             for n, (m, (blob_id, data, meta)) in enumerate(zip(messages, sealed, strict=True)):
+                uid = first + n
+                blob = {"id": blob_id, "size": len(m.raw), "data": data, "meta": meta}
+                row = {
+                    "folder_id": info.id,
+                    "uid": uid,
+                    "modseq": modseq,
+                    "blob_id": blob_id,
+                    # The instant in UTC (SQLite keeps no zone) and the zone apart.
+                    "internal_date": m.internal_date.astimezone(dt.UTC),
+                    "internal_offset": offset_minutes(m.internal_date),
+                    "size": len(m.raw),
+                    "flags": format_flags(m.flags - {SEEN} if person else m.flags),
+                    "message_id": m.meta.message_id,
+                }
+                uids.append(uid)
+                if person is None or SEEN not in m.flags:
+                    # The acceptance path's prepared statements (no row id needed back).
+                    assert raw is not None
+                    await raw.insert_blob(sql, blob | {"created_at": now})
+                    await raw.execute(sql.insert_message, row)
+                    continue
+                await conn.execute(insert(t.blobs).values(**blob, created_at=now))
+                res = await conn.execute(insert(t.messages).values(**row))
+                assert res.inserted_primary_key is not None
                 await conn.execute(
-                    insert(t.blobs).values(
-                        id=blob_id,
-                        size=len(m.raw),
-                        data=data,
-                        meta=meta,
-                        created_at=self.store.clock(),
-                    )
+                    insert(t.seen).values(message_id=res.inserted_primary_key[0], person=person)
                 )
-                res = await conn.execute(
-                    insert(t.messages).values(
-                        folder_id=info.id,
-                        uid=first + n,
-                        modseq=modseq,
-                        blob_id=blob_id,
-                        # The instant in UTC (SQLite keeps no zone) and the zone apart.
-                        internal_date=m.internal_date.astimezone(dt.UTC),
-                        internal_offset=offset_minutes(m.internal_date),
-                        size=len(m.raw),
-                        flags=format_flags(m.flags - {SEEN} if person else m.flags),
-                        message_id=m.meta.message_id,
-                    )
-                )
-                if person is not None and SEEN in m.flags:
-                    assert res.inserted_primary_key is not None
-                    await conn.execute(
-                        insert(t.seen).values(message_id=res.inserted_primary_key[0], person=person)
-                    )
-                uids.append(first + n)
             ctx.touch(info.id)
             events = list(make_event(uids))
             for event in events:

@@ -393,6 +393,12 @@ class Store:
         return store
 
     @property
+    def statements(self) -> Statements:
+        """The hot statements prepared for this store's dialect (relay.store.fastsql),
+        for units that run them on `TxContext.raw`."""
+        return self._sql
+
+    @property
     def created_keys(self) -> tuple[KeyKind, ...]:
         """The key files this open created (empty but for a first start or `key init`)."""
         return self.keys.created if self.keys is not None else ()
