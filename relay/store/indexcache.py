@@ -114,6 +114,14 @@ class FolderIndexes:
             except FolderMissing:
                 self.forget(folder_id)
                 raise
+            if index is not None and (
+                got.folder.uidvalidity != index.folder.uidvalidity
+                or got.folder.highestmodseq < index.folder.highestmodseq
+            ):
+                # Another folder under the same id (SQLite gives a deleted folder's id
+                # to the next one created): nothing of the old index holds.
+                index = None
+                got = await self.mail.index_read(folder_id, None)
             if index is None:
                 index = FolderIndex.load(got.folder, got.rows, got.seen)
             else:

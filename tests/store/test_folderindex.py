@@ -116,6 +116,29 @@ async def test_deleted_folder_is_forgotten(store: Store) -> None:
     assert indexes.cached(folder.id) is None
 
 
+async def test_a_folder_recreated_under_the_same_id_is_read_again(store: Store) -> None:
+    """SQLite gives the id of the folder deleted last to the next one created: the
+    index of the old folder must not stand for the new one (imaptest deletes and
+    recreates its folder between test groups)."""
+    from relay.audit.events import ImapFolderChanged
+
+    def event(operation: str) -> ImapFolderChanged:
+        return ImapFolderChanged(person="dupont", box=BOX, operation=operation, folder="T")
+
+    mail = MailStore(store)
+    indexes = FolderIndexes(mail)
+    await mail.create_folder(BOX, "T", None, event("create"))
+    await deliver(store, BOX, [letter(1), letter(2), letter(3)], folder="T")
+    old = await indexes.find(BOX, "T")
+    assert old is not None and old.messages == 3
+    await mail.delete_folder(BOX, "T", event("delete"))
+    await mail.create_folder(BOX, "T", None, event("create"))
+    await deliver(store, BOX, [letter(4)], folder="T")
+    new = await indexes.find(BOX, "T")
+    assert new is not None and new.messages == 1
+    assert new.status(None) == await mail.status(new.folder.id, None)
+
+
 async def test_budget_keeps_the_folders_used_last(store: Store) -> None:
     mail = MailStore(store)
     indexes = FolderIndexes(mail, budget=3)
