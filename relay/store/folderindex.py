@@ -26,6 +26,7 @@ and keeps the indexes of the folders in use.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Iterable
 
 from relay.store.mailstore import (
@@ -198,14 +199,10 @@ class FolderIndex:
         else:
             self._log += logged
         high = max(folder.highestmodseq, self.folder.highestmodseq)
-        self.folder = FolderInfo(
-            id=folder.id,
-            box=folder.box,
-            name=folder.name,
-            uidvalidity=folder.uidvalidity,
+        self.folder = dataclasses.replace(
+            folder,
             uidnext=max(folder.uidnext, self.folder.uidnext),
             highestmodseq=high,
-            special_use=folder.special_use,
             recent_uid=max(folder.recent_uid, self.folder.recent_uid),
         )
         if len(self._log) + len(self._gone) > MAX_LOG:
@@ -232,17 +229,7 @@ class FolderIndex:
         """The \\Recent watermark moved to `upto` (`MailStore.claim_recent`, which
         writes it without touching the folder's MODSEQ)."""
         if upto > self.folder.recent_uid:
-            f = self.folder
-            self.folder = FolderInfo(
-                id=f.id,
-                box=f.box,
-                name=f.name,
-                uidvalidity=f.uidvalidity,
-                uidnext=f.uidnext,
-                highestmodseq=f.highestmodseq,
-                special_use=f.special_use,
-                recent_uid=upto,
-            )
+            self.folder = dataclasses.replace(self.folder, recent_uid=upto)
 
     # --- answers ----------------------------------------------------------------------
 
