@@ -111,22 +111,10 @@ class Changes:
     uidnext: int
     changed: tuple[Flagged, ...]
     expunged: tuple[int, ...]
-    # (uid, modseq of its removal), in UID order: lets one change set serve every
-    # session whose MODSEQ is at or above the one it was read for (`since`).
+    # (uid, modseq of its removal), in UID order: what a session holds back until it
+    # may announce the removal (RFC 3501 §7.4.1).
     expunged_at: tuple[tuple[int, int], ...] = ()
     recent_uid: int = 1  # the folder's \Recent watermark when this was read
-
-    def since(self, modseq: int) -> Changes:
-        """The part of this change set above `modseq` (read for a lower or equal one)."""
-        gone = tuple((u, m) for u, m in self.expunged_at if m > modseq)
-        return Changes(
-            highestmodseq=self.highestmodseq,
-            uidnext=self.uidnext,
-            changed=tuple(f for f in self.changed if f.modseq > modseq),
-            expunged=tuple(u for u, _ in gone),
-            expunged_at=gone,
-            recent_uid=self.recent_uid,
-        )
 
 
 @dataclass(frozen=True, slots=True)
