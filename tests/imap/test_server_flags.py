@@ -145,3 +145,41 @@ async def test_recent_search_keys_and_store_keep_recent(daemon: RunningDaemon) -
         s.close()
 
     await asyncio.to_thread(run)
+
+
+async def test_search_numbers_follow_the_holes_left_by_expunge(daemon: RunningDaemon) -> None:
+    """SEARCH answers message numbers, not UIDs: after an expunge they differ. Both ways
+    of numbering are crossed, a few hits (one binary search each) and many (one pass
+    over the folder's UIDs), and checked against FETCH UID."""
+    await deliver(daemon.store, MARTIN_BOX, [letter(i) for i in range(1, 41)])
+
+    def run() -> None:
+        s = _session(daemon, "martin")
+        s.command("s", "SELECT INBOX")
+        thirds = ",".join(str(u) for u in range(3, 41, 3))
+        assert s.command("d", f"UID STORE {thirds} +FLAGS.SILENT (\\Deleted)")[1].startswith(
+            b"d OK"
+        )
+        assert s.command("e", "EXPUNGE")[1].startswith(b"e OK")
+        s.command("f", "UID STORE 2,10,11,35 +FLAGS.SILENT (\\Flagged)")
+        s.command("g", "UID STORE 1:20 +FLAGS.SILENT (\\Seen)")
+        untagged, _ = s.command("u", "UID FETCH 1:* (UID)")
+        number = {
+            int(m[2]): int(m[1])
+            for m in (re.match(rb"\* (\d+) FETCH \(UID (\d+)\)", x) for x in untagged)
+            if m
+        }
+        kept = sorted(number)
+        assert len(kept) == 27 and 3 not in number
+        for key, want_uids in (
+            ("FLAGGED", [2, 10, 11, 35]),
+            ("UNSEEN", [u for u in kept if u > 20]),
+            ("SEEN", [u for u in kept if u <= 20]),
+        ):
+            (by_uid,), _ = s.command("a", f"UID SEARCH {key}")
+            assert by_uid == b"* SEARCH " + b" ".join(b"%d" % u for u in want_uids)
+            (by_number,), _ = s.command("b", f"SEARCH {key}")
+            assert by_number == b"* SEARCH " + b" ".join(b"%d" % number[u] for u in want_uids)
+        s.close()
+
+    await asyncio.to_thread(run)

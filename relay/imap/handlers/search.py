@@ -8,7 +8,6 @@ command's RETURN options ask, saves it for ``$`` and registers a live context.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 
@@ -45,11 +44,7 @@ async def matching(
         hits = _by_flags(sel, criteria, test)
         if len(hits) == len(sel.uids):
             return list(enumerate(sel.uids, 1))
-        numbered, pos, every = [], 0, sel.uids
-        for u in hits:  # both ascend: each number is found from the previous one on
-            pos = bisect.bisect_left(every, u, pos)
-            numbered.append((pos + 1, u))
-        return numbered
+        return list(zip(sel.seqs_of(hits, ascending=True), hits, strict=True))
     candidates = list(sel.uids if uids is None else uids)
     total = len(sel.uids)
     rows: dict[int, MessageRow] = {}
@@ -152,14 +147,14 @@ def answer(
 ) -> None:
     """Send the result (UIDs in result order) as ``* SEARCH``/``* SORT`` (`legacy`)
     or ``* ESEARCH``; save it for ``$``; keep it live for ``RETURN (UPDATE)``."""
-    numbers = uids if cmd.uid else [sel.seq_of(u) for u in uids]
+    numbers = uids if cmd.uid else sel.seqs_of(uids, ascending=sort is None)
     opts = cmd.return_options
     # RFC 7162 §3.1.5: with MODSEQ in the criteria, the highest mod-sequence of the
     # messages returned comes with them (none returned: no MODSEQ).
     with_modseq = uses_modseq(criteria) and bool(uids)
     if opts is None:
         tail = f" (MODSEQ {max(sel.flags[u].modseq for u in uids)})" if with_modseq else ""
-        listed = (" " + " ".join(map(str, numbers))) if numbers else ""
+        listed = (" " + r.spaced(numbers)) if numbers else ""
         s.emit(r.untagged(legacy + listed + tail))
         return
     if c.SearchReturn.SAVE in opts:
