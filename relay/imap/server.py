@@ -32,7 +32,7 @@ from relay.imap.sort import KeyCache
 from relay.imap.state import State
 from relay.runtime import Runtime
 from relay.store.folderindex import FolderIndex
-from relay.store.mailstore import Changes, Flagged, FolderMissing, FolderStatus, MailStore
+from relay.store.mailstore import Changes, Flagged, FolderMissing, FolderStatus
 from relay.tls.context import CertificateFacts, ListenerContext
 
 log = structlog.get_logger("relay.imap")
@@ -88,7 +88,7 @@ class ImapService:
     def __init__(self, runtime: Runtime, listener: ListenerConfig) -> None:
         self.runtime = runtime
         self.listener = listener
-        self.mail = MailStore(runtime.store)
+        self.mail = runtime.indexes.mail  # one per daemon: its caches serve every listener
         self.probe = runtime.metrics.listener("imap", listener.host, listener.port)
         self.sort_keys = KeyCache(SORT_KEY_CACHE_ENTRIES)
         self._tls: ListenerContext | None = None

@@ -39,13 +39,24 @@ from relay.errors import StoreError
 from relay.message.analysis import Envelope, MessageMeta, headers_from_json
 from relay.store import schema as t
 from relay.store.fastsql import Prepared, prepare, raw_connection
+from relay.store.rawcache import RawCache
 from relay.store.store import Store, TxContext, offset_minutes
 
 SEEN = "\\Seen"
 DELETED = "\\Deleted"
 # Above this many UIDs a lookup reads the UID range and filters, instead of IN (...).
 _IN_LIMIT = 500
+# At most this many rows by key make a point read (`Store.read`), run on the event
+# loop's thread on SQLite; with their bytes, fewer (each may be megabytes).
+POINT_ROWS = 64
+POINT_RAW_ROWS = 8
 _META_CACHE = 50_000  # decrypted metadata kept in memory (a few KB each)
+# Decrypted messages kept in memory after a FETCH (relay.store.rawcache): letters
+# only, 16 MiB in all.
+RAW_CACHE_BYTES = 16 * 1024 * 1024
+RAW_CACHE_LARGEST = 256 * 1024
+# FETCH rows (blob, size, dates) shared by the sessions, about 300 bytes each.
+_ROW_CACHE = 50_000
 
 
 class FolderMissing(StoreError):
@@ -193,6 +204,11 @@ class MailStore:
         # (SQLite WAL; on SQLite in a reader thread without aiosqlite's hand-offs).
         self.store = store
         self._meta_cache: dict[str, MessageMeta] = {}
+        self.raw_cache = RawCache(RAW_CACHE_BYTES, RAW_CACHE_LARGEST)
+        # (box, UIDVALIDITY, UID) -> row: a UID names one message for as long as its
+        # UIDVALIDITY lasts, and a box never gives a UIDVALIDITY twice (not the folder
+        # id: SQLite gives a deleted folder's id to the next folder created).
+        self._row_cache: dict[tuple[str, int, int], MessageRow] = {}
         self._prepared: dict[str, Prepared] = {}  # the index's big read, per dialect
 
     # --- folders ------------------------------------------------------------------
@@ -207,7 +223,7 @@ class MailStore:
             .where(t.mailboxes.c.address.in_([b.lower() for b in boxes]))
             .order_by(t.mailboxes.c.address, t.folders.c.name)
         )
-        rows = await self.store.read(_all(stmt))
+        rows = await self.store.read(_all(stmt), point=True)
         return [_folder(r) for r in rows]
 
     async def folder(self, box: str, name: str) -> FolderInfo | None:
@@ -216,7 +232,7 @@ class MailStore:
             .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
             .where(and_(t.mailboxes.c.address == box.lower(), t.folders.c.name == name))
         )
-        rows = await self.store.read(_all(stmt))
+        rows = await self.store.read(_all(stmt), point=True)
         return _folder(rows[0]) if rows else None
 
     # --- reading a folder -----------------------------------------------------------
@@ -427,20 +443,36 @@ class MailStore:
         meta = self._meta_cache.get(blob_id)
         if meta is None:
             meta = MessageMeta.from_json(self.store.open_meta(blob_id, sealed))
-            if len(self._meta_cache) >= _META_CACHE:
-                self._meta_cache.pop(next(iter(self._meta_cache)))
-            self._meta_cache[blob_id] = meta
+            self._remember(blob_id, meta)
         return meta
 
-    def cached_metas(self, blob_ids: Iterable[str]) -> dict[str, MessageMeta] | None:
-        """The metadata of the given blobs if every one is in memory, else None."""
-        out: dict[str, MessageMeta] = {}
-        for i in blob_ids:
-            meta = self._meta_cache.get(i)
-            if meta is None:
-                return None
-            out[i] = meta
-        return out
+    def _remember(self, blob_id: str, meta: MessageMeta) -> None:
+        if len(self._meta_cache) >= _META_CACHE:
+            self._meta_cache.pop(next(iter(self._meta_cache)))
+        self._meta_cache[blob_id] = meta
+
+    def cached_meta(self, blob_id: str) -> MessageMeta | None:
+        """The metadata of a blob if it is in memory."""
+        return self._meta_cache.get(blob_id)
+
+    def cached_rows(self, folder: FolderInfo, uids: Iterable[int]) -> dict[int, MessageRow]:
+        """The rows of the given UIDs that some session of this daemon read already."""
+        cache, box, validity = self._row_cache, folder.box, folder.uidvalidity
+        return {u: row for u in uids if (row := cache.get((box, validity, u))) is not None}
+
+    def keep_rows(self, folder: FolderInfo, rows: Iterable[MessageRow]) -> None:
+        self._keep_rows(folder.box, folder.uidvalidity, rows)
+
+    def _keep_rows(self, box: str, validity: int, rows: Iterable[MessageRow]) -> None:
+        cache = self._row_cache
+        for row in rows:
+            if len(cache) >= _ROW_CACHE:
+                cache.pop(next(iter(cache)))
+            cache[(box, validity, row.uid)] = row
+
+    def cached_raw(self, blob_id: str) -> bytes | None:
+        """The decrypted octets of a blob if they are in memory."""
+        return self.raw_cache.get(blob_id)
 
     async def metas(self, blob_ids: Iterable[str]) -> dict[str, MessageMeta]:
         """Decrypted parsed metadata of the given blobs."""
@@ -461,7 +493,7 @@ class MailStore:
                 ).all()
             return found
 
-        for r in await self.store.read(read):
+        for r in await self.store.read(read, point=len(missing) <= POINT_ROWS):
             out[r.id] = self._meta(r.id, bytes(r.meta))
         return out
 
@@ -507,7 +539,8 @@ class MailStore:
         wanted = set(uids)
         by_range = len(wanted) > _IN_LIMIT
         result = await self.store.read(
-            _all(_fetch_stmt(raw, by_range), _uid_params(folder_id, wanted, by_range))
+            _all(_fetch_stmt(raw, by_range), _uid_params(folder_id, wanted, by_range)),
+            point=len(wanted) <= (POINT_RAW_ROWS if raw else POINT_ROWS),
         )
         rows: dict[int, MessageRow] = {}
         metas: dict[str, MessageMeta] = {}
@@ -525,7 +558,8 @@ class MailStore:
             )
             if raw:
                 metas[r.blob_id] = self._meta(r.blob_id, bytes(r.meta))
-                raws[r.blob_id] = self.store.cipher.open(r.blob_id, bytes(r.data))
+                raws[r.blob_id] = octets = self.store.cipher.open(r.blob_id, bytes(r.data))
+                self.raw_cache.put(r.blob_id, octets)
         if meta and not raw:
             metas = await self.metas(row.blob_id for row in rows.values())
         return rows, metas, raws
@@ -880,7 +914,18 @@ class MailStore:
                 )
             return uidvalidity, uids
 
-        return await self.store.transact(unit)
+        uidvalidity, uids = await self.store.transact(unit)
+        # Committed: what a FETCH by any session would read of them is known already.
+        rows = []
+        for uid, m, (blob_id, _, _) in zip(uids, messages, sealed, strict=True):
+            instant, offset = m.internal_date.astimezone(dt.UTC), offset_minutes(m.internal_date)
+            when = internal_date(instant, offset)
+            rows.append(MessageRow(uid, blob_id, len(m.raw), when, m.meta.message_id))
+            # As a read would give it back: through JSON (tuples become lists, and so on).
+            self._remember(blob_id, MessageMeta.from_json(json.loads(json.dumps(m.meta.to_json()))))
+            self.raw_cache.put(blob_id, m.raw)
+        self._keep_rows(box.lower(), uidvalidity, rows)
+        return uidvalidity, uids
 
     async def _folder_in(self, conn: AsyncConnection, box: str, name: str) -> FolderInfo:
         row = (
@@ -1050,7 +1095,8 @@ class MailStore:
                 select(t.subscriptions.c.mailbox, t.subscriptions.c.folder).where(
                     t.subscriptions.c.person == person
                 )
-            )
+            ),
+            point=True,
         )
         return {(r.mailbox, r.folder) for r in rows}
 

@@ -982,13 +982,24 @@ class Store:
 
     # --- reading ------------------------------------------------------------------
 
-    async def read(self, fn: Callable[[AsyncConnection], Coroutine[Any, Any, T]]) -> T:
+    async def read(
+        self, fn: Callable[[AsyncConnection], Coroutine[Any, Any, T]], *, point: bool = False
+    ) -> T:
         """Run `fn(conn)` in one read transaction (a consistent view) and return its
-        result. `fn` must await nothing but `conn`: on SQLite it runs to completion in
-        a reader thread on a synchronous connection (one hand-off for the whole read
-        instead of several per statement through aiosqlite)."""
+        result. `fn` must await nothing but `conn`: on SQLite it runs to completion on
+        a synchronous connection, in a reader thread (one hand-off for the whole read
+        instead of several per statement through aiosqlite).
+
+        `point`: a read of a few rows found by key (a folder list, the rows of a few
+        messages). On SQLite it runs on the calling thread, the event loop's: it takes
+        tens of microseconds from the page cache, less than handing it to a thread and
+        waking the loop again, and the loop does not wait for the GIL while the reader
+        runs SQLAlchemy's Python. A read that may scan (a whole folder's index, a
+        search's bodies) is never a point read: it would hold every session up."""
         readers = self._thread_readers
         if readers is not None:
+            if point:
+                return readers.run_here(fn)
             result: T = await asyncio.get_running_loop().run_in_executor(
                 readers.executor, readers.run, fn
             )
@@ -1350,14 +1361,25 @@ class _ThreadReaders:
         )
         _sqlite_setup(self.engine, begin="BEGIN")
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store-reader")
+        # Point reads, on the event loop's thread: a connection of their own, so that
+        # they never wait for one of the threads' to come back to the pool.
+        self.here = create_engine(
+            url, pool_size=1, max_overflow=0, connect_args={"check_same_thread": False}
+        )
+        _sqlite_setup(self.here, begin="BEGIN")
 
     def run(self, fn: Callable[[AsyncConnection], Coroutine[Any, Any, T]]) -> T:
         with self.engine.connect() as conn, conn.begin():
             return _drive(fn(cast(AsyncConnection, _ThreadConnection(conn))))
 
+    def run_here(self, fn: Callable[[AsyncConnection], Coroutine[Any, Any, T]]) -> T:
+        with self.here.connect() as conn, conn.begin():
+            return _drive(fn(cast(AsyncConnection, _ThreadConnection(conn))))
+
     def close(self) -> None:
         self.executor.shutdown(wait=True)
         self.engine.dispose()
+        self.here.dispose()
 
 
 class _ThreadConnection:

@@ -38,11 +38,25 @@ def prepared(raw: bytes, binary: bool) -> tuple[bytes, MessageMeta]:
     return raw, meta
 
 
+# Up to this size a message is analysed on the event loop's thread: handing it to a
+# thread and waking the loop again costs more than parsing a letter, and the parse
+# holds the GIL either way. A bigger one goes to a thread, so that a 25 MB attachment
+# does not hold every other session up for the whole parse.
+INLINE_ANALYSIS_BYTES = 64 * 1024
+
+
+async def prepare(raw: bytes, binary: bool) -> tuple[bytes, MessageMeta]:
+    """`prepared`, here or in a thread by the message's size."""
+    if len(raw) <= INLINE_ANALYSIS_BYTES:
+        return prepared(raw, binary)
+    return await asyncio.to_thread(prepared, raw, binary)
+
+
 async def h_append(s: Session, cmd: c.Append) -> Result:
     target = await existing(s, cmd.mailbox, trycreate=True)
     need(s, target, "i", "add messages")
     allowed_flags = settable(rights(s, target), cmd.flags)
-    raw, meta = await asyncio.to_thread(prepared, cmd.message, cmd.binary)
+    raw, meta = await prepare(cmd.message, cmd.binary)
     when = cmd.internal_date or dt.datetime.now(dt.UTC)
     traced_box = traced(s, target.box)
 

@@ -188,21 +188,42 @@ _STATE_FORMAT = {
 async def _rows(
     s: Session, sel: Selected, uids: list[int], *, meta: bool, raw: bool
 ) -> tuple[dict[int, MessageRow], dict[str, MessageMeta], dict[str, bytes]]:
-    """Rows, metadata and (for a few messages) bytes of `uids`: one query, or none
-    when every row is known to the session (a UID's row never changes) and no byte is
-    asked for. A row read is kept for the session (`Selected.rows`)."""
+    """Rows, metadata and (for a few messages) bytes of `uids`, read only where they
+    are not known yet. A UID's row never changes: the session's (`Selected.rows`) and
+    those of the daemon's other sessions (`MailStore.cached_rows`) are used, with the
+    metadata and bytes in memory (`MailStore.cached_meta`, `cached_raw`); the rest is
+    one query. A message removed by another session (not told yet) is not looked
+    for: it has no row any more."""
     mail = s.service.mail
-    if not raw:
-        known = sel.rows
-        if all(u in known for u in uids):
-            rows = {u: known[u] for u in uids}
-            metas = mail.cached_metas(r.blob_id for r in rows.values()) if meta else {}
-            if metas is not None:
-                return rows, metas, {}
-    rows, metas, raws = await mail.fetch_data(sel.folder.id, uids, meta=meta, raw=raw)
+    known, gone = sel.rows, sel.pending_expunge
+    held = {u: row for u in uids if (row := known.get(u)) is not None}
+    if len(held) < len(uids):
+        held |= mail.cached_rows(sel.folder, (u for u in uids if u not in held))
+    rows: dict[int, MessageRow] = {}
+    metas: dict[str, MessageMeta] = {}
+    raws: dict[str, bytes] = {}
+    for u, row in held.items():
+        m = mail.cached_meta(row.blob_id) if meta or raw else None
+        octets = mail.cached_raw(row.blob_id) if raw else None
+        if (m is None and (meta or raw)) or (octets is None and raw):
+            continue
+        rows[u] = row
+        if m is not None:
+            metas[row.blob_id] = m
+        if octets is not None:
+            raws[row.blob_id] = octets
+    missing = [u for u in uids if u not in rows and u not in gone]
+    if missing:
+        read, more_metas, more_raws = await mail.fetch_data(
+            sel.folder.id, missing, meta=meta, raw=raw
+        )
+        mail.keep_rows(sel.folder, read.values())
+        rows |= read
+        metas |= more_metas
+        raws |= more_raws
     for u, row in rows.items():
         if u in sel.flags:
-            sel.rows[u] = row
+            known[u] = row
     return rows, metas, raws
 
 

@@ -12,14 +12,13 @@ audited as a content read before the new message is written.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 
 from relay.audit.events import AuditEvent, ImapAppended, ImapFetched
 from relay.imap import commands as c
 from relay.imap import response as r
 from relay.imap import rev2
-from relay.imap.handlers.append import prepared, settable
+from relay.imap.handlers.append import prepare, settable
 from relay.imap.handlers.common import (
     ImapError,
     Result,
@@ -130,7 +129,7 @@ async def h_append_many(s: Session, cmd: c.AppendMany) -> Result:
             raise EmptyMessage("An appended message cannot be empty")
         if len(raw) > limit:
             raise TooBig(f"The message is larger than the limit of {limit} octets")
-        raw, meta = await asyncio.to_thread(prepared, raw, m.binary)
+        raw, meta = await prepare(raw, m.binary)
         built.append(Appended(raw, meta, settable(have, m.flags), m.internal_date or now))
     traced_box = traced(s, target.box)
 
