@@ -209,7 +209,8 @@ class MailStore:
         # UIDVALIDITY lasts, and a box never gives a UIDVALIDITY twice (not the folder
         # id: SQLite gives a deleted folder's id to the next folder created).
         self._row_cache: dict[tuple[str, int, int], MessageRow] = {}
-        self._prepared: dict[str, Prepared] = {}  # the index's big read, per dialect
+        # Statements compiled once: the index's big read (by dialect), the folder list.
+        self._prepared: dict[str, Prepared] = {}
 
     # --- folders ------------------------------------------------------------------
 
@@ -217,6 +218,10 @@ class MailStore:
         """Every folder of the given boxes."""
         if not boxes:
             return []
+        if self.store.dialect == "sqlite":
+            # LIST asks at every call: one statement prepared once, per box, straight
+            # from the driver (building the join costs more than running it).
+            return await self.store.read(self._folders_of(boxes), point=True)
         stmt = (
             select(t.folders, t.mailboxes.c.address)
             .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
@@ -225,6 +230,42 @@ class MailStore:
         )
         rows = await self.store.read(_all(stmt), point=True)
         return [_folder(r) for r in rows]
+
+    def _folders_of(
+        self, boxes: Sequence[str]
+    ) -> Callable[[AsyncConnection], Coroutine[Any, Any, list[FolderInfo]]]:
+        async def read(conn: AsyncConnection) -> list[FolderInfo]:
+            stmt = self._prepared.get("folders_of_box")
+            if stmt is None:
+                stmt = self._prepared["folders_of_box"] = prepare(_FOLDERS_OF_BOX, conn.dialect)
+            raw = await raw_connection(conn)
+            out: list[FolderInfo] = []
+            for box in sorted({b.lower() for b in boxes}):
+                for (
+                    fid,
+                    address,
+                    name,
+                    validity,
+                    uidnext,
+                    modseq,
+                    special,
+                    recent,
+                ) in await raw.fetchall(stmt, {"address": box}):
+                    out.append(
+                        FolderInfo(
+                            id=int(fid),
+                            box=address,
+                            name=name,
+                            uidvalidity=int(validity),
+                            uidnext=int(uidnext),
+                            highestmodseq=int(modseq),
+                            special_use=special,
+                            recent_uid=int(recent),
+                        )
+                    )
+            return out
+
+        return read
 
     async def folder(self, box: str, name: str) -> FolderInfo | None:
         stmt = (
@@ -1141,6 +1182,21 @@ def _all(
 
 _HEAD = select(t.folders.c.highestmodseq, t.folders.c.uidnext, t.folders.c.recent_uid).where(
     t.folders.c.id == bindparam("folder_id")
+)
+_FOLDERS_OF_BOX = (
+    select(
+        t.folders.c.id,
+        t.mailboxes.c.address,
+        t.folders.c.name,
+        t.folders.c.uidvalidity,
+        t.folders.c.uidnext,
+        t.folders.c.highestmodseq,
+        t.folders.c.special_use,
+        t.folders.c.recent_uid,
+    )
+    .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
+    .where(t.mailboxes.c.address == bindparam("address"))
+    .order_by(t.folders.c.name)
 )
 _FOLDER_BY_ID = (
     select(t.folders, t.mailboxes.c.address)
