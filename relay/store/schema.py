@@ -66,11 +66,14 @@ blobs = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("size", Integer, nullable=False),
-    Column("data", LargeBinary, nullable=False),
     # relay.message.analyse() output as JSON, sealed like the body: it holds the
     # subject and addresses, which are health data too.
     Column("meta", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The sealed body, last (migration 0007): SQLite reads `meta` without walking a
+    # big body's overflow pages, and keeps a zeroblob() in the last column lazy, so a
+    # big body is written into its row in pieces (fastsql.SqliteRaw.insert_blob).
+    Column("data", LargeBinary, nullable=False),
 )
 
 messages = Table(
