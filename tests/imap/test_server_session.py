@@ -6,6 +6,7 @@ import asyncio
 import base64
 import imaplib
 import json
+from typing import Any
 
 import pytest
 
@@ -260,3 +261,40 @@ async def test_folder_management_and_subscriptions(daemon: RunningDaemon) -> Non
         for r in await daemon.store.audit_rows(AuditFilter(action="imap.folder"))
     ]
     assert ops == ["create", "create", "rename", "delete"]
+
+
+def literals(result: tuple[str, list[Any]]) -> list[bytes]:
+    """The literals of an imaplib OK answer, as they came."""
+    typ, data = result
+    assert typ == "OK", (typ, data)
+    return [x[1] for x in data if isinstance(x, tuple)]
+
+
+async def test_a_big_submitted_message_is_fetched_byte_for_byte(daemon: RunningDaemon) -> None:
+    """A message above LARGE_BLOB_BYTES goes in over SMTP (SQLite: written into its row
+    in pieces; PostgreSQL: by COPY) and BODY[] gives back what was stored, the sent
+    body intact, also across the writer's 1 MiB chunk boundaries."""
+    from relay.store.fastsql import BLOB_CHUNK_BYTES, LARGE_BLOB_BYTES
+    from tests.smtp.test_submission import letter as sent_letter
+    from tests.smtp.test_submission import submit
+
+    line = b"Ligne %07d du compte rendu, assez longue pour remplir la page.\r\n"
+    body = b"".join(line % i for i in range(3 * LARGE_BLOB_BYTES // len(line)))
+    data = sent_letter(f"Dr Martin <{MARTIN_BOX}>", SHARED, "big") + body
+    code, msg = await asyncio.to_thread(
+        submit, daemon, "martin", PASSWORDS["martin"], MARTIN_BOX, [SHARED], data
+    )
+    assert code == 250, msg
+    [stored] = await daemon.store.messages(SHARED)
+    assert stored.raw.endswith(b"\r\n\r\n" + data.partition(b"\r\n\r\n")[2])
+
+    def run() -> None:
+        m = login(daemon, "martin")
+        ok(m.select(INBOX))
+        assert literals(m.fetch("1", "(BODY.PEEK[])")) == [stored.raw]
+        at = BLOB_CHUNK_BYTES - 1000  # a piece across the first chunk boundary
+        piece = literals(m.fetch("1", f"(BODY.PEEK[]<{at}.2000>)"))
+        assert piece == [stored.raw[at : at + 2000]]
+        m.logout()
+
+    await asyncio.to_thread(run)
