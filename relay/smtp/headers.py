@@ -16,12 +16,14 @@ class HeaderBlock:
     fields: list[bytes] = field(default_factory=list)  # each field with its CRLF(s)
     # From the blank line on (included): a view into the parsed buffer, not a copy.
     body: bytes | memoryview = b""
+    # How many bytes of the parsed buffer the fields took (before `body`).
+    head_bytes: int = 0
 
     @classmethod
     def parse(cls, raw: bytes | bytearray) -> HeaderBlock:
         end = raw.find(b"\r\n\r\n")
         if raw.startswith(b"\r\n"):
-            return cls([], memoryview(raw))
+            return cls([], memoryview(raw), 0)
         if end < 0:
             head, body = bytes(raw), memoryview(b"")
             if head and not head.endswith(b"\r\n"):
@@ -34,7 +36,7 @@ class HeaderBlock:
                 fields[-1] += line + b"\r\n"  # RFC 5322 §2.2.3 folding
             else:
                 fields.append(line + b"\r\n")
-        return cls(fields, body if body else b"\r\n")
+        return cls(fields, body if body else b"\r\n", len(raw) if end < 0 else end + 2)
 
     @staticmethod
     def _name(f: bytes) -> bytes:
@@ -68,3 +70,16 @@ class HeaderBlock:
 
     def render(self) -> bytes:
         return b"".join(self.fields)
+
+    def render_into(self, raw: bytearray) -> bytearray:
+        """`render() + body` made in `raw`, the buffer `parse` read: its header block
+        replaced in place, the body left where it is (a 25 MB message is not copied).
+        The view on `raw` is released: `body` is empty after."""
+        # not a view into `raw`: the blank line `parse` added (there was none)
+        added = b"" if isinstance(self.body, memoryview) else self.body
+        if isinstance(self.body, memoryview):
+            self.body.release()  # or `raw` could not change size
+        self.body = b""
+        raw[: self.head_bytes] = self.render()
+        raw += added
+        return raw

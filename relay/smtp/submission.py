@@ -296,10 +296,16 @@ class SubmissionHandler(BaseHandler):
             headers.add("Message-ID", f"<{secrets.token_hex(12)}@{config.server.hostname}>")
         if not headers.has("Date"):
             headers.add("Date", email.utils.format_datetime(self.runtime.clock().astimezone()))
-        raw = bytearray(headers.render())
-        raw += headers.body
-        headers.body = b""  # release the view: the received buffer can go now
+        received = envelope.original_content
         envelope.original_content = envelope.content = None
+        # The header block rewritten in the received buffer, the body left in place:
+        # a copy beside it would double a big message here.
+        raw = (
+            headers.render_into(received)
+            if isinstance(received, bytearray)
+            else bytearray(headers.render()) + headers.body
+        )
+        headers.body = b""  # no view left on the received buffer
         local: list[str] = []
         remote: list[str] = []
         for rcpt in envelope.rcpt_tos:
