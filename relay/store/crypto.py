@@ -25,11 +25,12 @@ import hashlib
 import hmac
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from relay.errors import StoreError
@@ -185,23 +186,10 @@ class BlobCipher:
         header = self._active_header
         return header + nonce + self._active.encrypt(nonce, plaintext, header + blob_id.encode())
 
-    def seal_into_buffer(self, blob_id: str, plaintext: bytes | bytearray) -> bytearray:
-        """`seal`, written into one buffer allocated once at its final size: for a big
-        message, `seal`'s `header + nonce + ciphertext` would hold the ciphertext
-        twice for a moment (a 25 MB message: 50 MB on top of the plaintext)."""
-        nonce = os.urandom(NONCE_BYTES)
-        header = self._active_header
-        aad = header + blob_id.encode()
-        encrypt_into = getattr(self._active, "encrypt_into", None)
-        if encrypt_into is None:  # cryptography without AEAD encrypt_into
-            return bytearray(self.seal(blob_id, plaintext))
-        start = len(header) + NONCE_BYTES
-        out = bytearray(start + len(plaintext) + TAG_BYTES)
-        out[: len(header)] = header
-        out[len(header) : start] = nonce
-        with memoryview(out) as view:
-            encrypt_into(nonce, plaintext, aad, view[start:])
-        return out
+    def seal_later(self, blob_id: str, plaintext: bytes | bytearray) -> SealedStream:
+        """`seal`, done while the sealed blob is written (SealedStream.pieces): a big
+        message is then never held sealed whole beside its plaintext."""
+        return SealedStream(self.ring.active, self._active_header, blob_id, plaintext)
 
     def open(self, blob_id: str, sealed: bytes) -> bytes:
         version = sealed[:1]
@@ -226,3 +214,46 @@ class BlobCipher:
     def sealed_key_id(sealed: bytes) -> str | None:
         """The key id a v2 blob names (None for a v1 blob)."""
         return sealed[1 : 1 + KEY_ID_BYTES].hex() if sealed[:1] == _V2 else None
+
+
+class SealedStream:
+    """A blob sealed as it is written: the same bytes as `BlobCipher.seal` (v2 layout,
+    same associated data; AES-GCM run incrementally gives the ciphertext and tag
+    `AESGCM.encrypt` gives), produced a piece at a time from the plaintext, which is
+    kept (not copied) until the caller drops it. `len()` is the sealed size. Each
+    `pieces()` seals anew under a fresh nonce: a write rolled back and done again
+    (the writer retries a failed batch unit by unit) never reuses a nonce."""
+
+    __slots__ = ("_aad", "_header", "_key", "plaintext")
+
+    def __init__(self, key: bytes, header: bytes, blob_id: str, plaintext: bytes | bytearray):
+        self._key = key
+        self._header = header
+        self._aad = header + blob_id.encode()
+        self.plaintext = plaintext
+
+    def __len__(self) -> int:
+        return len(self._header) + NONCE_BYTES + len(self.plaintext) + TAG_BYTES
+
+    def pieces(self, chunk_bytes: int) -> Iterator[bytes | memoryview]:
+        """The sealed blob in order: header and nonce, the ciphertext `chunk_bytes` at
+        a time (one buffer reused: each piece is valid until the next is asked for),
+        the tag."""
+        nonce = os.urandom(NONCE_BYTES)
+        encryptor = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(self._aad)
+        yield self._header + nonce
+        out = bytearray(chunk_bytes + 15)  # update_into wants room for a block more
+        plaintext, size, sealed = self.plaintext, len(self.plaintext), 0
+        with memoryview(out) as buf:
+            for start in range(0, size, chunk_bytes):
+                # A slice (one chunk copied), not a view: a view would pin the
+                # plaintext, which the store empties once written, for as long as an
+                # interrupted writer's traceback keeps this generator alive.
+                piece = plaintext[start : start + chunk_bytes]
+                sealed += len(piece)
+                n = encryptor.update_into(piece, buf)
+                yield buf[:n]
+        if sealed != size:  # emptied or changed meanwhile: never a short blob on disk
+            raise StoreError("the message changed while it was being sealed")
+        yield encryptor.finalize() + encryptor.tag

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import binascii
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -29,11 +30,12 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
 from relay.store import schema as t
+from relay.store.crypto import SealedStream
 
 Processor = Callable[[Any], Any] | None
 
-# A message at least this big is sealed into one buffer of its final size
-# (BlobCipher.seal_into_buffer) and the plaintext dropped before the INSERT.
+# A message at least this big is sealed while it is written, a chunk at a time
+# (BlobCipher.seal_later: `data` is then a SealedStream), never held sealed whole.
 LARGE_BLOB_BYTES = 1 << 20
 # A large blob goes to the database this many bytes at a time (PostgreSQL: COPY;
 # SQLite: incremental blob I/O).
@@ -227,9 +229,9 @@ class SqliteRaw(Raw):
         cur = self._conn.execute(stmt.sql, stmt.args({**values, "data_bytes": len(data)}))
         rowid = cur.lastrowid
         cur.close()
-        with self._conn.blobopen("blobs", "data", rowid) as blob, memoryview(data) as view:
-            for start in range(0, len(view), BLOB_CHUNK_BYTES):
-                blob.write(view[start : start + BLOB_CHUNK_BYTES])
+        with self._conn.blobopen("blobs", "data", rowid) as blob, closing(pieces(data)) as it:
+            for piece in it:
+                blob.write(piece)
 
     async def insert_blobs(self, sql: Statements, rows: Sequence[Mapping[str, Any]]) -> None:
         await self.executemany(
@@ -305,11 +307,22 @@ async def _copy_row(values: Mapping[str, Any]) -> AsyncIterator[bytes]:
     id_, size = str(values["id"]), int(values["size"])
     assert id_.isalnum()  # a hex token: nothing to escape
     yield f"{id_}\t{size}\t\\\\x".encode("ascii")
-    with memoryview(values["data"]) as view:
-        for start in range(0, len(view), BLOB_CHUNK_BYTES):
-            yield binascii.hexlify(view[start : start + BLOB_CHUNK_BYTES])
+    with closing(pieces(values["data"])) as it:
+        for piece in it:
+            yield binascii.hexlify(piece)
     meta = binascii.hexlify(values["meta"]).decode("ascii")
     yield f"\t\\\\x{meta}\t{created.isoformat()}\n".encode("ascii")
+
+
+def pieces(data: bytes | bytearray | SealedStream) -> Generator[bytes | memoryview, None, None]:
+    """A large blob's sealed bytes, BLOB_CHUNK_BYTES at a time (each piece valid until
+    the next is asked for)."""
+    if isinstance(data, SealedStream):
+        yield from data.pieces(BLOB_CHUNK_BYTES)
+        return
+    with memoryview(data) as view:
+        for start in range(0, len(view), BLOB_CHUNK_BYTES):
+            yield view[start : start + BLOB_CHUNK_BYTES]
 
 
 async def raw_connection(conn: AsyncConnection) -> Raw:

@@ -46,7 +46,7 @@ from relay.config.model import StorageConfig
 from relay.errors import StoreError
 from relay.metrics import Metrics
 from relay.store import schema as t
-from relay.store.crypto import BlobCipher, key_id
+from relay.store.crypto import BlobCipher, SealedStream, key_id
 from relay.store.fastsql import LARGE_BLOB_BYTES, Raw, Statements, raw_connection
 from relay.store.keys import KeyKind, OpenedKeys, RegisteredKey, registered_keys
 
@@ -174,6 +174,11 @@ class _BatchAcceptances:
         self.pending.clear()
 
 
+def _release(raw: bytes | bytearray) -> None:
+    if isinstance(raw, bytearray):
+        raw.clear()  # the caller handed the buffer over
+
+
 @dataclass(frozen=True, slots=True)
 class Acceptance:
     """A message to commit: the raw bytes as stored, where it goes, and its audit event.
@@ -181,8 +186,9 @@ class Acceptance:
     `audit` is completed with the queue id by the store (`queue_id` field).
     """
 
-    # The message as stored. A bytearray is taken over: emptied once sealed, so a big
-    # message is not held twice while it is written.
+    # The message as stored. A bytearray is taken over: emptied once sealed (a big
+    # message: once written and committed, sealed as it is written), so a big message
+    # is not held twice while it is written.
     raw: bytes | bytearray
     meta: dict[str, Any]
     sender: str
@@ -901,13 +907,15 @@ class Store:
         queue_id = a.queue_id or secrets.token_hex(8)
         blob_id = secrets.token_hex(16)
         size = len(a.raw)
-        sealed: bytes | bytearray = (
-            self.cipher.seal_into_buffer(blob_id, a.raw)
-            if size >= LARGE_BLOB_BYTES
-            else self.cipher.seal(blob_id, a.raw)
-        )
-        if isinstance(a.raw, bytearray):
-            a.raw.clear()  # the caller handed the buffer over: only the ciphertext stays
+        sealed: bytes | SealedStream
+        if size >= LARGE_BLOB_BYTES:
+            # sealed by the writer as it writes the row, a chunk at a time: the
+            # message is never held sealed whole beside its plaintext (fastsql.pieces)
+            sealed = self.cipher.seal_later(blob_id, a.raw)
+        else:
+            sealed = self.cipher.seal(blob_id, a.raw)
+            if isinstance(a.raw, bytearray):
+                a.raw.clear()  # the caller handed the buffer over: only the ciphertext stays
         sealed_meta = self.seal_meta(blob_id, a.meta)
 
         async def unit(conn: AsyncConnection, ctx: TxContext) -> AcceptResult | _AcceptedRows:
@@ -974,7 +982,16 @@ class Store:
             assert rows.result is not None
             return rows.result
 
-        result = cast(AcceptResult, await self.transact(unit))
+        try:
+            result = cast(AcceptResult, await self.transact(unit))
+        except asyncio.CancelledError:
+            raise  # the writer may be sealing it still: not emptied under its feet
+        except Exception:
+            _release(a.raw)
+            raise
+        # Committed (or failed): the writer is done with the plaintext, retries
+        # included (a failed batch is run again unit by unit before any answer).
+        _release(a.raw)
         if result.queued:
             for listener in self._queue_listeners:
                 listener()
