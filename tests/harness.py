@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import os
 import secrets
 import socket
 import ssl
@@ -48,8 +49,22 @@ def password_hash(person: str) -> str:
 # there with bind(0) can be taken by any outgoing connection (a PostgreSQL client, an
 # HTTP fetch) before the daemon binds it, and on a loaded machine that happened.
 # Each test process walks the range from its own random start, so two test runs on
-# one machine rarely meet; a port that is in use is skipped.
-_PORT_RANGE = (20000, 30000)
+# one machine rarely meet; a port that is in use is skipped. The workers of one
+# `pytest -n N` run (pytest-xdist: PYTEST_XDIST_WORKER gw0..gwN-1) each walk their own
+# slice of the range: a port one worker found free and has not bound yet is never
+# handed to another.
+def _port_range() -> tuple[int, int]:
+    low, high = 20000, 30000
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2:
+        return low, high
+    size = (high - low) // count
+    low += int(worker[2:]) * size
+    return low, low + size
+
+
+_PORT_RANGE = _port_range()
 _next_port = _PORT_RANGE[0] + secrets.randbelow(_PORT_RANGE[1] - _PORT_RANGE[0])
 
 
