@@ -30,6 +30,7 @@ from relay.imap import rev2
 from relay.imap.session import Session
 from relay.imap.sort import KeyCache
 from relay.imap.state import State
+from relay.message.imapview import Rendered
 from relay.runtime import Runtime
 from relay.store.folderindex import FolderIndex
 from relay.store.mailstore import Changes, Flagged, FolderMissing, FolderStatus
@@ -74,6 +75,8 @@ EXTENSIONS: tuple[str, ...] = (
 # Sort and thread keys kept in memory (a few hundred bytes each): 10,000-message
 # folders sort without reading the store once their keys are known.
 SORT_KEY_CACHE_ENTRIES = 200_000
+# ENVELOPE / BODYSTRUCTURE values kept (relay.message.imapview.Rendered), under 1 KB each.
+RENDERED_ENTRIES = 20_000
 
 
 def _retrieve(future: asyncio.Future[int]) -> None:
@@ -91,6 +94,7 @@ class ImapService:
         self.mail = runtime.indexes.mail  # one per daemon: its caches serve every listener
         self.probe = runtime.metrics.listener("imap", listener.host, listener.port)
         self.sort_keys = KeyCache(SORT_KEY_CACHE_ENTRIES)
+        self.rendered = Rendered(RENDERED_ENTRIES)
         self._tls: ListenerContext | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()

@@ -215,6 +215,9 @@ class Session:
         self.notify_sent: dict[int, tuple[tuple[c.StatusAttr, int], ...]] = {}
         self.waiting_notify = False
         self.revoked: str | None = None  # why the session must end (access withdrawn)
+        # The rights worked out for this session (relay.imap.handlers.common.rights),
+        # good for one config (a reload replaces it), one day and one principal.
+        self.rights_memo: tuple[object, object, object, dict[object, str]] | None = None
         self._read_task: asyncio.Task[bytes] | None = None
         self.id = secrets.token_hex(4)
         self.connected_at = self.runtime.clock()  # `mss-relay who`

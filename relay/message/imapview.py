@@ -63,6 +63,31 @@ def _params(params: Params) -> bytes:
 # ------------------------------------------------------------------------- ENVELOPE
 
 
+class Rendered:
+    """The ENVELOPE, BODYSTRUCTURE and BODY values of recently fetched messages, by
+    blob id: a stored message never changes, so a value stays right for as long as it
+    is kept (each co-holder's client asks for the same ones); the oldest go first
+    once more than `max_entries` are held."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._values: dict[tuple[str, str], bytes] = {}
+
+    def get(self, blob_id: str, kind: str, meta: MessageMeta) -> bytes:
+        """`kind`: ``ENVELOPE``, ``BODYSTRUCTURE`` or ``BODY``."""
+        key = (blob_id, kind)
+        value = self._values.get(key)
+        if value is None:
+            if kind == "ENVELOPE":
+                value = envelope(meta)
+            else:
+                value = bodystructure(meta, kind == "BODYSTRUCTURE")
+            if len(self._values) >= self._max:
+                self._values.pop(next(iter(self._values)))
+            self._values[key] = value
+        return value
+
+
 def envelope(meta: MessageMeta) -> bytes:
     """The FETCH ENVELOPE value of a message (RFC 3501 §7.4.2)."""
     return envelope_of(meta.envelope)

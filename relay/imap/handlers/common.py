@@ -113,14 +113,27 @@ def view(s: Session) -> View:
 
 
 def rights(s: Session, target: Target) -> str:
-    assert s.principal is not None
-    box = s.runtime.config.mailbox(target.box)
-    if box is None or not method_allowed(box, s.principal.method):
-        return ""
+    """The rights letters of the person on `target` (RFC 4314), from the config of the
+    moment and today's date: worked out once per folder while both hold."""
+    principal = s.principal
+    assert principal is not None
+    config, day = s.runtime.config, today(s)
     # The selected folder's special-use attribute is known: Drafts is the \\Drafts folder.
     sel = s.selected
     special = sel.folder.special_use if sel is not None and sel.target == target else acl.UNKNOWN
-    return acl.letters(box.rights_of(s.principal.person_id, today(s)), target.folder, special)
+    memo = s.rights_memo
+    if memo is None or memo[0] is not config or memo[1] != day or memo[2] is not principal:
+        memo = s.rights_memo = (config, day, principal, {})
+    key = (target, special)
+    have = memo[3].get(key)
+    if have is None:
+        box = config.mailbox(target.box)
+        if box is None or not method_allowed(box, principal.method):
+            have = ""
+        else:
+            have = acl.letters(box.rights_of(principal.person_id, day), target.folder, special)
+        memo[3][key] = have
+    return have
 
 
 def need(s: Session, target: Target, letters: str, doing: str) -> None:

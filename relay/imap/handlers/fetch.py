@@ -24,9 +24,8 @@ from relay.imap.handlers.common import (
 from relay.imap.session import Selected, Session
 from relay.message.analysis import MessageMeta
 from relay.message.imapview import (
+    Rendered,
     binary_section,
-    bodystructure,
-    envelope,
     part_exists,
     partial,
     section,
@@ -89,6 +88,7 @@ def _render(
     row: MessageRow | None,
     meta: MessageMeta | None,
     raw: bytes | None,
+    rendered: Rendered,
 ) -> bytes:
     item = a.item
     if item is c.FetchItem.FLAGS:
@@ -104,11 +104,11 @@ def _render(
         return b"RFC822.SIZE %d" % row.size
     assert meta is not None
     if item is c.FetchItem.ENVELOPE:
-        return b"ENVELOPE " + envelope(meta)
+        return b"ENVELOPE " + rendered.get(row.blob_id, "ENVELOPE", meta)
     if item is c.FetchItem.BODYSTRUCTURE:
-        return b"BODYSTRUCTURE " + bodystructure(meta, True)
+        return b"BODYSTRUCTURE " + rendered.get(row.blob_id, "BODYSTRUCTURE", meta)
     if item is c.FetchItem.BODY:
-        return b"BODY " + bodystructure(meta, False)
+        return b"BODY " + rendered.get(row.blob_id, "BODY", meta)
     assert raw is not None
     if item is c.FetchItem.RFC822:
         return b"RFC822 " + _literal(raw)
@@ -296,6 +296,7 @@ async def h_fetch(s: Session, cmd: c.Fetch) -> Result:
             ),
         )
     step = RAW_BATCH if content else len(uids)
+    memo = s.service.rendered
     for start in range(0, len(uids), step):
         batch = uids[start : start + step]
         if content and not small:
@@ -306,7 +307,7 @@ async def h_fetch(s: Session, cmd: c.Fetch) -> Result:
                 continue  # expunged by another session; its EXPUNGE comes later
             meta = metas.get(row.blob_id) if row is not None else None
             raw = raws.get(row.blob_id) if row is not None else None
-            body = b" ".join(_render(a, uid, sel, row, meta, raw) for a in attrs)
+            body = b" ".join(_render(a, uid, sel, row, meta, raw, memo) for a in attrs)
             s.emit(b"* %d FETCH (" % sel.seq_of(uid) + body + b")\r\n")
         await s.flush_if_large()
     return f"{'UID ' if cmd.uid else ''}FETCH completed", None
