@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,8 +72,19 @@ def make_key(home: Path) -> Path:
     return pub
 
 
+@pytest.fixture
+def gnupg_home(tmp_path: Path) -> Iterator[Path]:
+    """A GnuPG home for the test; the gpg-agent that gpg starts in it is stopped after
+    (it outlived the test run otherwise)."""
+    home = tmp_path / "gnupg"
+    yield home
+    subprocess.run(
+        ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False, capture_output=True
+    )
+
+
 async def test_encrypted_export_decrypts_with_the_responsible_key(
-    store: Store, tmp_path: Path
+    store: Store, gnupg_home: Path
 ) -> None:
     await store.record(
         AuthSucceeded(
@@ -86,7 +98,7 @@ async def test_encrypted_export_decrypts_with_the_responsible_key(
     )
     rows = await store.audit_rows()
     plain = json_lines(rows)
-    home = tmp_path / "gnupg"
+    home = gnupg_home
     pub = make_key(home)
     armoured, fingerprint = encrypt_to(pub, plain)
     assert armoured.startswith(b"-----BEGIN PGP MESSAGE-----")
