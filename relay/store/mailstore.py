@@ -222,13 +222,8 @@ class MailStore:
             # LIST asks at every call: one statement prepared once, per box, straight
             # from the driver (building the join costs more than running it).
             return await self.store.read(self._folders_of(boxes), point=True)
-        stmt = (
-            select(t.folders, t.mailboxes.c.address)
-            .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
-            .where(t.mailboxes.c.address.in_([b.lower() for b in boxes]))
-            .order_by(t.mailboxes.c.address, t.folders.c.name)
-        )
-        rows = await self.store.read(_all(stmt), point=True)
+        boxes_lower = sorted({b.lower() for b in boxes})
+        rows = await self.store.read(_all(_FOLDERS_OF_BOXES, {"boxes": boxes_lower}), point=True)
         return [_folder(r) for r in rows]
 
     def _folders_of(
@@ -1182,6 +1177,12 @@ def _all(
 
 _HEAD = select(t.folders.c.highestmodseq, t.folders.c.uidnext, t.folders.c.recent_uid).where(
     t.folders.c.id == bindparam("folder_id")
+)
+_FOLDERS_OF_BOXES = (
+    select(t.folders, t.mailboxes.c.address)
+    .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
+    .where(t.mailboxes.c.address.in_(bindparam("boxes", expanding=True)))
+    .order_by(t.mailboxes.c.address, t.folders.c.name)
 )
 _FOLDERS_OF_BOX = (
     select(

@@ -1012,7 +1012,9 @@ class Store:
         tens of microseconds from the page cache, less than handing it to a thread and
         waking the loop again, and the loop does not wait for the GIL while the reader
         runs SQLAlchemy's Python. A read that may scan (a whole folder's index, a
-        search's bodies) is never a point read: it would hold every session up."""
+        search's bodies) is never a point read: it would hold every session up. A
+        point read is one statement: on PostgreSQL it runs outside a transaction (one
+        round trip to the server instead of three, BEGIN and COMMIT around it)."""
         readers = self._thread_readers
         if readers is not None:
             if point:
@@ -1021,6 +1023,10 @@ class Store:
                 readers.executor, readers.run, fn
             )
             return result
+        if point:
+            async with self._read.connect() as conn:
+                alone = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                return await fn(alone)
         async with self._read.connect() as conn, conn.begin():
             return await fn(conn)
 
