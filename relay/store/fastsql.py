@@ -193,8 +193,14 @@ class Raw:
         await self.execute(sql.insert_blob, values)
 
     async def insert_blobs(self, sql: Statements, rows: Sequence[Mapping[str, Any]]) -> None:
-        """`blobs` rows, one statement for all."""
-        await self.executemany(sql.insert_blob, rows)
+        """`blobs` rows: the small ones in one statement, each large one on its own
+        (`insert_blob`, which the engines stream)."""
+        await self.executemany(
+            sql.insert_blob, [r for r in rows if len(r["data"]) < LARGE_BLOB_BYTES]
+        )
+        for r in rows:
+            if len(r["data"]) >= LARGE_BLOB_BYTES:
+                await self.insert_blob(sql, r)
 
 
 class SqliteRaw(Raw):
@@ -232,14 +238,6 @@ class SqliteRaw(Raw):
         with self._conn.blobopen("blobs", "data", rowid) as blob, closing(pieces(data)) as it:
             for piece in it:
                 blob.write(piece)
-
-    async def insert_blobs(self, sql: Statements, rows: Sequence[Mapping[str, Any]]) -> None:
-        await self.executemany(
-            sql.insert_blob, [r for r in rows if len(r["data"]) < LARGE_BLOB_BYTES]
-        )
-        for r in rows:
-            if len(r["data"]) >= LARGE_BLOB_BYTES:
-                await self.insert_blob(sql, r)
 
     async def fetchone(self, stmt: Prepared, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
         cur = self._conn.execute(stmt.sql, stmt.args(values))
@@ -283,14 +281,6 @@ class AsyncpgRaw(Raw):
         await self._conn.copy_to_table(
             "blobs", source=_copy_row(values), columns=list(BLOB_COLUMNS), format="text"
         )
-
-    async def insert_blobs(self, sql: Statements, rows: Sequence[Mapping[str, Any]]) -> None:
-        await self.executemany(
-            sql.insert_blob, [r for r in rows if len(r["data"]) < LARGE_BLOB_BYTES]
-        )
-        for r in rows:
-            if len(r["data"]) >= LARGE_BLOB_BYTES:
-                await self.insert_blob(sql, r)
 
     async def fetchone(self, stmt: Prepared, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
         row = await self._conn.fetchrow(stmt.sql, *stmt.args(values))
