@@ -236,28 +236,8 @@ class MailStore:
             raw = await raw_connection(conn)
             out: list[FolderInfo] = []
             for box in sorted({b.lower() for b in boxes}):
-                for (
-                    fid,
-                    address,
-                    name,
-                    validity,
-                    uidnext,
-                    modseq,
-                    special,
-                    recent,
-                ) in await raw.fetchall(stmt, {"address": box}):
-                    out.append(
-                        FolderInfo(
-                            id=int(fid),
-                            box=address,
-                            name=name,
-                            uidvalidity=int(validity),
-                            uidnext=int(uidnext),
-                            highestmodseq=int(modseq),
-                            special_use=special,
-                            recent_uid=int(recent),
-                        )
-                    )
+                rows = await raw.fetchall(stmt, {"address": box})
+                out += [_folder(_FolderRow(*r)) for r in rows]
             return out
 
         return read
@@ -1184,6 +1164,21 @@ _FOLDERS_OF_BOXES = (
     .where(t.mailboxes.c.address.in_(bindparam("boxes", expanding=True)))
     .order_by(t.mailboxes.c.address, t.folders.c.name)
 )
+
+
+class _FolderRow(NamedTuple):
+    """A row of `_FOLDERS_OF_BOX` as the driver gives it, named for `_folder`."""
+
+    id: int
+    address: str
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    special_use: str | None
+    recent_uid: int
+
+
 _FOLDERS_OF_BOX = (
     select(
         t.folders.c.id,
