@@ -38,6 +38,7 @@ from aiosmtpd.smtp import (
 from relay.identity.auth import Principal
 from relay.metrics import CommandResult, ListenerProbe
 from relay.smtp import replies
+from relay.smtp.dataread import DotReader
 from relay.tls.peer import PeerCertificate, peer_from_ssl_object
 
 # Per-session command budgets (aiosmtpd `command_call_limit`): generous for real
@@ -70,6 +71,9 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_PATH = re.compile(
     rf"<({_ATEXT}(?:\.{_ATEXT})*)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?=$|[ \t])", re.ASCII
 )
+
+# DATA is read this much at a time at most (what the socket has given is taken whole).
+DATA_READ_BYTES = 256 * 1024
 
 # Replies after which the client waits for us: never held back (see RelaySMTP.push).
 _FLUSH_NOW = frozenset({b"220", b"221", b"235", b"334", b"354", b"421", b"535", b"454"})
@@ -638,53 +642,34 @@ class RelaySMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        limit = self.data_size_limit or 0
-        max_line = self.relay_handler.max_line_bytes
-        buf = bytearray()
-        problem: str | None = None
+        reader = DotReader(
+            max_line_bytes=self.relay_handler.max_line_bytes,
+            max_message_bytes=self.data_size_limit or 0,
+        )
         since_reset = 0
-        while self.transport is not None:
-            try:
-                line = await self._reader.readuntil(b"\r\n")
-            except asyncio.LimitOverrunError as exc:
-                # A line longer than the stream limit: drain it, refuse at the end.
-                problem = problem or replies.LINE_TOO_LONG.format(limit=max_line)
-                await self._reader.read(exc.consumed)
-                buf.clear()
-                continue
-            except asyncio.IncompleteReadError:
+        while True:
+            chunk = await self._reader.read(DATA_READ_BYTES)
+            if not chunk:
                 return  # connection closed mid-DATA: nothing is stored
-            if line == b".\r\n":
-                break
-            since_reset += len(line)
+            since_reset += len(chunk)
             if since_reset > 1 << 20:  # keep a slow but steady upload alive
                 self._reset_timeout()
                 since_reset = 0
-            if problem is not None:
-                continue
-            if len(line) > max_line:
-                problem = replies.LINE_TOO_LONG.format(limit=max_line)
-                buf.clear()
-                continue
-            body = line[:-2]
-            if b"\n" in body or b"\r" in body:
-                # "\n.\r\n" and friends: SMTP smuggling. Only CRLF.CRLF ends DATA here,
-                # and a message holding a bare line ending is refused whole.
-                problem = replies.BARE_LINE_ENDING
-                buf.clear()
-                continue
-            if line[:1] == b".":
-                line = line[1:]  # dot-stuffing, RFC 5321 §4.5.2
-            buf += line
-            if limit and len(buf) > limit:
-                problem = replies.TOO_BIG.format(limit=limit)
-                buf.clear()
+            after = reader.feed(chunk)
+            if after is not None:
+                break
+        if after:
+            # What the client pipelined after the end line (RFC 2920): its next
+            # commands, read by aiosmtpd from the stream's buffer as usual.
+            self._reader._buffer[:0] = after  # type: ignore[attr-defined]
         self._reset_timeout()
+        problem = reader.problem
         if problem is not None:
             await self.relay_handler.refused_data(self, problem)
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push(problem)
             return
+        buf = reader.content
         # The buffer itself, not a copy: a 25 MB message must not cost 50 MB here.
         self.envelope.original_content = cast(bytes, buf)
         self.envelope.content = self.envelope.original_content
