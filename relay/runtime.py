@@ -16,6 +16,7 @@ from typing import Protocol
 from relay.config.model import Config, ListenerConfig
 from relay.identity.auth import Authenticator
 from relay.identity.issuer import IssuerKeys
+from relay.localday import LocalDay
 from relay.metrics import Metrics
 from relay.policy.model import Policies
 from relay.store.indexcache import FolderIndexes
@@ -64,6 +65,7 @@ class Runtime:
     # The folders in use, in memory (SELECT, STATUS, what changed): one per daemon,
     # shared by every IMAP listener.
     indexes: FolderIndexes = field(init=False)
+    _local_day: LocalDay = field(init=False, default_factory=LocalDay)
 
     def __post_init__(self) -> None:
         self.issuer_keys = IssuerKeys(lambda: self.config.issuer)
@@ -78,4 +80,5 @@ class Runtime:
         return self.store.metrics
 
     def today(self) -> dt.date:
-        return self.clock().astimezone().date()
+        """The local date now (relay.localday: found again only at local midnight)."""
+        return self._local_day.of(self.clock())
