@@ -71,7 +71,7 @@ def prepare(stmt: ClauseElement, dialect: Dialect) -> Prepared:
     return Prepared(compiled.string, names, processors, constants)
 
 
-def _insert(table: Any, *names: str) -> Any:
+def insert_of(table: Any, *names: str) -> Any:
     """INSERT of the named columns, one parameter per column named as the column; a
     column left out gets its server default (so a column added later with one does not
     break this statement)."""
@@ -159,11 +159,11 @@ class Statements:
             .values({**blob_params, "data": func.zeroblob(bindparam("data_bytes", type_=Integer))})
         )
         return cls(
-            insert_blob=prepare(_insert(t.blobs, *BLOB_COLUMNS), dialect),
+            insert_blob=prepare(insert_of(t.blobs, *BLOB_COLUMNS), dialect),
             insert_zeroblob=prepare(zeroblob, dialect),
-            insert_message=prepare(_insert(t.messages, *MESSAGE_COLUMNS), dialect),
-            insert_queue=prepare(_insert(t.queue, *QUEUE_COLUMNS), dialect),
-            insert_audit=prepare(_insert(t.audit, *AUDIT_COLUMNS), dialect),
+            insert_message=prepare(insert_of(t.messages, *MESSAGE_COLUMNS), dialect),
+            insert_queue=prepare(insert_of(t.queue, *QUEUE_COLUMNS), dialect),
+            insert_audit=prepare(insert_of(t.audit, *AUDIT_COLUMNS), dialect),
             next_uid=prepare(next_uid, dialect),
             next_uids=prepare(next_uids, dialect),
             head=prepare(head, dialect),

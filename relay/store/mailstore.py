@@ -31,14 +31,30 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Integer,
+    Text,
+    TypeDecorator,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.audit.events import AuditEvent
 from relay.errors import StoreError
 from relay.message.analysis import Envelope, MessageMeta, headers_from_json
 from relay.store import schema as t
-from relay.store.fastsql import Prepared, prepare, raw_connection
+from relay.store.fastsql import MESSAGE_COLUMNS, Prepared, Raw, insert_of, prepare, raw_connection
 from relay.store.rawcache import RawCache
 from relay.store.store import Store, TxContext, offset_minutes
 
@@ -211,6 +227,8 @@ class MailStore:
         self._row_cache: dict[tuple[str, int, int], MessageRow] = {}
         # Statements compiled once: the index's big read (by dialect), the folder list.
         self._prepared: dict[str, Prepared] = {}
+        # The writer units' statements, compiled for the store's dialect on first use.
+        self._sql: _Statements | None = None
 
     # --- folders ------------------------------------------------------------------
 
@@ -595,14 +613,24 @@ class MailStore:
 
     # --- changing a folder ----------------------------------------------------------
 
+    def _writing(self, conn: AsyncConnection, ctx: TxContext) -> tuple[Raw, _Statements]:
+        """The unit's DBAPI connection and the statements to run on it (built once)."""
+        assert ctx.raw is not None  # set by the writer
+        if self._sql is None:
+            self._sql = _Statements.for_dialect(conn.dialect)
+        return ctx.raw, self._sql
+
     @staticmethod
-    async def _bump(conn: AsyncConnection, folder_id: int, uids: int = 0) -> tuple[int, int, int]:
+    async def _bump(
+        raw: Raw, sql: _Statements, folder_id: int, uids: int = 0
+    ) -> tuple[int, int, int]:
         """Take the next MODSEQ (and `uids` new UIDs) of a folder; the UPDATE locks the
         folder row until commit. Returns (modseq, first new uid, uidvalidity)."""
-        row = (await conn.execute(_BUMP, {"folder_id": folder_id, "n": uids})).one_or_none()
+        row = await raw.fetchone(sql.bump, {"folder_id": folder_id, "n": uids})
         if row is None:
             raise FolderMissing("folder deleted")
-        return int(row.highestmodseq), int(row.uidnext) - uids, int(row.uidvalidity)
+        modseq, uidnext, uidvalidity = row
+        return int(modseq), int(uidnext) - uids, int(uidvalidity)
 
     async def store_flags(
         self,
@@ -622,7 +650,8 @@ class MailStore:
         (those the person has no right to clear, RFC 4314 §4)."""
 
         async def unit(conn: AsyncConnection, ctx: TxContext) -> StoreResult:
-            current = await self._current(conn, folder_id, uids, person)
+            raw, sql = self._writing(conn, ctx)
+            current = await self._current(raw, sql, folder_id, uids, person)
             modified: list[int] = []
             updates: list[tuple[int, int, frozenset[str], frozenset[str]]] = []
             for msg_id, uid, modseq, have in current:
@@ -636,29 +665,26 @@ class MailStore:
                     updates.append((msg_id, uid, have, want))
             changed: list[Flagged] = []
             if updates:
-                modseq, _, _ = await self._bump(conn, folder_id)
-                await conn.execute(
-                    update(t.messages)
-                    .where(t.messages.c.id == _bind("mid"))
-                    .values(flags=_bind("f"), modseq=modseq),
+                modseq, _, _ = await self._bump(raw, sql, folder_id)
+                await raw.executemany(
+                    sql.set_flags,
                     [
-                        {"mid": mid, "f": format_flags(want - {SEEN} if person else want)}
+                        {
+                            "mid": mid,
+                            "f": format_flags(want - {SEEN} if person else want),
+                            "m": modseq,
+                        }
                         for mid, _, _, want in updates
                     ],
                 )
                 if person is not None:
                     add = [mid for mid, _, have, want in updates if SEEN in want - have]
                     drop = [mid for mid, _, have, want in updates if SEEN in have - want]
-                    if add:
-                        await conn.execute(
-                            insert(t.seen), [{"message_id": m, "person": person} for m in add]
-                        )
-                    if drop:
-                        await conn.execute(
-                            delete(t.seen).where(
-                                and_(t.seen.c.person == person, t.seen.c.message_id.in_(drop))
-                            )
-                        )
+                    await raw.executemany(
+                        sql.insert_seen, [{"message_id": m, "person": person} for m in add]
+                    )
+                    # One row each: the same rows as `message_id IN (...)`, one statement.
+                    await raw.executemany(sql.delete_seen, [{"p": person, "mid": m} for m in drop])
                 changed = [Flagged(uid, modseq, want) for _, uid, _, want in updates]
                 ctx.touch(folder_id)
                 # Per-person \Seen stays here: the operator has one \Seen for the box.
@@ -667,30 +693,35 @@ class MailStore:
                     (uid, want - have - private, have - want - private)
                     for _, uid, have, want in updates
                 ]
-                await _journal_flags(conn, self.store.clock(), folder_id, deltas, event)
+                await _journal_flags(raw, sql, self.store.clock(), folder_id, deltas, event)
             if event is not None and changed:
                 ctx.audit(event)
             return StoreResult(tuple(changed), tuple(modified))
 
         return await self.store.transact(unit)
 
+    @staticmethod
     async def _current(
-        self, conn: AsyncConnection, folder_id: int, uids: Sequence[int], person: str | None
+        raw: Raw, sql: _Statements, folder_id: int, uids: Sequence[int], person: str | None
     ) -> list[tuple[int, int, int, frozenset[str]]]:
         """(message id, uid, modseq, flags as `person` sees them) of the given UIDs."""
         wanted = set(uids)
+        if not wanted:
+            return []
         by_range = len(wanted) > _IN_LIMIT
         params = _uid_params(folder_id, wanted, by_range)
         params["person"] = person
         out = []
-        stmt = _current_stmt(person is not None, by_range)
-        for r in (await conn.execute(stmt, params)).all():
-            if int(r.uid) not in wanted:
+        stmt = sql.current[(person is not None, by_range)]
+        # Rows of the driver: (id, uid, modseq, flags[, the person's seen row]).
+        for r in await raw.fetchall(stmt, params):
+            uid = int(r[1])
+            if uid not in wanted:
                 continue
-            flags = parse_flags(r.flags)
+            flags = parse_flags(r[3])
             if person is not None:
-                flags = flags - {SEEN} | ({SEEN} if r.person is not None else frozenset())
-            out.append((int(r.id), int(r.uid), int(r.modseq), flags))
+                flags = flags - {SEEN} | ({SEEN} if r[4] is not None else frozenset())
+            out.append((int(r[0]), uid, int(r[2]), flags))
         return out
 
     async def expunge(
@@ -703,31 +734,30 @@ class MailStore:
         RFC 4315 §2.1). `make_event(uids, message_ids)` gives the audit event, written
         only if something was removed. Returns (uid, Message-ID) of what was removed."""
 
+        among = None if uids is None else set(uids)
+
         async def unit(conn: AsyncConnection, ctx: TxContext) -> list[tuple[int, str | None]]:
-            stmt = select(
-                t.messages.c.id, t.messages.c.uid, t.messages.c.flags, t.messages.c.message_id
-            ).where(
-                and_(
-                    t.messages.c.folder_id == folder_id,
-                    t.messages.c.flags.contains(DELETED, autoescape=True),
-                )
-            )
+            raw, sql = self._writing(conn, ctx)
+            # Rows of the driver: (id, uid, flags, message_id).
             rows = [
-                r
-                for r in (await conn.execute(stmt)).all()
-                if DELETED in parse_flags(r.flags) and (uids is None or int(r.uid) in set(uids))
+                (int(mid), int(uid), message_id)
+                for mid, uid, flags, message_id in await raw.fetchall(
+                    sql.deleted, {"folder_id": folder_id}
+                )
+                if DELETED in parse_flags(flags) and (among is None or int(uid) in among)
             ]
             if not rows:
                 return []
-            await self._remove(conn, folder_id, [(int(r.id), int(r.uid)) for r in rows])
+            await self._remove(raw, sql, folder_id, [(mid, uid) for mid, uid, _ in rows])
             ctx.touch(folder_id)
-            gone = sorted((int(r.uid), r.message_id) for r in rows)
+            gone = sorted((uid, message_id) for _, uid, message_id in rows)
             event = make_event(tuple(u for u, _ in gone), tuple(m for _, m in gone if m))
             _audit(ctx, event)
-            mirror = await _mirror_of(conn, folder_id)
+            mirror = await _mirror_of(raw, sql, folder_id)
             if mirror is not None:
                 await _journal(
-                    conn,
+                    raw,
+                    sql,
                     self.store.clock(),
                     mirror,
                     "expunge",
@@ -740,17 +770,14 @@ class MailStore:
         return await self.store.transact(unit)
 
     async def _remove(
-        self, conn: AsyncConnection, folder_id: int, items: Sequence[tuple[int, int]]
+        self, raw: Raw, sql: _Statements, folder_id: int, items: Sequence[tuple[int, int]]
     ) -> None:
-        modseq, _, _ = await self._bump(conn, folder_id)
-        ids = [i for i, _ in items]
-        for i in range(0, len(ids), _IN_LIMIT):
-            await conn.execute(
-                delete(t.messages).where(t.messages.c.id.in_(ids[i : i + _IN_LIMIT]))
-            )
+        modseq, _, _ = await self._bump(raw, sql, folder_id)
+        # One row each: the same rows as `id IN (...)`, one statement for any number.
+        await raw.executemany(sql.delete_message, [{"mid": i} for i, _ in items])
         # A UID expunged, re-used? Never: UIDs only grow. The row records the removal.
-        await conn.execute(
-            insert(t.expunged),
+        await raw.executemany(
+            sql.insert_expunged,
             [{"folder_id": folder_id, "uid": uid, "modseq": modseq} for _, uid in items],
         )
 
@@ -770,7 +797,8 @@ class MailStore:
         the originals. One transaction with the audit event."""
 
         async def unit(conn: AsyncConnection, ctx: TxContext) -> CopyResult:
-            current = await self._current(conn, source_id, uids, source_person)
+            raw, sql = self._writing(conn, ctx)
+            current = await self._current(raw, sql, source_id, uids, source_person)
             if not current:
                 return CopyResult(0, (), (), ())
             meta = {
@@ -788,7 +816,7 @@ class MailStore:
                     )
                 ).all()
             }
-            modseq, first, uidvalidity = await self._bump(conn, dest_id, len(current))
+            modseq, first, uidvalidity = await self._bump(raw, sql, dest_id, len(current))
             rows = []
             seen_uids = []
             for n, (mid, _, _, flags) in enumerate(current):
@@ -823,7 +851,7 @@ class MailStore:
                 )
             ctx.touch(dest_id)
             if move:
-                await self._remove(conn, source_id, [(c[0], c[1]) for c in current])
+                await self._remove(raw, sql, source_id, [(c[0], c[1]) for c in current])
                 ctx.touch(source_id)
             src = tuple(c[1] for c in current)
             mids = tuple(meta[c[0]].message_id for c in current if meta[c[0]].message_id)
@@ -831,7 +859,7 @@ class MailStore:
             _audit(ctx, event)
             dest = tuple(first + n for n in range(len(current)))
             await _journal_copy(
-                conn, self.store.clock(), source_id, src, dest_id, dest, move=move, event=event
+                raw, sql, self.store.clock(), source_id, src, dest_id, dest, move=move, event=event
             )
             return CopyResult(uidvalidity, src, dest, mids)
 
@@ -885,10 +913,14 @@ class MailStore:
             )
 
         async def unit(conn: AsyncConnection, ctx: TxContext) -> tuple[int, list[int]]:
-            info = await self._folder_in(conn, box, folder)
-            modseq, first, uidvalidity = await self._bump(conn, info.id, len(messages))
+            raw, sql = self._writing(conn, ctx)
+            found = await raw.fetchone(sql.folder_by_name, {"address": box.lower(), "name": folder})
+            if found is None:
+                raise FolderMissing(f"no folder {folder!r} in {box}")
+            info = _folder(_FolderRow(*found))
+            modseq, first, uidvalidity = await self._bump(raw, sql, info.id, len(messages))
             uids: list[int] = []
-            raw, sql, now = ctx.raw, self.store.statements, self.store.clock()
+            fast, now = self.store.statements, self.store.clock()
             for n, (m, (blob_id, data, meta)) in enumerate(zip(messages, sealed, strict=True)):
                 uid = first + n
                 blob = {"id": blob_id, "size": len(m.raw), "data": data, "meta": meta}
@@ -905,28 +937,32 @@ class MailStore:
                     "message_id": m.meta.message_id,
                 }
                 uids.append(uid)
+                # The acceptance path's prepared statements.
+                await raw.insert_blob(fast, blob | {"created_at": now})
                 if person is None or SEEN not in m.flags:
-                    # The acceptance path's prepared statements (no row id needed back).
-                    assert raw is not None
-                    await raw.insert_blob(sql, blob | {"created_at": now})
-                    await raw.execute(sql.insert_message, row)
+                    await raw.execute(fast.insert_message, row)
                     continue
-                await conn.execute(insert(t.blobs).values(**blob, created_at=now))
-                res = await conn.execute(insert(t.messages).values(**row))
-                assert res.inserted_primary_key is not None
-                await conn.execute(
-                    insert(t.seen).values(message_id=res.inserted_primary_key[0], person=person)
-                )
+                # Per-person \Seen: the new row's id is needed for its `seen` row.
+                got = await raw.fetchone(sql.insert_message_id, row)
+                assert got is not None
+                await raw.execute(sql.insert_seen, {"message_id": int(got[0]), "person": person})
             ctx.touch(info.id)
             events = list(make_event(uids))
             for event in events:
                 _audit(ctx, event)
-            mirror = await _mirror_of(conn, info.id)
+            mirror = await _mirror_of(raw, sql, info.id)
             if mirror is not None:
                 # One journal row for the whole append (gateway mode replays it).
                 first_event = next((e for e in events if e is not None), None)
                 await _journal(
-                    conn, self.store.clock(), mirror, "append", info.id, {"uids": uids}, first_event
+                    raw,
+                    sql,
+                    self.store.clock(),
+                    mirror,
+                    "append",
+                    info.id,
+                    {"uids": uids},
+                    first_event,
                 )
             return uidvalidity, uids
 
@@ -945,11 +981,7 @@ class MailStore:
 
     async def _folder_in(self, conn: AsyncConnection, box: str, name: str) -> FolderInfo:
         row = (
-            await conn.execute(
-                select(t.folders, t.mailboxes.c.address)
-                .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
-                .where(and_(t.mailboxes.c.address == box.lower(), t.folders.c.name == name))
-            )
+            await conn.execute(_FOLDER_BY_NAME, {"address": box.lower(), "name": name})
         ).one_or_none()
         if row is None:
             raise FolderMissing(f"no folder {name!r} in {box}")
@@ -977,12 +1009,14 @@ class MailStore:
             fid = await self.store.create_folder_row(conn, box_id, name, special_use)
             created.append((name, fid, special_use))
             ctx.audit(event)
-            if await _is_mirrored(conn, box):
+            raw, sql = self._writing(conn, ctx)
+            if await _is_mirrored(raw, sql, box):
                 # Each folder made here (the parents too) is made at the operator.
                 for folder_name, folder_id, special in created:
                     ctx.touch(folder_id)
                     await _journal(
-                        conn,
+                        raw,
+                        sql,
                         self.store.clock(),
                         box.lower(),
                         "create",
@@ -1035,8 +1069,9 @@ class MailStore:
 
     async def delete_folder(self, box: str, name: str, event: AuditEvent) -> None:
         async def unit(conn: AsyncConnection, ctx: TxContext) -> None:
+            raw, sql = self._writing(conn, ctx)
             info = await self._folder_in(conn, box, name)
-            mirror = await _mirror_of(conn, info.id)
+            mirror = await _mirror_of(raw, sql, info.id)
             if mirror is not None:
                 remote = (
                     await conn.execute(
@@ -1046,7 +1081,14 @@ class MailStore:
                     )
                 ).scalar_one_or_none()
                 await _journal(
-                    conn, self.store.clock(), mirror, "delete", info.id, {"remote": remote}, event
+                    raw,
+                    sql,
+                    self.store.clock(),
+                    mirror,
+                    "delete",
+                    info.id,
+                    {"remote": remote},
+                    event,
                 )
             await conn.execute(delete(t.expunged).where(t.expunged.c.folder_id == info.id))
             await conn.execute(
@@ -1087,9 +1129,11 @@ class MailStore:
                 if parent not in names:
                     await self.store.create_folder_row(conn, box_id, parent, None)
             ctx.audit(event)
-            if await _is_mirrored(conn, box):
+            raw, sql = self._writing(conn, ctx)
+            if await _is_mirrored(raw, sql, box):
                 await _journal(
-                    conn,
+                    raw,
+                    sql,
                     self.store.clock(),
                     box.lower(),
                     "rename",
@@ -1179,20 +1223,22 @@ class _FolderRow(NamedTuple):
     recent_uid: int
 
 
-_FOLDERS_OF_BOX = (
-    select(
-        t.folders.c.id,
-        t.mailboxes.c.address,
-        t.folders.c.name,
-        t.folders.c.uidvalidity,
-        t.folders.c.uidnext,
-        t.folders.c.highestmodseq,
-        t.folders.c.special_use,
-        t.folders.c.recent_uid,
-    )
-    .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
-    .where(t.mailboxes.c.address == bindparam("address"))
-    .order_by(t.folders.c.name)
+# The columns of a _FolderRow (ints and text on both drivers: read raw as they are).
+_FOLDER_ROW = select(
+    t.folders.c.id,
+    t.mailboxes.c.address,
+    t.folders.c.name,
+    t.folders.c.uidvalidity,
+    t.folders.c.uidnext,
+    t.folders.c.highestmodseq,
+    t.folders.c.special_use,
+    t.folders.c.recent_uid,
+).join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
+_FOLDERS_OF_BOX = _FOLDER_ROW.where(t.mailboxes.c.address == bindparam("address")).order_by(
+    t.folders.c.name
+)
+_FOLDER_BY_NAME = _FOLDER_ROW.where(
+    and_(t.mailboxes.c.address == bindparam("address"), t.folders.c.name == bindparam("name"))
 )
 _FOLDER_BY_ID = (
     select(t.folders, t.mailboxes.c.address)
@@ -1278,12 +1324,6 @@ def _changed_stmt(per_person: bool) -> Any:
 
 
 @functools.cache
-def _current_stmt(per_person: bool, by_range: bool) -> Any:
-    cols = [t.messages.c.id, t.messages.c.uid, t.messages.c.modseq, t.messages.c.flags]
-    return _by_uid(_with_seen(cols, per_person), by_range).order_by(t.messages.c.uid)
-
-
-@functools.cache
 def _fetch_stmt(raw: bool, by_range: bool) -> Any:
     cols = [
         t.messages.c.uid,
@@ -1301,8 +1341,110 @@ def _fetch_stmt(raw: bool, by_range: bool) -> Any:
     return _by_uid(stmt, by_range)
 
 
-def _bind(name: str) -> Any:
-    return bindparam(name)
+class _JsonInts(TypeDecorator[Sequence[int]]):
+    """Integers bound as one JSON array (text), for SQLite's json_each."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Sequence[int] | None, dialect: Dialect) -> str | None:
+        return None if value is None else json.dumps(list(value))
+
+
+def _uid_in(dialect: Dialect) -> Any:
+    """`messages.uid` among the list bound as `uids`, as one parameter whatever its
+    length, so that one prepared statement serves every list: `= ANY($n::BIGINT[])` on
+    PostgreSQL, `IN (SELECT value FROM json_each(?))` on SQLite (both look each UID up
+    in uq_messages_folder_uid). An expanding IN would give a statement per length."""
+    uid = t.messages.c.uid
+    if dialect.name == "postgresql":
+        return uid == any_(bindparam("uids", type_=ARRAY(BigInteger)))
+    each: Any = select(literal_column("value")).select_from(
+        func.json_each(bindparam("uids", type_=_JsonInts()))
+    )
+    return uid.in_(each)
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """The writer units' hot statements (STORE, EXPUNGE, APPEND and the gateway journal)
+    compiled once for a dialect and run on the transaction's DBAPI connection
+    (relay.store.fastsql: SQLAlchemy's execute machinery cost more than the statements
+    under imaptest). Only ints and text are read back, which both drivers give as they
+    are (the rows have no result processors)."""
+
+    bump: Prepared  # one row: (highestmodseq, uidnext, uidvalidity) after it
+    # (id, uid, modseq, flags[, seen.person]) by (per-person \Seen, UID range)
+    current: dict[tuple[bool, bool], Prepared]
+    set_flags: Prepared
+    insert_seen: Prepared
+    delete_seen: Prepared
+    deleted: Prepared  # (id, uid, flags, message_id) that may carry \Deleted
+    delete_message: Prepared
+    insert_expunged: Prepared
+    insert_message_id: Prepared  # one row: (id)
+    folder_by_name: Prepared  # a _FolderRow
+    mirror_of: Prepared
+    mirrored_box: Prepared
+    insert_journal: Prepared
+
+    @classmethod
+    def for_dialect(cls, dialect: Dialect) -> _Statements:
+        m = t.messages.c
+        cols = [m.id, m.uid, m.modseq, m.flags]
+        current = {}
+        for per_person in (False, True):
+            base = _with_seen(cols, per_person).where(m.folder_id == bindparam("folder_id"))
+            current[(per_person, True)] = base.where(
+                m.uid.between(bindparam("lo"), bindparam("hi"))
+            )
+            current[(per_person, False)] = base.where(_uid_in(dialect))
+        set_flags = (
+            update(t.messages)
+            .where(m.id == bindparam("mid", type_=Integer))
+            .values(flags=bindparam("f", type_=Text), modseq=bindparam("m", type_=BigInteger))
+        )
+        delete_seen = delete(t.seen).where(
+            and_(t.seen.c.person == bindparam("p"), t.seen.c.message_id == bindparam("mid"))
+        )
+        deleted = select(m.id, m.uid, m.flags, m.message_id).where(
+            and_(
+                m.folder_id == bindparam("folder_id"),
+                m.flags.contains(DELETED, autoescape=True),
+            )
+        )
+        insert_message_id = (
+            insert(t.messages)
+            .values({n: bindparam(n, type_=t.messages.c[n].type) for n in MESSAGE_COLUMNS})
+            .returning(m.id)
+        )
+        journal = insert_of(
+            t.upstream_journal,
+            "box",
+            "kind",
+            "folder_id",
+            "folder",
+            "data",
+            "person",
+            "created_at",
+            "state",
+            "attempts",
+        )
+        return cls(
+            bump=prepare(_BUMP, dialect),
+            current={k: prepare(v.order_by(m.uid), dialect) for k, v in current.items()},
+            set_flags=prepare(set_flags, dialect),
+            insert_seen=prepare(insert_of(t.seen, "message_id", "person"), dialect),
+            delete_seen=prepare(delete_seen, dialect),
+            deleted=prepare(deleted, dialect),
+            delete_message=prepare(delete(t.messages).where(m.id == bindparam("mid")), dialect),
+            insert_expunged=prepare(insert_of(t.expunged, "folder_id", "uid", "modseq"), dialect),
+            insert_message_id=prepare(insert_message_id, dialect),
+            folder_by_name=prepare(_FOLDER_BY_NAME, dialect),
+            mirror_of=prepare(_MIRROR_OF_FOLDER, dialect),
+            mirrored_box=prepare(_MIRRORED_BOX, dialect),
+            insert_journal=prepare(journal, dialect),
+        )
 
 
 def _audit(ctx: TxContext, event: AuditEvent | None) -> None:
@@ -1339,18 +1481,19 @@ _MIRRORED_BOX = select(t.upstream_boxes.c.box).where(
 )
 
 
-async def _mirror_of(conn: AsyncConnection, folder_id: int) -> tuple[str, str] | None:
+async def _mirror_of(raw: Raw, sql: _Statements, folder_id: int) -> tuple[str, str] | None:
     """(box, folder name) when the folder belongs to a box mirrored from an operator."""
-    row = (await conn.execute(_MIRROR_OF_FOLDER, {"folder_id": folder_id})).one_or_none()
-    return (str(row.box), str(row.name)) if row is not None else None
+    row = await raw.fetchone(sql.mirror_of, {"folder_id": folder_id})
+    return (str(row[0]), str(row[1])) if row is not None else None
 
 
-async def _is_mirrored(conn: AsyncConnection, box: str) -> bool:
-    return (await conn.execute(_MIRRORED_BOX, {"box": box.lower()})).one_or_none() is not None
+async def _is_mirrored(raw: Raw, sql: _Statements, box: str) -> bool:
+    return await raw.fetchone(sql.mirrored_box, {"box": box.lower()}) is not None
 
 
 async def _journal(
-    conn: AsyncConnection,
+    raw: Raw,
+    sql: _Statements,
     now: dt.datetime,
     mirror: tuple[str, str] | str,
     kind: str,
@@ -1362,23 +1505,25 @@ async def _journal(
 ) -> None:
     """One row of `upstream_journal`, in the transaction of the change it records."""
     box, name = mirror if isinstance(mirror, tuple) else (mirror, folder)
-    await conn.execute(
-        insert(t.upstream_journal).values(
-            box=box,
-            kind=kind,
-            folder_id=folder_id,
-            folder=name,
-            data=json.dumps(data, separators=(",", ":"), sort_keys=True),
-            person=event.person if event is not None else None,
-            created_at=now,
-            state="pending",
-            attempts=0,
-        )
+    await raw.execute(
+        sql.insert_journal,
+        {
+            "box": box,
+            "kind": kind,
+            "folder_id": folder_id,
+            "folder": name,
+            "data": json.dumps(data, separators=(",", ":"), sort_keys=True),
+            "person": event.person if event is not None else None,
+            "created_at": now,
+            "state": "pending",
+            "attempts": 0,
+        },
     )
 
 
 async def _journal_flags(
-    conn: AsyncConnection,
+    raw: Raw,
+    sql: _Statements,
     now: dt.datetime,
     folder_id: int,
     deltas: Sequence[tuple[int, frozenset[str], frozenset[str]]],
@@ -1392,18 +1537,19 @@ async def _journal_flags(
             groups.setdefault((tuple(sorted(added)), tuple(sorted(removed))), []).append(uid)
     if not groups:
         return
-    mirror = await _mirror_of(conn, folder_id)
+    mirror = await _mirror_of(raw, sql, folder_id)
     if mirror is None:
         return
     changes = [
         {"uids": sorted(uids), "add": list(add), "remove": list(remove)}
         for (add, remove), uids in sorted(groups.items())
     ]
-    await _journal(conn, now, mirror, "flags", folder_id, {"changes": changes}, event)
+    await _journal(raw, sql, now, mirror, "flags", folder_id, {"changes": changes}, event)
 
 
 async def _journal_copy(
-    conn: AsyncConnection,
+    raw: Raw,
+    sql: _Statements,
     now: dt.datetime,
     source_id: int,
     source_uids: Sequence[int],
@@ -1416,8 +1562,8 @@ async def _journal_copy(
     """COPY / MOVE as the operator must see it: a COPY or MOVE inside the same hosted
     box; an APPEND into a hosted box from elsewhere; an expunge from a hosted box for
     a MOVE out of it."""
-    source = await _mirror_of(conn, source_id)
-    dest = await _mirror_of(conn, dest_id)
+    source = await _mirror_of(raw, sql, source_id)
+    dest = await _mirror_of(raw, sql, dest_id)
     if source is not None and dest is not None and source[0] == dest[0]:
         data = {
             "uids": list(source_uids),
@@ -1425,9 +1571,11 @@ async def _journal_copy(
             "dest_folder": dest[1],
             "dest_uids": list(dest_uids),
         }
-        await _journal(conn, now, source, "move" if move else "copy", source_id, data, event)
+        await _journal(raw, sql, now, source, "move" if move else "copy", source_id, data, event)
         return
     if dest is not None:
-        await _journal(conn, now, dest, "append", dest_id, {"uids": list(dest_uids)}, event)
+        await _journal(raw, sql, now, dest, "append", dest_id, {"uids": list(dest_uids)}, event)
     if source is not None and move:
-        await _journal(conn, now, source, "expunge", source_id, {"uids": list(source_uids)}, event)
+        await _journal(
+            raw, sql, now, source, "expunge", source_id, {"uids": list(source_uids)}, event
+        )
