@@ -9,8 +9,10 @@ implicit TLS. People: `martin` (password `bench-password`) owns the shared box
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +31,16 @@ PASSWORD = "bench-password"
 SHARED_BOX = "secretariat@bench.mssante.fr"
 PERSONAL_BOX = "martin@bench.mssante.fr"
 READY_SECONDS = 120.0
+
+
+def _die_with_parent() -> None:
+    """In the daemon's process before it runs: SIGTERM it when the bench that started
+    it dies (prctl PR_SET_PDEATHSIG, Linux), so that a bench killed before its `with`
+    block ends leaves no daemon behind (it used to: /tmp/mss-bench-* folders with
+    their daemons still running). The daemon stops on SIGTERM as under systemd."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 def free_port() -> int:
@@ -80,6 +92,7 @@ class BenchDaemon:
                 stderr=log,
                 text=True,
                 env=env,
+                preexec_fn=_die_with_parent,
             )
         ready = threading.Event()
 
