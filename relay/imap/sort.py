@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from email.utils import parsedate_tz
 from typing import Any, TypeVar
 
+from relay.bounded import Bounded
 from relay.imap import commands as c
 from relay.message.analysis import Envelope, MessageMeta, decode_words
 from relay.message.imapview import parse_addresses
@@ -232,19 +233,6 @@ def sort_messages(
     return [item for item, _ in order]
 
 
-class KeyCache:
+class KeyCache(Bounded[str, MessageKeys]):
     """The `MessageKeys` of recently sorted messages, by blob id: a stored message
-    never changes, so an entry stays right for as long as it is kept; the oldest
-    entries go first once more than `max_entries` are held."""
-
-    def __init__(self, max_entries: int) -> None:
-        self._max = max_entries
-        self._keys: dict[str, MessageKeys] = {}
-
-    def get(self, blob_id: str) -> MessageKeys | None:
-        return self._keys.get(blob_id)
-
-    def put(self, blob_id: str, keys: MessageKeys) -> None:
-        if len(self._keys) >= self._max:
-            self._keys.pop(next(iter(self._keys)))
-        self._keys[blob_id] = keys
+    never changes, so an entry stays right for as long as it is kept (relay.bounded)."""

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from typing import Final
 
+from relay.bounded import Bounded
 from relay.message.analysis import (
     BodyPart,
     Envelope,
@@ -70,8 +71,7 @@ class Rendered:
     once more than `max_entries` are held."""
 
     def __init__(self, max_entries: int) -> None:
-        self._max = max_entries
-        self._values: dict[tuple[str, str], bytes] = {}
+        self._values: Bounded[tuple[str, str], bytes] = Bounded(max_entries)
 
     def get(self, blob_id: str, kind: str, meta: MessageMeta) -> bytes:
         """`kind`: ``ENVELOPE``, ``BODYSTRUCTURE`` or ``BODY``."""
@@ -82,9 +82,7 @@ class Rendered:
                 value = envelope(meta)
             else:
                 value = bodystructure(meta, kind == "BODYSTRUCTURE")
-            if len(self._values) >= self._max:
-                self._values.pop(next(iter(self._values)))
-            self._values[key] = value
+            self._values.put(key, value)
         return value
 
 

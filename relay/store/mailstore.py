@@ -51,6 +51,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.audit.events import AuditEvent
+from relay.bounded import Bounded
 from relay.errors import StoreError
 from relay.message.analysis import Envelope, MessageMeta, headers_from_json
 from relay.store import schema as t
@@ -219,12 +220,12 @@ class MailStore:
         # Reads go through `Store.read`: one transaction each, never behind the writer
         # (SQLite WAL; on SQLite in a reader thread without aiosqlite's hand-offs).
         self.store = store
-        self._meta_cache: dict[str, MessageMeta] = {}
+        self._meta_cache: Bounded[str, MessageMeta] = Bounded(_META_CACHE)
         self.raw_cache = RawCache(RAW_CACHE_BYTES, RAW_CACHE_LARGEST)
         # (box, UIDVALIDITY, UID) -> row: a UID names one message for as long as its
         # UIDVALIDITY lasts, and a box never gives a UIDVALIDITY twice (not the folder
         # id: SQLite gives a deleted folder's id to the next folder created).
-        self._row_cache: dict[tuple[str, int, int], MessageRow] = {}
+        self._row_cache: Bounded[tuple[str, int, int], MessageRow] = Bounded(_ROW_CACHE)
         # Statements compiled once: the index's big read (by dialect), the folder list.
         self._prepared: dict[str, Prepared] = {}
         # The writer units' statements, compiled for the store's dialect on first use.
@@ -481,9 +482,7 @@ class MailStore:
         return meta
 
     def _remember(self, blob_id: str, meta: MessageMeta) -> None:
-        if len(self._meta_cache) >= _META_CACHE:
-            self._meta_cache.pop(next(iter(self._meta_cache)))
-        self._meta_cache[blob_id] = meta
+        self._meta_cache.put(blob_id, meta)
 
     def cached_meta(self, blob_id: str) -> MessageMeta | None:
         """The metadata of a blob if it is in memory."""
@@ -500,9 +499,7 @@ class MailStore:
     def _keep_rows(self, box: str, validity: int, rows: Iterable[MessageRow]) -> None:
         cache = self._row_cache
         for row in rows:
-            if len(cache) >= _ROW_CACHE:
-                cache.pop(next(iter(cache)))
-            cache[(box, validity, row.uid)] = row
+            cache.put((box, validity, row.uid), row)
 
     def cached_raw(self, blob_id: str) -> bytes | None:
         """The decrypted octets of a blob if they are in memory."""
