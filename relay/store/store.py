@@ -281,9 +281,13 @@ def _names_message(data: str, message_id: str) -> bool:
     )
 
 
-def _is_conflict(exc: DBAPIError) -> bool:
-    """PostgreSQL deadlock (40P01) or serialization failure (40001): safe to retry."""
-    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+def _is_conflict(exc: BaseException) -> bool:
+    """PostgreSQL deadlock (40P01) or serialization failure (40001): safe to retry.
+    Raised through SQLAlchemy (a DBAPIError around the driver's error) or by a
+    statement run on the driver's own connection (relay.store.fastsql: asyncpg's
+    error itself, which SQLAlchemy never saw)."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     return code in {"40P01", "40001"}
 
 
@@ -573,14 +577,11 @@ class Store:
                     # failing one fails.
                     outcomes, written = await self._execute_batch(batch, isolate=True)
                 break
-            except DBAPIError as exc:
+            except Exception as exc:
                 if _is_conflict(exc) and attempt + 1 < RETRIES_ON_CONFLICT:
                     log.warning("store.conflict_retry", attempt=attempt + 1)
                     await asyncio.sleep(0.01 * (attempt + 1))
                     continue
-                self._fail(batch, exc)
-                return
-            except Exception as exc:
                 self._fail(batch, exc)
                 return
         else:  # pragma: no cover - the loop always breaks or returns
@@ -657,7 +658,7 @@ class Store:
                 else:
                     result = await item.unit(conn, item.ctx)
             except Exception as exc:
-                if isinstance(exc, DBAPIError) and _is_conflict(exc):
+                if _is_conflict(exc):
                     raise
                 if not isolate:
                     raise _UnitFailed from exc
@@ -673,7 +674,7 @@ class Store:
             try:
                 await accepted.write(raw, self._sql)
             except Exception as exc:
-                if isinstance(exc, DBAPIError) and _is_conflict(exc):
+                if _is_conflict(exc):
                     raise
                 raise _UnitFailed from exc  # run again unit by unit: who failed fails
             outcomes = [

@@ -1,0 +1,101 @@
+"""A batch that PostgreSQL ends as a deadlock victim (40P01) is run again, also when
+the statement that met it ran on asyncpg's own connection (relay.store.fastsql) and
+SQLAlchemy never saw the error: a real deadlock, made with a second session that
+waits long enough (deadlock_timeout) for PostgreSQL to pick the store's transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import asyncpg
+import pytest
+
+from relay.audit.events import DaemonStarted
+from relay.config.model import StorageConfig
+from relay.message.analysis import analyse
+from relay.store.mailstore import Appended, MailStore
+from relay.store.store import Store
+from tests.conftest import PG_URL
+from tests.imap.support import letter
+
+BOX = "secretariat@cpts-demo.mssante.fr"
+FLAGGED = "\\Flagged"
+_WHEN = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize("engine_name", ["postgresql"])
+async def test_a_deadlock_met_by_a_raw_statement_is_retried(
+    store: Store, storage: StorageConfig
+) -> None:
+    """In a unit (the folder bump of a STORE): the batch is run again, unit by unit."""
+    mail = MailStore(store)
+    _, uids = await mail.append_many(
+        BOX,
+        "INBOX",
+        [Appended(letter(0), analyse(letter(0)), frozenset(), _WHEN)],
+        person=None,
+        make_event=lambda got: [None] * len(got),
+    )
+    inbox = await mail.folder(BOX, "INBOX")
+    assert inbox is not None and storage.schema is not None
+    other = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await other.execute(f'SET search_path TO "{storage.schema}"')
+        # This session waits long before it looks for a deadlock, so that PostgreSQL
+        # picks the store's transaction (deadlock_timeout 1 s) as the victim.
+        await other.execute("SET deadlock_timeout = '20s'")
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("UPDATE folders SET uidnext = uidnext WHERE id = $1", inbox.id)
+        # The STORE's batch locks the audit head, then waits for the folder row (its
+        # bump, a raw statement) ...
+        storing = asyncio.create_task(
+            mail.store_flags(inbox.id, uids, "+FLAGS", frozenset({FLAGGED}), person=None)
+        )
+        await asyncio.sleep(0.3)
+        # ... while this session, holding the folder row, asks for the audit head.
+        await other.execute("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+        await tx.commit()
+        got = await asyncio.wait_for(storing, 30)
+    finally:
+        await other.close()
+    assert [c.uid for c in got.changed] == uids
+    _, rows = await mail.snapshot(BOX, "INBOX", None)
+    assert {r.uid: r.flags for r in rows} == {uids[0]: frozenset({FLAGGED})}
+
+
+@pytest.mark.parametrize("engine_name", ["postgresql"])
+async def test_a_deadlock_met_writing_the_audit_rows_is_retried(
+    store: Store, storage: StorageConfig
+) -> None:
+    """The batch's own audit rows go in raw after its units: a deadlock there used to
+    fail the batch (the callers got StoreError) instead of running it again."""
+    assert storage.schema is not None
+    other = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await other.execute(f'SET search_path TO "{storage.schema}"')
+        await other.execute("SET deadlock_timeout = '20s'")
+        tx = other.transaction()
+        await tx.start()
+        # This session takes the next audit sequence number first (not committed) ...
+        head = await other.fetchval("SELECT seq FROM audit_head WHERE id = 1")
+        await other.execute(
+            "INSERT INTO audit (seq, ts, action, data, prev_hash, hash)"
+            " VALUES ($1, 'now', 'test.other', '{}', '', '')",
+            head + 1,
+        )
+        # ... the store's batch locks the head and waits on that number ...
+        recording = asyncio.create_task(
+            store.record(DaemonStarted(version="test", config_file="relay.toml"))
+        )
+        await asyncio.sleep(0.3)
+        # ... while this session asks for the head: PostgreSQL ends the store's
+        # transaction, and this one gives its row up.
+        await other.execute("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+        await tx.rollback()
+        await asyncio.wait_for(recording, 30)
+        rows = await other.fetch("SELECT seq, action FROM audit WHERE seq > $1", head)
+    finally:
+        await other.close()
+    assert [(r["seq"], r["action"]) for r in rows] == [(head + 1, "daemon.started")]
