@@ -1050,17 +1050,15 @@ class MailStore:
         messages are those from it up to `upto` (none if it is at or above `upto`)."""
 
         async def unit(conn: AsyncConnection, ctx: TxContext) -> int:
-            stmt = select(t.folders.c.recent_uid).where(t.folders.c.id == folder_id)
-            if self.store.dialect == "postgresql":
-                stmt = stmt.with_for_update()  # SQLite: the one writer serialises this
-            before = (await conn.execute(stmt)).scalar_one_or_none()
-            if before is None:
+            raw, sql = self._writing(conn, ctx)
+            # PostgreSQL: FOR UPDATE; SQLite: the one writer serialises this.
+            row = await raw.fetchone(sql.recent_of, {"folder_id": folder_id})
+            if row is None:
                 raise FolderMissing("folder deleted")
-            if int(before) < upto:
-                await conn.execute(
-                    update(t.folders).where(t.folders.c.id == folder_id).values(recent_uid=upto)
-                )
-            return int(before)
+            before = int(row[0])
+            if before < upto:
+                await raw.execute(sql.set_recent, {"folder_id": folder_id, "upto": upto})
+            return before
 
         return await self.store.transact(unit)
 
@@ -1384,6 +1382,8 @@ class _Statements:
     mirror_of: Prepared
     mirrored_box: Prepared
     insert_journal: Prepared
+    recent_of: Prepared  # one row: (recent_uid), the folder row locked (PostgreSQL)
+    set_recent: Prepared
 
     @classmethod
     def for_dialect(cls, dialect: Dialect) -> _Statements:
@@ -1415,6 +1415,16 @@ class _Statements:
             .values({n: bindparam(n, type_=t.messages.c[n].type) for n in MESSAGE_COLUMNS})
             .returning(m.id)
         )
+        recent_of = select(t.folders.c.recent_uid).where(
+            t.folders.c.id == bindparam("folder_id", type_=Integer)
+        )
+        if dialect.name == "postgresql":
+            recent_of = recent_of.with_for_update()
+        set_recent = (
+            update(t.folders)
+            .where(t.folders.c.id == bindparam("folder_id", type_=Integer))
+            .values(recent_uid=bindparam("upto", type_=Integer))
+        )
         journal = insert_of(
             t.upstream_journal,
             "box",
@@ -1441,6 +1451,8 @@ class _Statements:
             mirror_of=prepare(_MIRROR_OF_FOLDER, dialect),
             mirrored_box=prepare(_MIRRORED_BOX, dialect),
             insert_journal=prepare(journal, dialect),
+            recent_of=prepare(recent_of, dialect),
+            set_recent=prepare(set_recent, dialect),
         )
 
 

@@ -646,8 +646,18 @@ class Store:
         batch again isolated."""
         outcomes: list[tuple[bool, Any]] = []
         written: list[tuple[AuditRow, AuditEvent]] = []
-        head_seq, head_hash = await self._lock_head(conn)
-        raw = await raw_connection(conn)
+        if self._thread_writer is not None:
+            # SQLite: the writer's BEGIN IMMEDIATE is already run (its `begin` event), so the
+            # head is read raw, in it; PostgreSQL's transaction starts with the first
+            # statement through SQLAlchemy, which must be this one.
+            raw = await raw_connection(conn)
+            head = await raw.fetchone(self._sql.head, {})
+            if head is None:
+                raise StoreError("audit head missing: database not migrated")
+            head_seq, head_hash = int(head[0]), str(head[1])
+        else:
+            head_seq, head_hash = await self._lock_head(conn)
+            raw = await raw_connection(conn)
         accepted = None if isolate else _BatchAcceptances()
         for item in batch:
             item.ctx = TxContext(raw, accepted)
