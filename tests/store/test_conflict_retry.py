@@ -6,7 +6,9 @@ waits long enough (deadlock_timeout) for PostgreSQL to pick the store's transact
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -24,6 +26,21 @@ FLAGGED = "\\Flagged"
 _WHEN = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC)
 
 
+@contextlib.asynccontextmanager
+async def _other_session(schema: str | None) -> AsyncIterator[asyncpg.Connection]:
+    """A second session on the store's schema that waits long
+    before it looks for a deadlock, so that PostgreSQL picks the store's transaction
+    (deadlock_timeout 1 s) as the victim."""
+    assert schema is not None
+    other = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await other.execute(f'SET search_path TO "{schema}"')
+        await other.execute("SET deadlock_timeout = '20s'")
+        yield other
+    finally:
+        await other.close()
+
+
 @pytest.mark.parametrize("engine_name", ["postgresql"])
 async def test_a_deadlock_met_by_a_raw_statement_is_retried(
     store: Store, storage: StorageConfig
@@ -38,13 +55,8 @@ async def test_a_deadlock_met_by_a_raw_statement_is_retried(
         make_event=lambda got: [None] * len(got),
     )
     inbox = await mail.folder(BOX, "INBOX")
-    assert inbox is not None and storage.schema is not None
-    other = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await other.execute(f'SET search_path TO "{storage.schema}"')
-        # This session waits long before it looks for a deadlock, so that PostgreSQL
-        # picks the store's transaction (deadlock_timeout 1 s) as the victim.
-        await other.execute("SET deadlock_timeout = '20s'")
+    assert inbox is not None
+    async with _other_session(storage.schema) as other:
         tx = other.transaction()
         await tx.start()
         await other.execute("UPDATE folders SET uidnext = uidnext WHERE id = $1", inbox.id)
@@ -58,8 +70,6 @@ async def test_a_deadlock_met_by_a_raw_statement_is_retried(
         await other.execute("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
         await tx.commit()
         got = await asyncio.wait_for(storing, 30)
-    finally:
-        await other.close()
     assert [c.uid for c in got.changed] == uids
     _, rows = await mail.snapshot(BOX, "INBOX", None)
     assert {r.uid: r.flags for r in rows} == {uids[0]: frozenset({FLAGGED})}
@@ -71,11 +81,7 @@ async def test_a_deadlock_met_writing_the_audit_rows_is_retried(
 ) -> None:
     """The batch's own audit rows go in raw after its units: a deadlock there used to
     fail the batch (the callers got StoreError) instead of running it again."""
-    assert storage.schema is not None
-    other = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await other.execute(f'SET search_path TO "{storage.schema}"')
-        await other.execute("SET deadlock_timeout = '20s'")
+    async with _other_session(storage.schema) as other:
         tx = other.transaction()
         await tx.start()
         # This session takes the next audit sequence number first (not committed) ...
@@ -96,6 +102,4 @@ async def test_a_deadlock_met_writing_the_audit_rows_is_retried(
         await tx.rollback()
         await asyncio.wait_for(recording, 30)
         rows = await other.fetch("SELECT seq, action FROM audit WHERE seq > $1", head)
-    finally:
-        await other.close()
     assert [(r["seq"], r["action"]) for r in rows] == [(head + 1, "daemon.started")]
