@@ -281,6 +281,11 @@ def _names_message(data: str, message_id: str) -> bool:
     )
 
 
+_HEAD_FOR_UPDATE = (
+    select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1).with_for_update()
+)
+
+
 def _is_conflict(exc: BaseException) -> bool:
     """PostgreSQL deadlock (40P01) or serialization failure (40001): safe to retry.
     Raised through SQLAlchemy (a DBAPIError around the driver's error) or by a
@@ -646,18 +651,7 @@ class Store:
         batch again isolated."""
         outcomes: list[tuple[bool, Any]] = []
         written: list[tuple[AuditRow, AuditEvent]] = []
-        if self._thread_writer is not None:
-            # SQLite: the writer's BEGIN IMMEDIATE is already run (its `begin` event), so the
-            # head is read raw, in it; PostgreSQL's transaction starts with the first
-            # statement through SQLAlchemy, which must be this one.
-            raw = await raw_connection(conn)
-            head = await raw.fetchone(self._sql.head, {})
-            if head is None:
-                raise StoreError("audit head missing: database not migrated")
-            head_seq, head_hash = int(head[0]), str(head[1])
-        else:
-            head_seq, head_hash = await self._lock_head(conn)
-            raw = await raw_connection(conn)
+        raw, head_seq, head_hash = await self._lock_head(conn)
         accepted = None if isolate else _BatchAcceptances()
         for item in batch:
             item.ctx = TxContext(raw, accepted)
@@ -737,14 +731,22 @@ class Store:
             if not item.future.done():
                 item.future.set_exception(StoreError("the transaction could not be committed"))
 
-    async def _lock_head(self, conn: AsyncConnection) -> tuple[int, str]:
-        stmt = select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
-        if self.dialect == "postgresql":
-            stmt = stmt.with_for_update()
-        row = (await conn.execute(stmt)).one_or_none()
-        if row is None:
+    async def _lock_head(self, conn: AsyncConnection) -> tuple[Raw, int, str]:
+        """The batch's DBAPI connection and the audit head, locked until commit.
+
+        SQLite: the writer's BEGIN IMMEDIATE has run (its `begin` event) and holds the
+        one write lock, so the head is read raw. PostgreSQL: the transaction starts
+        with the first statement through SQLAlchemy, which must be this one (FOR
+        UPDATE), before the raw connection is used."""
+        if self._thread_writer is not None:
+            raw = await raw_connection(conn)
+            head = await raw.fetchone(self._sql.head, {})
+        else:
+            head = (await conn.execute(_HEAD_FOR_UPDATE)).one_or_none()
+            raw = await raw_connection(conn)
+        if head is None:
             raise StoreError("audit head missing: database not migrated")
-        return int(row.seq), str(row.hash)
+        return raw, int(head[0]), str(head[1])
 
     def _audit_row(self, seq: int, prev_hash: str, ev: AuditEvent) -> AuditRow:
         rec = ev.to_record()
