@@ -12,8 +12,9 @@
 
 It takes the reference lock (`--lock`, the same file `flock(1)` takes), starts the
 reference (Postfix, and Dovecot for Postfix's SASL and for IMAP; the scripts named by
-`--reference DIR`) and an mss-relay daemon (bench/daemon.py), runs each load on one
-then the other, `--pairs` times with the order swapped every pair, prints each figure,
+`--reference DIR`) and an mss-relay daemon (bench/daemon.py), runs each load once on
+both as a warm-up (printed, not counted), then on one then the other, `--pairs` times
+with the order swapped every pair, prints each figure,
 the ratio (mss-relay / reference, higher is better for rates) and the load average at
 the time, then the median ratio; it stops what it started.
 
@@ -173,11 +174,19 @@ def alternate(
     reference_name: str,
     higher_is_better: bool = True,
 ) -> float:
-    """Run both `pairs` times, the order swapped each pair; print every figure and ratio;
-    return the median ratio (mss-relay / reference for rates, reference / mss-relay for
-    times, so above 1 is mss-relay ahead either way)."""
+    """Run both once as a warm-up (printed, not counted: the first run on a new store or
+    a fresh reference pays for its files, caches and pools), then both `pairs` times,
+    the order swapped each pair; print every figure and ratio; return the median ratio
+    (mss-relay / reference for rates, reference / mss-relay for times, so above 1 is
+    mss-relay ahead either way)."""
     ratios: list[float] = []
     print(f"\n{label}", flush=True)
+    for name, fn in (("mss-relay", ours), (reference_name, theirs)):
+        fig = fn()
+        print(
+            f"  warm-up {name:>10}: {fig.value:10.1f} {fig.unit}  {fig.note}  (not counted)",
+            flush=True,
+        )
     for i in range(pairs):
         order = [("mss-relay", ours), (reference_name, theirs)]
         if i % 2:
