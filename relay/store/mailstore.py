@@ -76,6 +76,16 @@ RAW_CACHE_LARGEST = 256 * 1024
 _ROW_CACHE = 50_000
 
 
+class _Bumped(NamedTuple):
+    """A folder's bump (`MailStore._bump`): its new MODSEQ, the first of the UIDs taken,
+    its UIDVALIDITY, and (operator's box, folder name) when its box is mirrored."""
+
+    modseq: int
+    first_uid: int
+    uidvalidity: int
+    mirror: tuple[str, str] | None
+
+
 class FolderMissing(StoreError):
     """The folder does not exist (any more)."""
 
@@ -618,16 +628,19 @@ class MailStore:
         return ctx.raw, self._sql
 
     @staticmethod
-    async def _bump(
-        raw: Raw, sql: _Statements, folder_id: int, uids: int = 0
-    ) -> tuple[int, int, int]:
+    async def _bump(raw: Raw, sql: _Statements, folder_id: int, uids: int = 0) -> _Bumped:
         """Take the next MODSEQ (and `uids` new UIDs) of a folder; the UPDATE locks the
-        folder row until commit. Returns (modseq, first new uid, uidvalidity)."""
+        folder row until commit."""
         row = await raw.fetchone(sql.bump, {"folder_id": folder_id, "n": uids})
         if row is None:
             raise FolderMissing("folder deleted")
-        modseq, uidnext, uidvalidity = row
-        return int(modseq), int(uidnext) - uids, int(uidvalidity)
+        modseq, uidnext, uidvalidity, name, mirrored = row
+        return _Bumped(
+            int(modseq),
+            int(uidnext) - uids,
+            int(uidvalidity),
+            (str(mirrored), str(name)) if mirrored is not None else None,
+        )
 
     async def store_flags(
         self,
@@ -662,7 +675,8 @@ class MailStore:
                     updates.append((msg_id, uid, have, want))
             changed: list[Flagged] = []
             if updates:
-                modseq, _, _ = await self._bump(raw, sql, folder_id)
+                bumped = await self._bump(raw, sql, folder_id)
+                modseq = bumped.modseq
                 await raw.executemany(
                     sql.set_flags,
                     [
@@ -690,7 +704,9 @@ class MailStore:
                     (uid, want - have - private, have - want - private)
                     for _, uid, have, want in updates
                 ]
-                await _journal_flags(raw, sql, self.store.clock(), folder_id, deltas, event)
+                await _journal_flags(
+                    raw, sql, self.store.clock(), bumped.mirror, folder_id, deltas, event
+                )
             if event is not None and changed:
                 ctx.audit(event)
             return StoreResult(tuple(changed), tuple(modified))
@@ -745,12 +761,11 @@ class MailStore:
             ]
             if not rows:
                 return []
-            await self._remove(raw, sql, folder_id, [(mid, uid) for mid, uid, _ in rows])
+            mirror = await self._remove(raw, sql, folder_id, [(mid, uid) for mid, uid, _ in rows])
             ctx.touch(folder_id)
             gone = sorted((uid, message_id) for _, uid, message_id in rows)
             event = make_event(tuple(u for u, _ in gone), tuple(m for _, m in gone if m))
             _audit(ctx, event)
-            mirror = await _mirror_of(raw, sql, folder_id)
             if mirror is not None:
                 await _journal(
                     raw,
@@ -768,8 +783,10 @@ class MailStore:
 
     async def _remove(
         self, raw: Raw, sql: _Statements, folder_id: int, items: Sequence[tuple[int, int]]
-    ) -> None:
-        modseq, _, _ = await self._bump(raw, sql, folder_id)
+    ) -> tuple[str, str] | None:
+        """Remove the messages (id, uid); returns the folder's mirror (`_Bumped`)."""
+        bumped = await self._bump(raw, sql, folder_id)
+        modseq = bumped.modseq
         # One row each: the same rows as `id IN (...)`, one statement for any number.
         await raw.executemany(sql.delete_message, [{"mid": i} for i, _ in items])
         # A UID expunged, re-used? Never: UIDs only grow. The row records the removal.
@@ -777,6 +794,7 @@ class MailStore:
             sql.insert_expunged,
             [{"folder_id": folder_id, "uid": uid, "modseq": modseq} for _, uid in items],
         )
+        return bumped.mirror
 
     async def copy(
         self,
@@ -813,7 +831,8 @@ class MailStore:
                     )
                 ).all()
             }
-            modseq, first, uidvalidity = await self._bump(raw, sql, dest_id, len(current))
+            bumped = await self._bump(raw, sql, dest_id, len(current))
+            modseq, first, uidvalidity = bumped.modseq, bumped.first_uid, bumped.uidvalidity
             rows = []
             seen_uids = []
             for n, (mid, _, _, flags) in enumerate(current):
@@ -915,7 +934,8 @@ class MailStore:
             if found is None:
                 raise FolderMissing(f"no folder {folder!r} in {box}")
             info = _folder(_FolderRow(*found))
-            modseq, first, uidvalidity = await self._bump(raw, sql, info.id, len(messages))
+            bumped = await self._bump(raw, sql, info.id, len(messages))
+            modseq, first, uidvalidity = bumped.modseq, bumped.first_uid, bumped.uidvalidity
             uids: list[int] = []
             fast, now = self.store.statements, self.store.clock()
             for n, (m, (blob_id, data, meta)) in enumerate(zip(messages, sealed, strict=True)):
@@ -947,7 +967,7 @@ class MailStore:
             events = list(make_event(uids))
             for event in events:
                 _audit(ctx, event)
-            mirror = await _mirror_of(raw, sql, info.id)
+            mirror = bumped.mirror
             if mirror is not None:
                 # One journal row for the whole append (gateway mode replays it).
                 first_event = next((e for e in events if e is not None), None)
@@ -1264,6 +1284,14 @@ _GONE = select(t.expunged.c.uid, t.expunged.c.modseq).where(
         t.expunged.c.modseq > bindparam("since"),
     )
 )
+# The operator's box when the folder's box is mirrored from one (gateway mode), in the
+# bump's own row: the change it journals is known with the MODSEQ, one statement for
+# both. Written out because SQLAlchemy's SQLite compiler drops the table names inside
+# RETURNING, and `id` would then name the inner table's column.
+_MIRROR_OF_BUMPED: Any = literal_column(
+    "(SELECT ub.box FROM mailboxes mb JOIN upstream_boxes ub ON ub.box = mb.address"
+    " WHERE mb.id = folders.mailbox_id AND ub.enabled)"
+)
 _BUMP = (
     update(t.folders)
     .where(t.folders.c.id == bindparam("folder_id"))
@@ -1271,7 +1299,13 @@ _BUMP = (
         uidnext=t.folders.c.uidnext + bindparam("n"),
         highestmodseq=t.folders.c.highestmodseq + 1,
     )
-    .returning(t.folders.c.highestmodseq, t.folders.c.uidnext, t.folders.c.uidvalidity)
+    .returning(
+        t.folders.c.highestmodseq,
+        t.folders.c.uidnext,
+        t.folders.c.uidvalidity,
+        t.folders.c.name,
+        _MIRROR_OF_BUMPED,
+    )
 )
 
 
@@ -1534,6 +1568,7 @@ async def _journal_flags(
     raw: Raw,
     sql: _Statements,
     now: dt.datetime,
+    mirror: tuple[str, str] | None,
     folder_id: int,
     deltas: Sequence[tuple[int, frozenset[str], frozenset[str]]],
     event: AuditEvent | None,
@@ -1544,10 +1579,7 @@ async def _journal_flags(
     for uid, added, removed in deltas:
         if added or removed:
             groups.setdefault((tuple(sorted(added)), tuple(sorted(removed))), []).append(uid)
-    if not groups:
-        return
-    mirror = await _mirror_of(raw, sql, folder_id)
-    if mirror is None:
+    if not groups or mirror is None:
         return
     changes = [
         {"uids": sorted(uids), "add": list(add), "remove": list(remove)}
