@@ -125,6 +125,8 @@ class Statements:
     head: Prepared
     head_for_update: Prepared
     set_head: Prepared
+    # PostgreSQL only: the end of a batch in one statement
+    tail: BatchTail | None
 
     @classmethod
     def for_dialect(cls, dialect: Dialect) -> Statements:
@@ -158,18 +160,94 @@ class Statements:
             .inline()
             .values({**blob_params, "data": func.zeroblob(bindparam("data_bytes", type_=Integer))})
         )
+        insert_blob = prepare(insert_of(t.blobs, *BLOB_COLUMNS), dialect)
+        insert_message = prepare(insert_of(t.messages, *MESSAGE_COLUMNS), dialect)
+        insert_queue = prepare(insert_of(t.queue, *QUEUE_COLUMNS), dialect)
+        insert_audit = prepare(insert_of(t.audit, *AUDIT_COLUMNS), dialect)
+        tail = None
+        if dialect.name == "postgresql":
+            tail = BatchTail.build(
+                dialect,
+                [
+                    (t.blobs, insert_blob),
+                    (t.messages, insert_message),
+                    (t.queue, insert_queue),
+                    (t.audit, insert_audit),
+                ],
+            )
         return cls(
-            insert_blob=prepare(insert_of(t.blobs, *BLOB_COLUMNS), dialect),
+            insert_blob=insert_blob,
             insert_zeroblob=prepare(zeroblob, dialect),
-            insert_message=prepare(insert_of(t.messages, *MESSAGE_COLUMNS), dialect),
-            insert_queue=prepare(insert_of(t.queue, *QUEUE_COLUMNS), dialect),
-            insert_audit=prepare(insert_of(t.audit, *AUDIT_COLUMNS), dialect),
+            insert_message=insert_message,
+            insert_queue=insert_queue,
+            insert_audit=insert_audit,
             next_uid=prepare(next_uid, dialect),
             next_uids=prepare(next_uids, dialect),
             head=prepare(head, dialect),
             head_for_update=prepare(head.with_for_update(), dialect),
             set_head=prepare(set_head, dialect),
+            tail=tail,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTail:
+    """PostgreSQL: what a batch writes after its units, in ONE statement. The small
+    blobs, the messages, the queue rows and the audit rows are each one INSERT of
+    `unnest`ed column arrays, and the audit head's UPDATE and the NOTIFY for the other
+    nodes come with them, all as data-modifying CTEs. Before, these were six round
+    trips to the server, and the writer was bound by round trips (bench/README.md).
+
+    Foreign keys (messages and queue → blobs) are checked at the end of the statement,
+    so they see the blobs inserted beside them. Each part's columns, their order and
+    the value conversions are those of the one-row INSERT it stands for (`parts`)."""
+
+    sql: str
+    parts: tuple[Prepared, ...]  # blobs, messages, queue, audit
+
+    @classmethod
+    def build(cls, dialect: Dialect, parts: Sequence[tuple[Any, Prepared]]) -> BatchTail:
+        ctes: list[str] = []
+        n = 0
+        for i, (table, stmt) in enumerate(parts):
+            arrays = []
+            for name in stmt.names:
+                n += 1
+                arrays.append(f"${n}::{table.c[name].type.compile(dialect=dialect)}[]")
+            columns, values = ", ".join(stmt.names), ", ".join(arrays)
+            # the schema's own names; every value is bound
+            insert_sql = f"INSERT INTO {table.name} ({columns}) SELECT * FROM unnest({values})"  # noqa: S608
+            ctes.append(f"p{i} AS ({insert_sql})")
+        head = t.audit_head.c
+        seq_type = head.seq.type.compile(dialect=dialect)
+        hash_type = head.hash.type.compile(dialect=dialect)
+        new_head = f"seq = ${n + 1}::{seq_type}, hash = ${n + 2}::{hash_type}"
+        head_sql = f"UPDATE audit_head SET {new_head} WHERE id = 1 AND ${n + 3}::BOOLEAN"  # noqa: S608
+        ctes.append(f"h AS ({head_sql})")
+        notify = (
+            f"SELECT CASE WHEN ${n + 5}::TEXT IS NULL THEN NULL"
+            f" ELSE pg_notify(${n + 4}::TEXT, ${n + 5}::TEXT) END"
+        )
+        return cls("WITH " + ",\n".join(ctes) + "\n" + notify, tuple(s for _, s in parts))
+
+    def args(
+        self,
+        rows: Sequence[Sequence[Mapping[str, Any]]],
+        head: tuple[int, str] | None,
+        channel: str,
+        payload: str | None,
+    ) -> list[Any]:
+        """The arrays of `rows` (one list of rows per part, in order), then the new
+        audit head (None: unchanged) and the NOTIFY (payload None: none)."""
+        out: list[Any] = []
+        for stmt, part in zip(self.parts, rows, strict=True):
+            converted = [stmt.args(r) for r in part]
+            out.extend(list(column) for column in zip(*converted, strict=True))
+            if not converted:
+                out.extend([] for _ in stmt.names)
+        seq, hash_ = head if head is not None else (0, "")
+        out.extend([seq, hash_, head is not None, channel, payload])
+        return out
 
 
 class Raw:
@@ -285,6 +363,10 @@ class AsyncpgRaw(Raw):
     async def fetchone(self, stmt: Prepared, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
         row = await self._conn.fetchrow(stmt.sql, *stmt.args(values))
         return None if row is None else tuple(row)
+
+    async def tail(self, tail: BatchTail, args: Sequence[Any]) -> None:
+        """The batch's last statement (`BatchTail`)."""
+        await self._conn.fetchrow(tail.sql, *args)
 
     async def fetchall(self, stmt: Prepared, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await self._conn.fetch(stmt.sql, *stmt.args(values))]

@@ -47,7 +47,13 @@ from relay.errors import StoreError
 from relay.metrics import Metrics
 from relay.store import schema as t
 from relay.store.crypto import BlobCipher, SealedStream, key_id
-from relay.store.fastsql import LARGE_BLOB_BYTES, Raw, Statements, raw_connection
+from relay.store.fastsql import (
+    LARGE_BLOB_BYTES,
+    AsyncpgRaw,
+    Raw,
+    Statements,
+    raw_connection,
+)
 from relay.store.keys import KeyKind, OpenedKeys, RegisteredKey, registered_keys
 
 T = TypeVar("T")
@@ -139,9 +145,13 @@ class _BatchAcceptances:
     def __init__(self) -> None:
         self.pending: list[_AcceptedRows] = []
 
-    async def write(self, raw: Raw, sql: Statements) -> None:
+    async def write(self, raw: Raw, sql: Statements, *, defer: bool = False) -> _TailRows:
+        """The UIDs taken, and the rows written; with `defer`, the rows (all but the
+        large blobs, streamed now) are returned for the batch's tail (PostgreSQL's
+        `BatchTail`) instead."""
+        tail = _TailRows()
         if not self.pending:
-            return
+            return tail
         wanted: dict[int, int] = {}
         for p in self.pending:
             for _, folder_id in p.folders:
@@ -166,12 +176,31 @@ class _BatchAcceptances:
                 deliveries.append(Delivery(box, folder_id, uid))
             queue.extend(p.queue)
             p.result = AcceptResult(p.queue_id, p.blob["id"], tuple(deliveries), len(p.queue))
-        await raw.insert_blobs(sql, [p.blob for p in self.pending])
-        await raw.executemany(sql.insert_message, messages)
-        await raw.executemany(sql.insert_queue, queue)
+        blobs = [p.blob for p in self.pending]
+        if not defer:
+            await raw.insert_blobs(sql, blobs)
+            await raw.executemany(sql.insert_message, messages)
+            await raw.executemany(sql.insert_queue, queue)
+            return tail
+        for b in blobs:
+            if len(b["data"]) >= LARGE_BLOB_BYTES:
+                await raw.insert_blob(sql, b)  # streamed (COPY), before the rows naming it
+            else:
+                tail.blobs.append(b)
+        tail.messages, tail.queue = messages, queue
+        return tail
 
     def clear(self) -> None:
         self.pending.clear()
+
+
+@dataclass(slots=True)
+class _TailRows:
+    """A batch's rows left for its tail (PostgreSQL: one statement, `BatchTail`)."""
+
+    blobs: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    queue: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _release(raw: bytes | bytearray) -> None:
@@ -674,9 +703,11 @@ class Store:
                 row = self._audit_row(head_seq, head_hash, ev)
                 head_hash = row.hash
                 written.append((row, ev))
+        tail = self._sql.tail  # PostgreSQL: the rows below in one statement
+        rows = _TailRows()
         if accepted is not None and accepted.pending:
             try:
-                await accepted.write(raw, self._sql)
+                rows = await accepted.write(raw, self._sql, defer=tail is not None)
             except Exception as exc:
                 if _is_conflict(exc):
                     raise
@@ -686,7 +717,21 @@ class Store:
                 for ok, value in outcomes
             ]
             accepted.clear()
-        if self.dialect == "postgresql":
+        audit_rows = [
+            {
+                "seq": r.seq,
+                "ts": r.ts,
+                "action": r.action,
+                "person": r.person,
+                "box": r.box,
+                "peer": r.peer,
+                "data": r.data,
+                "prev_hash": r.prev_hash,
+                "hash": r.hash,
+            }
+            for r, _ in written
+        ]
+        if tail is not None:
             touched = sorted(
                 {
                     fid
@@ -695,32 +740,26 @@ class Store:
                     for fid in item.ctx.touched
                 }
             )
-            if touched:
-                # Delivered to the other nodes' LISTEN at commit, never before (PostgreSQL
-                # NOTIFY semantics): their IMAP sessions then look for changes.
-                payload = f"{self.node_id}:" + ",".join(map(str, touched))
-                await conn.execute(
-                    text("SELECT pg_notify(:channel, :payload)"),
-                    {"channel": self.notify_channel, "payload": payload},
+            # The NOTIFY reaches the other nodes' LISTEN at commit, never before
+            # (PostgreSQL's semantics): their IMAP sessions then look for changes.
+            payload = f"{self.node_id}:" + ",".join(map(str, touched)) if touched else None
+            if rows.blobs or rows.messages or rows.queue or audit_rows or payload:
+                args = tail.args(
+                    [rows.blobs, rows.messages, rows.queue, audit_rows],
+                    (head_seq, head_hash) if written else None,
+                    self.notify_channel,
+                    payload,
                 )
+                try:
+                    assert isinstance(raw, AsyncpgRaw)
+                    await raw.tail(tail, args)
+                except Exception as exc:
+                    if _is_conflict(exc) or not (rows.blobs or rows.messages or rows.queue):
+                        raise
+                    raise _UnitFailed from exc  # acceptances' rows: unit by unit
+            return outcomes, written
         if written:
-            await raw.executemany(
-                self._sql.insert_audit,
-                [
-                    {
-                        "seq": r.seq,
-                        "ts": r.ts,
-                        "action": r.action,
-                        "person": r.person,
-                        "box": r.box,
-                        "peer": r.peer,
-                        "data": r.data,
-                        "prev_hash": r.prev_hash,
-                        "hash": r.hash,
-                    }
-                    for r, _ in written
-                ],
-            )
+            await raw.executemany(self._sql.insert_audit, audit_rows)
             await raw.execute(self._sql.set_head, {"head_seq": head_seq, "head_hash": head_hash})
         return outcomes, written
 

@@ -177,6 +177,59 @@ async def test_a_big_message_written_twice_when_its_batch_is_run_again(store: St
     assert stored.raw == body and stored.size == len(body)
 
 
+@pytest.mark.parametrize("engine_name", ["postgresql"])  # SQLite: one node, in process
+async def test_a_second_node_hears_what_each_commit_touched(
+    store: Store, storage: StorageConfig
+) -> None:
+    """PostgreSQL: the folders a batch touched reach the other nodes' LISTEN with its
+    commit (their IMAP sessions look for changes then), in the batch's last statement;
+    a batch that touches no folder sends nothing, and a node does not hear itself."""
+    other = await Store.open(storage)  # a second node on the same database
+    heard: asyncio.Queue[frozenset[int]] = asyncio.Queue()
+    mine: list[frozenset[int]] = []
+    other.on_commit(heard.put_nowait)
+    try:
+        result = await store.accept(acceptance(1))
+        got = await asyncio.wait_for(heard.get(), 10)
+        assert got == frozenset(d.folder_id for d in result.deliveries)
+        store.on_commit(mine.append)
+        # Two boxes in one batch: one notification naming both folders.
+        both = await asyncio.gather(
+            store.accept(acceptance(2)), store.accept(acceptance(3, local=(PER,)))
+        )
+        folders = {d.folder_id for r in both for d in r.deliveries}
+        seen: set[int] = set()
+        while seen != folders:
+            seen |= await asyncio.wait_for(heard.get(), 10)
+        # An audit event alone touches no folder: nothing is sent for it.
+        await store.record(
+            MessageAccepted(
+                protocol="test",
+                message_id=None,
+                sender="",
+                recipients=(),
+                size_bytes=0,
+                queue_id="q",
+            )
+        )
+        await other.record(
+            MessageAccepted(
+                protocol="test",
+                message_id=None,
+                sender="",
+                recipients=(),
+                size_bytes=0,
+                queue_id="r",
+            )
+        )
+        await asyncio.sleep(0.3)
+        assert heard.empty()
+        assert mine and all(f <= folders for f in mine)  # in process, not by NOTIFY
+        assert (await store.verify_audit()).ok
+    finally:
+        await other.close()
+
+
 async def test_messages_survive_reopen(storage: StorageConfig) -> None:
     s = await Store.open(storage)
     await s.ensure_mailboxes([BOX])
