@@ -1066,7 +1066,14 @@ class Store:
         runs SQLAlchemy's Python. A read that may scan (a whole folder's index, a
         search's bodies) is never a point read: it would hold every session up. A
         point read is one statement: on PostgreSQL it runs outside a transaction (one
-        round trip to the server instead of three, BEGIN and COMMIT around it)."""
+        round trip to the server instead of three, BEGIN and COMMIT around it).
+
+        The view is one snapshot on both engines: SQLite's read transaction keeps the
+        database as its first read found it (WAL); on PostgreSQL the transaction is
+        REPEATABLE READ, READ ONLY. The default there, READ COMMITTED, takes a new
+        snapshot at every statement, so a read of several statements (STATUS's counts,
+        a folder and its rows) could mix what was before and after a commit: UNSEEN
+        computed from two different states of the box."""
         readers = self._thread_readers
         if readers is not None:
             if point:
@@ -1079,8 +1086,14 @@ class Store:
             async with self._read.connect() as conn:
                 alone = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 return await fn(alone)
-        async with self._read.connect() as conn, conn.begin():
-            return await fn(conn)
+        async with self._read.connect() as conn:
+            # A read-only REPEATABLE READ transaction never fails to serialize; it
+            # costs the same BEGIN and COMMIT as READ COMMITTED.
+            snapshot = await conn.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+            async with snapshot.begin():
+                return await fn(snapshot)
 
     def seal_meta(self, blob_id: str, meta: dict[str, Any]) -> bytes:
         return self.cipher.seal(blob_id + ":meta", json.dumps(meta, separators=(",", ":")).encode())

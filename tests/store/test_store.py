@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import sqlite3
 from pathlib import Path
 from typing import cast
 
+import asyncpg
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.audit.events import MessageAccepted
@@ -228,6 +232,40 @@ async def test_a_second_node_hears_what_each_commit_touched(
         assert (await store.verify_audit()).ok
     finally:
         await other.close()
+
+
+async def test_a_read_is_one_snapshot(store: Store, storage: StorageConfig) -> None:
+    """`Store.read` promises one consistent view: a commit made by another connection
+    between two statements of one read is not seen by the second (on PostgreSQL's
+    default READ COMMITTED it was: each statement took a new snapshot)."""
+    count = text("SELECT count(*) FROM subscriptions")
+    add = "INSERT INTO subscriptions (person, mailbox, folder) VALUES ('dupont', 'b', 'f')"
+
+    async def read(conn: AsyncConnection) -> tuple[int, int]:
+        first = (await conn.execute(count)).scalar_one()
+        if store.dialect == "sqlite":  # a reader thread: another connection, synchronously
+            path = storage.url.removeprefix("sqlite+aiosqlite:///")
+            with contextlib.closing(sqlite3.connect(path, timeout=10)) as other:
+                other.execute(add)
+                other.commit()
+        else:
+            other = await asyncpg.connect(
+                storage.url.replace("postgresql+asyncpg://", "postgresql://"),
+                server_settings={"search_path": storage.schema or "public"},
+            )
+            try:
+                await other.execute(add)  # committed: asyncpg's autocommit
+            finally:
+                await other.close()
+        second = (await conn.execute(count)).scalar_one()
+        return int(first), int(second)
+
+    assert await store.read(read) == (0, 0)
+
+    async def after(conn: AsyncConnection) -> int:
+        return int((await conn.execute(count)).scalar_one())
+
+    assert await store.read(after) == 1  # the commit was made, and is seen by the next read
 
 
 async def test_messages_survive_reopen(storage: StorageConfig) -> None:
