@@ -56,6 +56,10 @@ async def select_folder(s: Session, cmd: c.Select | c.Examine) -> Result:
         index, uids, flags, buckets = await s.service.snapshot(target.box, target.folder, person)
     except FolderMissing:
         raise NoSuchMailbox("No such mailbox") from None
+    # The folder as the snapshot saw it, before anything below awaits: the index may
+    # move on meanwhile, and a UIDNEXT newer than `uids` would claim \Recent for
+    # messages this session does not list (so no session would show them as recent).
+    folder = index.folder
     have = rights(s, target)
     if not any(ch in have for ch in "swte"):
         read_only = True  # RFC 4314 §4: nothing it could change
@@ -70,7 +74,6 @@ async def select_folder(s: Session, cmd: c.Select | c.Examine) -> Result:
                 answer="OK",
             ),
         )
-    folder = index.folder
     if read_only:
         first_recent = folder.recent_uid  # EXAMINE shows \Recent without taking it
     else:
