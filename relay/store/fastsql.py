@@ -119,11 +119,9 @@ class Statements:
     insert_message: Prepared
     insert_queue: Prepared
     insert_audit: Prepared
-    next_uid: Prepared  # one row: (uidnext - 1, highestmodseq) after the increment
     # `n` UIDs at once: one row, (uidnext, highestmodseq) after adding `n` to both
     next_uids: Prepared
     head: Prepared
-    head_for_update: Prepared
     set_head: Prepared
     # PostgreSQL only: the end of a batch in one statement
     tail: BatchTail | None
@@ -131,12 +129,6 @@ class Statements:
     @classmethod
     def for_dialect(cls, dialect: Dialect) -> Statements:
         folders = t.folders.c
-        next_uid = (
-            update(t.folders)
-            .where(folders.id == bindparam("folder_id"))
-            .values(uidnext=folders.uidnext + 1, highestmodseq=folders.highestmodseq + 1)
-            .returning(folders.uidnext, folders.highestmodseq)
-        )
         next_uids = (
             update(t.folders)
             .where(folders.id == bindparam("folder_id"))
@@ -181,10 +173,8 @@ class Statements:
             insert_message=insert_message,
             insert_queue=insert_queue,
             insert_audit=insert_audit,
-            next_uid=prepare(next_uid, dialect),
             next_uids=prepare(next_uids, dialect),
             head=prepare(head, dialect),
-            head_for_update=prepare(head.with_for_update(), dialect),
             set_head=prepare(set_head, dialect),
             tail=tail,
         )
@@ -264,6 +254,10 @@ class Raw:
 
     async def fetchall(self, stmt: Prepared, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Every row, as plain tuples (a big read: no per-row object of SQLAlchemy's)."""
+        raise NotImplementedError
+
+    async def tail(self, tail: BatchTail, args: Sequence[Any]) -> None:
+        """The batch's last statement (`BatchTail`: PostgreSQL only)."""
         raise NotImplementedError
 
     async def insert_blob(self, sql: Statements, values: Mapping[str, Any]) -> None:

@@ -866,16 +866,28 @@ class MailStore:
                     insert(t.seen), [{"message_id": r.id, "person": dest_person} for r in new_ids]
                 )
             ctx.touch(dest_id)
+            source_mirror = None
             if move:
-                await self._remove(raw, sql, source_id, [(c[0], c[1]) for c in current])
+                source_mirror = await self._remove(
+                    raw, sql, source_id, [(c[0], c[1]) for c in current]
+                )
                 ctx.touch(source_id)
             src = tuple(c[1] for c in current)
             mids = tuple(meta[c[0]].message_id for c in current if meta[c[0]].message_id)
             event = make_event(src, mids)
             _audit(ctx, event)
             dest = tuple(first + n for n in range(len(current)))
+            if not move and bumped.mirror is not None:
+                # a COPY into a mirrored box: from the same box, or from elsewhere
+                source_mirror = await _mirror_of(raw, sql, source_id)
             await _journal_copy(
-                raw, sql, self.store.clock(), source_id, src, dest_id, dest, move=move, event=event
+                raw,
+                sql,
+                self.store.clock(),
+                (source_id, src, source_mirror),
+                (dest_id, dest, bumped.mirror),
+                move=move,
+                event=event,
             )
             return CopyResult(uidvalidity, src, dest, mids)
 
@@ -1592,19 +1604,18 @@ async def _journal_copy(
     raw: Raw,
     sql: _Statements,
     now: dt.datetime,
-    source_id: int,
-    source_uids: Sequence[int],
-    dest_id: int,
-    dest_uids: Sequence[int],
+    source_side: tuple[int, Sequence[int], tuple[str, str] | None],
+    dest_side: tuple[int, Sequence[int], tuple[str, str] | None],
     *,
     move: bool,
     event: AuditEvent | None,
 ) -> None:
     """COPY / MOVE as the operator must see it: a COPY or MOVE inside the same hosted
     box; an APPEND into a hosted box from elsewhere; an expunge from a hosted box for
-    a MOVE out of it."""
-    source = await _mirror_of(raw, sql, source_id)
-    dest = await _mirror_of(raw, sql, dest_id)
+    a MOVE out of it. Each side is (folder id, UIDs, its mirror as its bump found it);
+    a COPY's source mirror is needed only when the destination is mirrored."""
+    source_id, source_uids, source = source_side
+    dest_id, dest_uids, dest = dest_side
     if source is not None and dest is not None and source[0] == dest[0]:
         data = {
             "uids": list(source_uids),

@@ -47,13 +47,7 @@ from relay.errors import StoreError
 from relay.metrics import Metrics
 from relay.store import schema as t
 from relay.store.crypto import BlobCipher, SealedStream, key_id
-from relay.store.fastsql import (
-    LARGE_BLOB_BYTES,
-    AsyncpgRaw,
-    Raw,
-    Statements,
-    raw_connection,
-)
+from relay.store.fastsql import LARGE_BLOB_BYTES, Raw, Statements, raw_connection
 from relay.store.keys import KeyKind, OpenedKeys, RegisteredKey, registered_keys
 
 T = TypeVar("T")
@@ -201,6 +195,10 @@ class _TailRows:
     blobs: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
     queue: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.blobs or self.messages or self.queue)
 
 
 def _release(raw: bytes | bytearray) -> None:
@@ -743,7 +741,7 @@ class Store:
             # The NOTIFY reaches the other nodes' LISTEN at commit, never before
             # (PostgreSQL's semantics): their IMAP sessions then look for changes.
             payload = f"{self.node_id}:" + ",".join(map(str, touched)) if touched else None
-            if rows.blobs or rows.messages or rows.queue or audit_rows or payload:
+            if rows.any or audit_rows or payload:
                 args = tail.args(
                     [rows.blobs, rows.messages, rows.queue, audit_rows],
                     (head_seq, head_hash) if written else None,
@@ -751,10 +749,9 @@ class Store:
                     payload,
                 )
                 try:
-                    assert isinstance(raw, AsyncpgRaw)
                     await raw.tail(tail, args)
                 except Exception as exc:
-                    if _is_conflict(exc) or not (rows.blobs or rows.messages or rows.queue):
+                    if _is_conflict(exc) or not rows.any:
                         raise
                     raise _UnitFailed from exc  # acceptances' rows: unit by unit
             return outcomes, written
