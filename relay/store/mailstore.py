@@ -86,6 +86,17 @@ class _Bumped(NamedTuple):
     mirror: tuple[str, str] | None
 
 
+def _bumped(row: Sequence[Any], uids: int) -> _Bumped:
+    """A row of _BUMP (or _BUMP_BY_NAME) as a `_Bumped`."""
+    modseq, uidnext, uidvalidity, name, mirrored = row[:5]
+    return _Bumped(
+        int(modseq),
+        int(uidnext) - uids,
+        int(uidvalidity),
+        (str(mirrored), str(name)) if mirrored is not None else None,
+    )
+
+
 class FolderMissing(StoreError):
     """The folder does not exist (any more)."""
 
@@ -347,6 +358,8 @@ class MailStore:
         (`since` None), or what has a MODSEQ above `since`. The head comes first, so
         a commit between the statements is read again next time, never missed."""
         params = {"folder_id": folder_id, "since": since if since is not None else -1}
+        if since is not None and self.store.dialect == "postgresql":
+            return await self.store.read(self._index_delta(params), point=True)
 
         async def read(conn: AsyncConnection) -> FolderRead:
             head = (await conn.execute(_FOLDER_BY_ID, params)).one_or_none()
@@ -366,6 +379,30 @@ class MailStore:
             )
 
         return await self.store.read(read)
+
+    def _index_delta(
+        self, params: dict[str, Any]
+    ) -> Callable[[AsyncConnection], Coroutine[Any, Any, FolderRead]]:
+        """PostgreSQL: what changed above a MODSEQ in one statement, so one snapshot
+        without a transaction: one round trip instead of six (BEGIN, the head, the
+        rows, the \\Seen rows, the removals, COMMIT). After every commit that touches
+        a folder, each process with its index in memory makes this read."""
+
+        async def read(conn: AsyncConnection) -> FolderRead:
+            stmt = self._prepared.get("index_delta")
+            if stmt is None:
+                stmt = self._prepared["index_delta"] = prepare(_INDEX_DELTA, conn.dialect)
+            row = await (await raw_connection(conn)).fetchone(stmt, params)
+            if row is None:
+                raise FolderMissing("folder deleted")
+            return FolderRead(
+                folder=_folder(_FolderRow(*row[:8])),
+                rows=list(row[8]),
+                seen=[(int(uid), str(person)) for uid, person in row[9]],
+                gone=[(int(uid), int(modseq)) for uid, modseq in row[10]],
+            )
+
+        return read
 
     def _index_rows(self, dialect: Any) -> Prepared:
         found = self._prepared.get(dialect.name)
@@ -634,13 +671,7 @@ class MailStore:
         row = await raw.fetchone(sql.bump, {"folder_id": folder_id, "n": uids})
         if row is None:
             raise FolderMissing("folder deleted")
-        modseq, uidnext, uidvalidity, name, mirrored = row
-        return _Bumped(
-            int(modseq),
-            int(uidnext) - uids,
-            int(uidvalidity),
-            (str(mirrored), str(name)) if mirrored is not None else None,
-        )
+        return _bumped(row, uids)
 
     async def store_flags(
         self,
@@ -675,19 +706,24 @@ class MailStore:
                     updates.append((msg_id, uid, have, want))
             changed: list[Flagged] = []
             if updates:
-                bumped = await self._bump(raw, sql, folder_id)
+                stored = [format_flags(want - {SEEN} if person else want) for *_, want in updates]
+                if sql.bump_set_flags is not None:
+                    ids = [mid for mid, *_ in updates]
+                    values = {"folder_id": folder_id, "n": 0, "ids": ids, "flags": stored}
+                    row = await raw.fetchone(sql.bump_set_flags, values)
+                    if row is None:
+                        raise FolderMissing("folder deleted")
+                    bumped = _bumped(row, 0)
+                else:
+                    bumped = await self._bump(raw, sql, folder_id)
+                    await raw.executemany(
+                        sql.set_flags,
+                        [
+                            {"mid": mid, "f": f, "m": bumped.modseq}
+                            for (mid, *_), f in zip(updates, stored, strict=True)
+                        ],
+                    )
                 modseq = bumped.modseq
-                await raw.executemany(
-                    sql.set_flags,
-                    [
-                        {
-                            "mid": mid,
-                            "f": format_flags(want - {SEEN} if person else want),
-                            "m": modseq,
-                        }
-                        for mid, _, _, want in updates
-                    ],
-                )
                 if person is not None:
                     add = [mid for mid, _, have, want in updates if SEEN in want - have]
                     drop = [mid for mid, _, have, want in updates if SEEN in have - want]
@@ -785,6 +821,17 @@ class MailStore:
         self, raw: Raw, sql: _Statements, folder_id: int, items: Sequence[tuple[int, int]]
     ) -> tuple[str, str] | None:
         """Remove the messages (id, uid); returns the folder's mirror (`_Bumped`)."""
+        if sql.bump_remove is not None:
+            values = {
+                "folder_id": folder_id,
+                "n": 0,
+                "ids": [i for i, _ in items],
+                "uids": [uid for _, uid in items],
+            }
+            row = await raw.fetchone(sql.bump_remove, values)
+            if row is None:
+                raise FolderMissing("folder deleted")
+            return _bumped(row, 0).mirror
         bumped = await self._bump(raw, sql, folder_id)
         modseq = bumped.modseq
         # One row each: the same rows as `id IN (...)`, one statement for any number.
@@ -942,19 +989,24 @@ class MailStore:
 
         async def unit(conn: AsyncConnection, ctx: TxContext) -> tuple[int, list[int]]:
             raw, sql = self._writing(conn, ctx)
-            found = await raw.fetchone(sql.folder_by_name, {"address": box.lower(), "name": folder})
+            # The folder found by its name and bumped, in one statement.
+            found = await raw.fetchone(
+                sql.bump_by_name, {"address": box.lower(), "name": folder, "n": len(messages)}
+            )
             if found is None:
                 raise FolderMissing(f"no folder {folder!r} in {box}")
-            info = _folder(_FolderRow(*found))
-            bumped = await self._bump(raw, sql, info.id, len(messages))
+            bumped, folder_id = _bumped(found, len(messages)), int(found[5])
             modseq, first, uidvalidity = bumped.modseq, bumped.first_uid, bumped.uidvalidity
             uids: list[int] = []
             fast, now = self.store.statements, self.store.clock()
+            # Written with the batch's acceptances (PostgreSQL: in its last statement),
+            # but for a per-person \Seen, whose row needs the message's id now.
+            later = ctx.accepted
             for n, (m, (blob_id, data, meta)) in enumerate(zip(messages, sealed, strict=True)):
                 uid = first + n
                 blob = {"id": blob_id, "size": len(m.raw), "data": data, "meta": meta}
                 row = {
-                    "folder_id": info.id,
+                    "folder_id": folder_id,
                     "uid": uid,
                     "modseq": modseq,
                     "blob_id": blob_id,
@@ -966,6 +1018,10 @@ class MailStore:
                     "message_id": m.meta.message_id,
                 }
                 uids.append(uid)
+                if later is not None and (person is None or SEEN not in m.flags):
+                    later.blobs.append(blob | {"created_at": now})
+                    later.messages.append(row)
+                    continue
                 # The acceptance path's prepared statements.
                 await raw.insert_blob(fast, blob | {"created_at": now})
                 if person is None or SEEN not in m.flags:
@@ -975,7 +1031,7 @@ class MailStore:
                 got = await raw.fetchone(sql.insert_message_id, row)
                 assert got is not None
                 await raw.execute(sql.insert_seen, {"message_id": int(got[0]), "person": person})
-            ctx.touch(info.id)
+            ctx.touch(folder_id)
             events = list(make_event(uids))
             for event in events:
                 _audit(ctx, event)
@@ -989,7 +1045,7 @@ class MailStore:
                     self.store.clock(),
                     mirror,
                     "append",
-                    info.id,
+                    folder_id,
                     {"uids": uids},
                     first_event,
                 )
@@ -1083,13 +1139,19 @@ class MailStore:
 
         async def unit(conn: AsyncConnection, ctx: TxContext) -> int:
             raw, sql = self._writing(conn, ctx)
-            # PostgreSQL: FOR UPDATE; SQLite: the one writer serialises this.
+            values = {"folder_id": folder_id, "upto": upto}
+            if sql.claim_recent is not None:
+                row = await raw.fetchone(sql.claim_recent, values)
+                if row is None:
+                    raise FolderMissing("folder deleted")
+                return int(row[0])
+            # SQLite: the one writer serialises this.
             row = await raw.fetchone(sql.recent_of, {"folder_id": folder_id})
             if row is None:
                 raise FolderMissing("folder deleted")
             before = int(row[0])
             if before < upto:
-                await raw.execute(sql.set_recent, {"folder_id": folder_id, "upto": upto})
+                await raw.execute(sql.set_recent, values)
             return before
 
         return await self.store.transact(unit)
@@ -1272,29 +1334,42 @@ _FOLDER_BY_ID = (
     .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
     .where(t.folders.c.id == bindparam("folder_id"))
 )
+_MESSAGES_ABOVE = and_(
+    t.messages.c.folder_id == bindparam("folder_id"),
+    t.messages.c.modseq > bindparam("since"),
+)
+_GONE_ABOVE = and_(
+    t.expunged.c.folder_id == bindparam("folder_id"),
+    t.expunged.c.modseq > bindparam("since"),
+)
 _INDEX_ROWS = select(
     t.messages.c.uid, t.messages.c.modseq, t.messages.c.flags, t.messages.c.size
-).where(
-    and_(
-        t.messages.c.folder_id == bindparam("folder_id"),
-        t.messages.c.modseq > bindparam("since"),
-    )
-)
+).where(_MESSAGES_ABOVE)
 _INDEX_SEEN = (
     select(t.messages.c.uid, t.seen.c.person)
     .select_from(t.seen.join(t.messages, t.messages.c.id == t.seen.c.message_id))
-    .where(
-        and_(
-            t.messages.c.folder_id == bindparam("folder_id"),
-            t.messages.c.modseq > bindparam("since"),
-        )
-    )
+    .where(_MESSAGES_ABOVE)
 )
-_GONE = select(t.expunged.c.uid, t.expunged.c.modseq).where(
-    and_(
-        t.expunged.c.folder_id == bindparam("folder_id"),
-        t.expunged.c.modseq > bindparam("since"),
-    )
+_GONE = select(t.expunged.c.uid, t.expunged.c.modseq).where(_GONE_ABOVE)
+# PostgreSQL: `index_read` since a MODSEQ as one statement (each part an array of
+# rows), the same rows as _FOLDER_BY_ID, _INDEX_ROWS, _INDEX_SEEN and _GONE.
+_INDEX_DELTA = _FOLDER_ROW.where(t.folders.c.id == bindparam("folder_id")).add_columns(
+    func.array(
+        select(
+            func.row(t.messages.c.uid, t.messages.c.modseq, t.messages.c.flags, t.messages.c.size)
+        )
+        .where(_MESSAGES_ABOVE)
+        .scalar_subquery()
+    ),
+    func.array(
+        select(func.row(t.messages.c.uid, t.seen.c.person))
+        .select_from(t.seen.join(t.messages, t.messages.c.id == t.seen.c.message_id))
+        .where(_MESSAGES_ABOVE)
+        .scalar_subquery()
+    ),
+    func.array(
+        select(func.row(t.expunged.c.uid, t.expunged.c.modseq)).where(_GONE_ABOVE).scalar_subquery()
+    ),
 )
 # The operator's box when the folder's box is mirrored from one (gateway mode), in the
 # bump's own row: the change it journals is known with the MODSEQ, one statement for
@@ -1304,6 +1379,14 @@ _MIRROR_OF_BUMPED: Any = literal_column(
     "(SELECT ub.box FROM mailboxes mb JOIN upstream_boxes ub ON ub.box = mb.address"
     " WHERE mb.id = folders.mailbox_id AND ub.enabled)"
 )
+# What a bump returns (`_bumped`).
+_BUMPED = (
+    t.folders.c.highestmodseq,
+    t.folders.c.uidnext,
+    t.folders.c.uidvalidity,
+    t.folders.c.name,
+    _MIRROR_OF_BUMPED,
+)
 _BUMP = (
     update(t.folders)
     .where(t.folders.c.id == bindparam("folder_id"))
@@ -1311,13 +1394,26 @@ _BUMP = (
         uidnext=t.folders.c.uidnext + bindparam("n"),
         highestmodseq=t.folders.c.highestmodseq + 1,
     )
-    .returning(
-        t.folders.c.highestmodseq,
-        t.folders.c.uidnext,
-        t.folders.c.uidvalidity,
-        t.folders.c.name,
-        _MIRROR_OF_BUMPED,
+    .returning(*_BUMPED)
+)
+
+# APPEND: the folder found by box and name, and bumped; _BUMP's row and the folder id.
+_BUMP_BY_NAME = (
+    update(t.folders)
+    .where(
+        and_(
+            t.folders.c.mailbox_id
+            == select(t.mailboxes.c.id)
+            .where(t.mailboxes.c.address == bindparam("address"))
+            .scalar_subquery(),
+            t.folders.c.name == bindparam("name"),
+        )
     )
+    .values(
+        uidnext=t.folders.c.uidnext + bindparam("n"),
+        highestmodseq=t.folders.c.highestmodseq + 1,
+    )
+    .returning(*_BUMPED, t.folders.c.id)
 )
 
 
@@ -1424,12 +1520,18 @@ class _Statements:
     delete_message: Prepared
     insert_expunged: Prepared
     insert_message_id: Prepared  # one row: (id)
-    folder_by_name: Prepared  # a _FolderRow
+    bump_by_name: Prepared  # _BUMPED and the folder's id
     mirror_of: Prepared
     mirrored_box: Prepared
     insert_journal: Prepared
-    recent_of: Prepared  # one row: (recent_uid), the folder row locked (PostgreSQL)
+    recent_of: Prepared  # one row: (recent_uid)
     set_recent: Prepared
+    # PostgreSQL: the bump with what it stamps, one statement (`_with_bump`); None on
+    # SQLite, where a statement is a call into the library, not a round trip.
+    bump_set_flags: Prepared | None  # and `ids` given `flags`
+    bump_remove: Prepared | None  # and the messages `ids` removed as `uids`
+    # PostgreSQL: recent_of (the row locked) and set_recent if below, one statement
+    claim_recent: Prepared | None
 
     @classmethod
     def for_dialect(cls, dialect: Dialect) -> _Statements:
@@ -1464,8 +1566,6 @@ class _Statements:
         recent_of = select(t.folders.c.recent_uid).where(
             t.folders.c.id == bindparam("folder_id", type_=Integer)
         )
-        if dialect.name == "postgresql":
-            recent_of = recent_of.with_for_update()
         set_recent = (
             update(t.folders)
             .where(t.folders.c.id == bindparam("folder_id", type_=Integer))
@@ -1483,8 +1583,35 @@ class _Statements:
             "state",
             "attempts",
         )
+        bump = prepare(_BUMP, dialect)
+        bump_set_flags = bump_remove = claim_recent = None
+        if dialect.name == "postgresql":
+            # The row locked first (FOR UPDATE gives its last committed state), then
+            # raised if below: the watermark found is the one this claim moved from.
+            claim_recent = Prepared(
+                "WITH o AS (SELECT recent_uid FROM folders WHERE id = $1::INTEGER FOR UPDATE),"
+                " u AS (UPDATE folders SET recent_uid = $2::BIGINT"
+                " WHERE id = $1::INTEGER AND recent_uid < $2::BIGINT)"
+                " SELECT recent_uid FROM o",
+                ("folder_id", "upto"),
+                (None, None),
+                {},
+            )
+            # The bump's folder id ($f), and the two arrays bound after its parameters.
+            f, a1, a2 = bump.names.index("folder_id") + 1, len(bump.names) + 1, len(bump.names) + 2
+            set_flags_sql = (
+                f"UPDATE messages SET flags = x.f, modseq = b.highestmodseq FROM b, unnest(${a1}"  # noqa: S608
+                f"::INTEGER[], ${a2}::TEXT[]) AS x(id, f) WHERE messages.id = x.id"
+            )
+            delete_sql = f"DELETE FROM messages USING b WHERE messages.id = ANY(${a1}::INTEGER[])"  # noqa: S608
+            expunged_sql = (
+                f"INSERT INTO expunged (folder_id, uid, modseq) SELECT ${f}::INTEGER, x.uid,"  # noqa: S608
+                f" b.highestmodseq FROM b, unnest(${a2}::BIGINT[]) AS x(uid)"
+            )
+            bump_set_flags = _with_bump(bump, [set_flags_sql], ("ids", "flags"))
+            bump_remove = _with_bump(bump, [delete_sql, expunged_sql], ("ids", "uids"))
         return cls(
-            bump=prepare(_BUMP, dialect),
+            bump=bump,
             current={k: prepare(v.order_by(m.uid), dialect) for k, v in current.items()},
             set_flags=prepare(set_flags, dialect),
             insert_seen=prepare(insert_of(t.seen, "message_id", "person"), dialect),
@@ -1493,13 +1620,27 @@ class _Statements:
             delete_message=prepare(delete(t.messages).where(m.id == bindparam("mid")), dialect),
             insert_expunged=prepare(insert_of(t.expunged, "folder_id", "uid", "modseq"), dialect),
             insert_message_id=prepare(insert_message_id, dialect),
-            folder_by_name=prepare(_FOLDER_BY_NAME, dialect),
+            bump_by_name=prepare(_BUMP_BY_NAME, dialect),
             mirror_of=prepare(_MIRROR_OF_FOLDER, dialect),
             mirrored_box=prepare(_MIRRORED_BOX, dialect),
             insert_journal=prepare(journal, dialect),
             recent_of=prepare(recent_of, dialect),
             set_recent=prepare(set_recent, dialect),
+            bump_set_flags=bump_set_flags,
+            bump_remove=bump_remove,
+            claim_recent=claim_recent,
         )
+
+
+def _with_bump(bump: Prepared, then: Sequence[str], arrays: tuple[str, ...]) -> Prepared:
+    """PostgreSQL: a folder's bump (`_BUMP`) and the statements `then`, one statement
+    of data-modifying CTEs that gives the bump's row (none if the folder is gone, and
+    then `then` changes nothing: each joins `b`, the bump's row). `then` binds
+    `arrays` after the bump's own parameters."""
+    ctes = "".join(f", u{i} AS ({part})" for i, part in enumerate(then))
+    sql = f"WITH b AS ({bump.sql}){ctes} SELECT * FROM b"  # noqa: S608
+    processors = bump.processors + (None,) * len(arrays)
+    return Prepared(sql, bump.names + arrays, processors, bump.constants)
 
 
 def _audit(ctx: TxContext, event: AuditEvent | None) -> None:

@@ -132,19 +132,30 @@ class _BatchAcceptances:
     per table (blobs, messages, queue) and one UID allocation per folder, instead of
     three or four statements per message. The rows are only written inside the
     batch's transaction, so they are as durable, and as atomic with the units' audit
-    events, as rows each unit wrote itself."""
+    events, as rows each unit wrote itself.
 
-    __slots__ = ("pending",)
+    `blobs` and `messages` are rows a unit made whole itself (APPEND: its UIDs taken
+    in its own folder bump), written with the rest. A later unit of the same batch
+    does not see them: it is as if it had run first, which no session can tell (none
+    knows their UIDs before the commit)."""
+
+    __slots__ = ("blobs", "messages", "pending")
 
     def __init__(self) -> None:
         self.pending: list[_AcceptedRows] = []
+        self.blobs: list[dict[str, Any]] = []
+        self.messages: list[dict[str, Any]] = []
+
+    @property
+    def any(self) -> bool:
+        return bool(self.pending or self.blobs)
 
     async def write(self, raw: Raw, sql: Statements, *, defer: bool = False) -> _TailRows:
         """The UIDs taken, and the rows written; with `defer`, the rows (all but the
         large blobs, streamed now) are returned for the batch's tail (PostgreSQL's
         `BatchTail`) instead."""
         tail = _TailRows()
-        if not self.pending:
+        if not self.any:
             return tail
         wanted: dict[int, int] = {}
         for p in self.pending:
@@ -159,7 +170,7 @@ class _BatchAcceptances:
             if got is None:
                 raise StoreError(f"folder {folder_id} vanished")
             following[folder_id] = [int(got[0]) - n, int(got[1]) - n + 1]
-        messages: list[dict[str, Any]] = []
+        messages: list[dict[str, Any]] = list(self.messages)
         queue: list[dict[str, Any]] = []
         for p in self.pending:
             deliveries = []
@@ -170,7 +181,7 @@ class _BatchAcceptances:
                 deliveries.append(Delivery(box, folder_id, uid))
             queue.extend(p.queue)
             p.result = AcceptResult(p.queue_id, p.blob["id"], tuple(deliveries), len(p.queue))
-        blobs = [p.blob for p in self.pending]
+        blobs = self.blobs + [p.blob for p in self.pending]
         if not defer:
             await raw.insert_blobs(sql, blobs)
             await raw.executemany(sql.insert_message, messages)
@@ -186,6 +197,8 @@ class _BatchAcceptances:
 
     def clear(self) -> None:
         self.pending.clear()
+        self.blobs.clear()
+        self.messages.clear()
 
 
 @dataclass(slots=True)
@@ -703,7 +716,7 @@ class Store:
                 written.append((row, ev))
         tail = self._sql.tail  # PostgreSQL: the rows below in one statement
         rows = _TailRows()
-        if accepted is not None and accepted.pending:
+        if accepted is not None and accepted.any:
             try:
                 rows = await accepted.write(raw, self._sql, defer=tail is not None)
             except Exception as exc:

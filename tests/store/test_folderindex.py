@@ -69,6 +69,46 @@ async def test_index_follows_every_change(store: Store) -> None:
     assert indexes.reads - reads <= 40
 
 
+async def test_a_read_since_a_modseq_gives_exactly_what_changed(store: Store) -> None:
+    """What the index reads after a commit (one statement on PostgreSQL): the head,
+    the rows changed or added above the MODSEQ, their per-person \\Seen rows and the
+    UIDs removed, nothing older."""
+    mail = MailStore(store)
+    uids = await deliver(store, BOX, [letter(n) for n in range(5)])
+    inbox = await mail.folder(BOX, "INBOX")
+    assert inbox is not None
+    await mail.store_flags(inbox.id, [uids[0]], "+FLAGS", frozenset({SEEN}), person="dupont")
+    since = (await mail.index_read(inbox.id, None)).folder.highestmodseq
+    await mail.store_flags(inbox.id, [uids[1]], "+FLAGS", frozenset({SEEN}), person="leroy")
+    await mail.store_flags(inbox.id, [uids[2]], "+FLAGS", frozenset({"\\Flagged"}), person=None)
+    await mail.store_flags(inbox.id, [uids[3]], "+FLAGS", frozenset({"\\Deleted"}), person=None)
+    await mail.expunge(inbox.id, None, lambda uids, mids: None)
+    (new,) = await deliver(store, BOX, [letter(9)])
+    head = await mail.folder(BOX, "INBOX")
+    assert head is not None
+
+    got = await mail.index_read(inbox.id, since)
+
+    assert got.folder == head
+    assert sorted((uid, flags) for uid, _, flags, _ in got.rows) == [
+        (uids[1], ""),
+        (uids[2], "\\Flagged"),
+        (new, ""),
+    ]
+    assert all(modseq > since for _, modseq, _, _ in got.rows)
+    assert got.seen == [(uids[1], "leroy")]
+    ((gone, at),) = got.gone
+    assert gone == uids[3] and since < at <= head.highestmodseq
+    nothing = await mail.index_read(inbox.id, head.highestmodseq)
+    assert (nothing.rows, nothing.seen, nothing.gone) == ([], [], [])
+    try:
+        await mail.index_read(10_000, since)
+    except FolderMissing:
+        pass
+    else:
+        raise AssertionError("a folder that does not exist was read")
+
+
 async def test_one_read_for_all_waiters(store: Store) -> None:
     import asyncio
 
