@@ -122,6 +122,7 @@ class Statements:
     # `n` UIDs at once: one row, (uidnext, highestmodseq) after adding `n` to both
     next_uids: Prepared
     head: Prepared
+    head_for_update: Prepared  # PostgreSQL's batch, when the head is not known
     set_head: Prepared
     # PostgreSQL only: the end of a batch in one statement
     tail: BatchTail | None
@@ -139,6 +140,7 @@ class Statements:
             .returning(folders.uidnext, folders.highestmodseq)
         )
         head = select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
+        head_for_update = head.with_for_update() if dialect.name == "postgresql" else head
         set_head = (
             update(t.audit_head)
             .where(t.audit_head.c.id == 1)
@@ -175,6 +177,7 @@ class Statements:
             insert_audit=insert_audit,
             next_uids=prepare(next_uids, dialect),
             head=prepare(head, dialect),
+            head_for_update=prepare(head_for_update, dialect),
             set_head=prepare(set_head, dialect),
             tail=tail,
         )
@@ -212,31 +215,39 @@ class BatchTail:
         seq_type = head.seq.type.compile(dialect=dialect)
         hash_type = head.hash.type.compile(dialect=dialect)
         new_head = f"seq = ${n + 1}::{seq_type}, hash = ${n + 2}::{hash_type}"
-        head_sql = f"UPDATE audit_head SET {new_head} WHERE id = 1 AND ${n + 3}::BOOLEAN"  # noqa: S608
+        # Moved only from where the batch found it (`args`: else no row, and the
+        # statement says so).
+        was = f"seq = ${n + 6}::{seq_type} AND hash = ${n + 7}::{hash_type}"
+        where = f"id = 1 AND ${n + 3}::BOOLEAN AND {was}"
+        head_sql = f"UPDATE audit_head SET {new_head} WHERE {where} RETURNING 1"  # noqa: S608
         ctes.append(f"h AS ({head_sql})")
         notify = (
             f"SELECT CASE WHEN ${n + 5}::TEXT IS NULL THEN NULL"
             f" ELSE pg_notify(${n + 4}::TEXT, ${n + 5}::TEXT) END"
         )
+        moved = f", ${n + 3}::BOOLEAN AND NOT EXISTS (SELECT 1 FROM h)"  # noqa: S608
+        notify += moved
         return cls("WITH " + ",\n".join(ctes) + "\n" + notify, tuple(s for _, s in parts))
 
     def args(
         self,
         rows: Sequence[Sequence[Mapping[str, Any]]],
-        head: tuple[int, str] | None,
+        head: tuple[tuple[int, str], tuple[int, str]] | None,
         channel: str,
         payload: str | None,
     ) -> list[Any]:
-        """The arrays of `rows` (one list of rows per part, in order), then the new
-        audit head (None: unchanged) and the NOTIFY (payload None: none)."""
+        """The arrays of `rows` (one list of rows per part, in order), then the audit
+        head (new, and as the batch found it; None: unchanged) and the NOTIFY (payload
+        None: none). The statement's row says whether the head had moved meanwhile
+        (second column: then nothing of it must be committed)."""
         out: list[Any] = []
         for stmt, part in zip(self.parts, rows, strict=True):
             converted = [stmt.args(r) for r in part]
             out.extend(list(column) for column in zip(*converted, strict=True))
             if not converted:
                 out.extend([] for _ in stmt.names)
-        seq, hash_ = head if head is not None else (0, "")
-        out.extend([seq, hash_, head is not None, channel, payload])
+        (seq, hash_), (was_seq, was_hash) = head if head is not None else ((0, ""), (0, ""))
+        out.extend([seq, hash_, head is not None, channel, payload, was_seq, was_hash])
         return out
 
 
@@ -256,8 +267,19 @@ class Raw:
         """Every row, as plain tuples (a big read: no per-row object of SQLAlchemy's)."""
         raise NotImplementedError
 
-    async def tail(self, tail: BatchTail, args: Sequence[Any]) -> None:
-        """The batch's last statement (`BatchTail`: PostgreSQL only)."""
+    async def tail(self, tail: BatchTail, args: Sequence[Any]) -> bool:
+        """The batch's last statement (`BatchTail`: PostgreSQL only); True if the audit
+        head had moved from where the batch found it."""
+        raise NotImplementedError
+
+    async def begin(self, *, lock_head: bool = False) -> None:
+        """PostgreSQL's writer: see `AsyncpgRaw.begin`."""
+        raise NotImplementedError
+
+    async def commit(self) -> None:
+        raise NotImplementedError
+
+    async def rollback(self) -> bool:
         raise NotImplementedError
 
     async def insert_blob(self, sql: Statements, values: Mapping[str, Any]) -> None:
@@ -358,9 +380,33 @@ class AsyncpgRaw(Raw):
         row = await self._conn.fetchrow(stmt.sql, *stmt.args(values))
         return None if row is None else tuple(row)
 
-    async def tail(self, tail: BatchTail, args: Sequence[Any]) -> None:
+    async def tail(self, tail: BatchTail, args: Sequence[Any]) -> bool:
         """The batch's last statement (`BatchTail`)."""
-        await self._conn.fetchrow(tail.sql, *args)
+        row = await self._conn.fetchrow(tail.sql, *args)
+        return bool(row[1])
+
+    async def begin(self, *, lock_head: bool = False) -> None:
+        """BEGIN the batch's transaction here, not through SQLAlchemy (which runs in it
+        without one: AUTOCOMMIT); with `lock_head`, the audit head is locked in the
+        same round trip (a simple query of two statements; its row is not needed)."""
+        sql = "BEGIN ISOLATION LEVEL READ COMMITTED"
+        if lock_head:
+            sql += "; SELECT 1 FROM audit_head WHERE id = 1 FOR UPDATE"
+        await self._conn.execute(sql)
+
+    async def commit(self) -> None:
+        await self._conn.execute("COMMIT")
+
+    async def rollback(self) -> bool:
+        """End a transaction begun by `begin` without committing it; False if the
+        connection could not be brought back to no transaction (then it must not be
+        used again)."""
+        try:
+            if self._conn.is_in_transaction():
+                await self._conn.execute("ROLLBACK")
+            return not self._conn.is_in_transaction()
+        except Exception:
+            return False
 
     async def fetchall(self, stmt: Prepared, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await self._conn.fetch(stmt.sql, *stmt.args(values))]
@@ -393,8 +439,10 @@ def pieces(data: bytes | bytearray | SealedStream) -> Generator[bytes | memoryvi
 
 async def raw_connection(conn: AsyncConnection) -> Raw:
     """The DBAPI connection under `conn` (an AsyncConnection, or the writer thread's
-    adapter around a synchronous Connection). Its transaction must already be begun by
-    a SQLAlchemy statement (the store's first statement in a batch is the audit head)."""
+    adapter around a synchronous Connection), in the transaction that is open there:
+    SQLite's, begun by SQLAlchemy (the writer's BEGIN IMMEDIATE, a reader's BEGIN);
+    PostgreSQL's writer begins its own (`AsyncpgRaw.begin`), and a point read runs
+    without one (one statement)."""
     sync = getattr(conn, "sync_connection", None)
     if conn.dialect.name == "sqlite":
         assert sync is not None

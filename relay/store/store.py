@@ -83,6 +83,12 @@ class _UnitFailed(Exception):
     """A unit raised in a batch run without savepoints."""
 
 
+class _HeadMoved(Exception):
+    """PostgreSQL: the audit head was not where this store's last commit left it
+    (another process wrote to the chain since): the batch is run again, the head read
+    under its lock."""
+
+
 class TxContext:
     """What a unit may do besides SQL: add audit events, mark folders changed."""
 
@@ -321,9 +327,9 @@ def _names_message(data: str, message_id: str) -> bool:
     )
 
 
-_HEAD_FOR_UPDATE = (
-    select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1).with_for_update()
-)
+def _chain_taken(exc: BaseException) -> bool:
+    """An audit row's sequence number was already taken (the chain's primary key)."""
+    return getattr(exc, "sqlstate", None) == "23505" and getattr(exc, "table_name", None) == "audit"
 
 
 def _is_conflict(exc: BaseException) -> bool:
@@ -331,6 +337,8 @@ def _is_conflict(exc: BaseException) -> bool:
     Raised through SQLAlchemy (a DBAPIError around the driver's error) or by a
     statement run on the driver's own connection (relay.store.fastsql: asyncpg's
     error itself, which SQLAlchemy never saw)."""
+    if isinstance(exc, _HeadMoved):
+        return True
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     return code in {"40P01", "40001"}
@@ -361,6 +369,10 @@ class Store:
         # newest it anchored; None until it writes or anchors one.
         self.anchor_file: Path | None = None
         self._written_head: tuple[int, str] | None = None
+        # PostgreSQL: the audit head as this store's last commit left it (None: not
+        # known, read it under its lock), so that a batch's BEGIN and the head's lock
+        # are one round trip (`_execute_batch`).
+        self._head: tuple[int, str] | None = None
         self._anchored_head: tuple[int, str] | None = None
         self.last_anchor: Anchor | None = None  # the newest this store wrote (`status`)
         self.clock = clock
@@ -677,11 +689,41 @@ class Store:
                 batch,
             )
             return result
-        async with self._write.connect() as conn, conn.begin():
-            return await self._run_batch(conn, batch, isolate=isolate)
+        # PostgreSQL: the transaction is begun and ended on the driver, by this
+        # writer, so that BEGIN and the audit head's lock go in one round trip;
+        # SQLAlchemy runs in it without a transaction of its own (AUTOCOMMIT: it sends
+        # no BEGIN or COMMIT, savepoints still work).
+        head, self._head = self._head, None  # known again only if this batch commits
+        async with self._write.connect() as plain:
+            conn = await plain.execution_options(isolation_level="AUTOCOMMIT")
+            raw = await raw_connection(conn)
+            try:
+                if head is None:
+                    await raw.begin()
+                    row = await raw.fetchone(self._sql.head_for_update, {})
+                    if row is None:
+                        raise StoreError("audit head missing: database not migrated")
+                    head = (int(row[0]), str(row[1]))
+                else:
+                    await raw.begin(lock_head=True)
+                outcomes, written = await self._run_batch(
+                    conn, batch, isolate=isolate, locked=(raw, *head)
+                )
+                await raw.commit()
+            except BaseException:
+                if not await raw.rollback():
+                    await plain.invalidate()  # never back to the pool mid-transaction
+                raise
+        self._head = (written[-1][0].seq, written[-1][0].hash) if written else head
+        return outcomes, written
 
     async def _run_batch(
-        self, conn: AsyncConnection, batch: list[_Pending[Any]], *, isolate: bool
+        self,
+        conn: AsyncConnection,
+        batch: list[_Pending[Any]],
+        *,
+        isolate: bool,
+        locked: tuple[Raw, int, str] | None = None,
     ) -> tuple[list[tuple[bool, Any]], list[tuple[AuditRow, AuditEvent]]]:
         """Inside one open transaction: every unit (in its own savepoint if `isolate`),
         then the audit rows of those that succeeded, chained after the locked head.
@@ -691,7 +733,8 @@ class Store:
         batch again isolated."""
         outcomes: list[tuple[bool, Any]] = []
         written: list[tuple[AuditRow, AuditEvent]] = []
-        raw, head_seq, head_hash = await self._lock_head(conn)
+        raw, head_seq, head_hash = locked or await self._lock_head(conn)
+        before = (head_seq, head_hash)
         accepted = None if isolate else _BatchAcceptances()
         for item in batch:
             item.ctx = TxContext(raw, accepted)
@@ -757,16 +800,20 @@ class Store:
             if rows.any or audit_rows or payload:
                 args = tail.args(
                     [rows.blobs, rows.messages, rows.queue, audit_rows],
-                    (head_seq, head_hash) if written else None,
+                    ((head_seq, head_hash), before) if written else None,
                     self.notify_channel,
                     payload,
                 )
                 try:
-                    await raw.tail(tail, args)
+                    moved = await raw.tail(tail, args)
                 except Exception as exc:
+                    if _chain_taken(exc):
+                        raise _HeadMoved from exc  # another writer took these numbers
                     if _is_conflict(exc) or not rows.any:
                         raise
                     raise _UnitFailed from exc  # acceptances' rows: unit by unit
+                if written and moved:
+                    raise _HeadMoved
             return outcomes, written
         if written:
             await raw.executemany(self._sql.insert_audit, audit_rows)
@@ -781,18 +828,11 @@ class Store:
                 item.future.set_exception(StoreError("the transaction could not be committed"))
 
     async def _lock_head(self, conn: AsyncConnection) -> tuple[Raw, int, str]:
-        """The batch's DBAPI connection and the audit head, locked until commit.
-
-        SQLite: the writer's BEGIN IMMEDIATE has run (its `begin` event) and holds the
-        one write lock, so the head is read raw. PostgreSQL: the transaction starts
-        with the first statement through SQLAlchemy, which must be this one (FOR
-        UPDATE), before the raw connection is used."""
-        if self._thread_writer is not None:
-            raw = await raw_connection(conn)
-            head = await raw.fetchone(self._sql.head, {})
-        else:
-            head = (await conn.execute(_HEAD_FOR_UPDATE)).one_or_none()
-            raw = await raw_connection(conn)
+        """SQLite: the batch's DBAPI connection and the audit head, locked until
+        commit: the writer's BEGIN IMMEDIATE has run (its `begin` event) and holds the
+        one write lock, so the head is read raw. (PostgreSQL: `_execute_batch`.)"""
+        raw = await raw_connection(conn)
+        head = await raw.fetchone(self._sql.head, {})
         if head is None:
             raise StoreError("audit head missing: database not migrated")
         return raw, int(head[0]), str(head[1])

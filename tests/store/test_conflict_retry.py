@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -103,3 +104,49 @@ async def test_a_deadlock_met_writing_the_audit_rows_is_retried(
         await asyncio.wait_for(recording, 30)
         rows = await other.fetch("SELECT seq, action FROM audit WHERE seq > $1", head)
     assert [(r["seq"], r["action"]) for r in rows] == [(head + 1, "daemon.started")]
+
+
+def _started(n: int) -> DaemonStarted:
+    return DaemonStarted(version=f"test-{n}", config_file="relay.toml")
+
+
+@pytest.mark.parametrize("engine_name", ["postgresql"])
+async def test_two_writers_on_one_database_keep_one_chain(
+    store: Store, storage: StorageConfig
+) -> None:
+    """Each store remembers the audit head its last commit left, to lock it in the same
+    round trip as BEGIN instead of reading it: when another process has written to
+    the chain since, the batch meets the numbers taken and is run again from the head
+    read under its lock, so the chain stays one, whole."""
+    await store.record(_started(1))
+    other = await Store.open(storage)
+    try:
+        await other.record(_started(2))
+        await other.record(_started(3))
+        await store.record(_started(4))  # its remembered head is two rows behind
+        await other.record(_started(5))
+        await store.record(_started(6), _started(7))
+    finally:
+        await other.close()
+    result = await store.verify_audit()
+    assert result.ok, result
+    rows = await store.audit_rows()
+    assert [r.seq for r in rows] == list(range(1, len(rows) + 1))
+    started = [
+        json.loads(r.data)["details"]["version"] for r in rows if r.action == "daemon.started"
+    ]
+    assert [v for v in started if v.startswith("test-")] == [f"test-{n}" for n in range(1, 8)]
+
+
+@pytest.mark.parametrize("engine_name", ["postgresql"])
+async def test_a_head_moved_without_rows_is_followed(store: Store) -> None:
+    """The head moved (seq and hash) with no row at the number this store would take
+    next: the batch's head UPDATE finds the head elsewhere, and the batch is run again
+    from the head as the database has it (as it was before the head was remembered)."""
+    await store.record(_started(1))
+    seq, _ = await store.audit_head()
+    await store.execute_admin("UPDATE audit_head SET seq = seq + 10, hash = :h", {"h": "f" * 64})
+    await store.record(_started(2))
+    rows = await store.audit_rows()
+    assert rows[-1].seq == seq + 11
+    assert rows[-1].prev_hash == "f" * 64
