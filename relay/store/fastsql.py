@@ -17,6 +17,7 @@ SQLAlchemy Core.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from contextlib import closing
@@ -276,7 +277,10 @@ class Raw:
         """PostgreSQL's writer: see `AsyncpgRaw.begin`."""
         raise NotImplementedError
 
-    async def commit(self) -> None:
+    async def commit(self, *, then_begin: bool = False) -> bool:
+        raise NotImplementedError
+
+    def in_transaction(self) -> bool:
         raise NotImplementedError
 
     async def rollback(self) -> bool:
@@ -389,13 +393,33 @@ class AsyncpgRaw(Raw):
         """BEGIN the batch's transaction here, not through SQLAlchemy (which runs in it
         without one: AUTOCOMMIT); with `lock_head`, the audit head is locked in the
         same round trip (a simple query of two statements; its row is not needed)."""
-        sql = "BEGIN ISOLATION LEVEL READ COMMITTED"
-        if lock_head:
-            sql += "; SELECT 1 FROM audit_head WHERE id = 1 FOR UPDATE"
-        await self._conn.execute(sql)
+        await self._conn.execute(_BEGIN_LOCKING_HEAD if lock_head else _BEGIN)
 
-    async def commit(self) -> None:
-        await self._conn.execute("COMMIT")
+    async def commit(self, *, then_begin: bool = False) -> bool:
+        """COMMIT; with `then_begin`, the next batch's `begin(lock_head=True)` in the
+        same round trip. True if that next transaction is open.
+
+        The statements of one simple query stop at the first that fails. If the
+        COMMIT fails, the connection is left in no transaction and the error is
+        raised (nothing was committed). If what follows the COMMIT fails (the lock's
+        wait cancelled), the connection is left in a failed transaction: the COMMIT
+        went through, so no error is raised: that transaction is rolled back (the
+        caller does not keep a connection still in one)."""
+        if not then_begin:
+            await self._conn.execute("COMMIT")
+            return False
+        try:
+            await self._conn.execute(f"COMMIT; {_BEGIN_LOCKING_HEAD}")
+        except Exception:
+            if not self._conn.is_in_transaction():
+                raise
+            with contextlib.suppress(Exception):
+                await self._conn.execute("ROLLBACK")
+            return False
+        return True
+
+    def in_transaction(self) -> bool:
+        return bool(self._conn.is_in_transaction())
 
     async def rollback(self) -> bool:
         """End a transaction begun by `begin` without committing it; False if the
@@ -410,6 +434,12 @@ class AsyncpgRaw(Raw):
 
     async def fetchall(self, stmt: Prepared, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await self._conn.fetch(stmt.sql, *stmt.args(values))]
+
+
+_BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
+_BEGIN_LOCKING_HEAD = (
+    "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT 1 FROM audit_head WHERE id = 1 FOR UPDATE"
+)
 
 
 async def _copy_row(values: Mapping[str, Any]) -> AsyncIterator[bytes]:

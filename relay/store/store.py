@@ -373,6 +373,9 @@ class Store:
         # known, read it under its lock), so that a batch's BEGIN and the head's lock
         # are one round trip (`_execute_batch`).
         self._head: tuple[int, str] | None = None
+        # PostgreSQL: a transaction begun, the head locked, in the round trip of the
+        # last batch's COMMIT because units were already waiting (`_execute_batch`)
+        self._next_tx: tuple[AsyncConnection, AsyncConnection, Raw] | None = None
         self._anchored_head: tuple[int, str] | None = None
         self.last_anchor: Anchor | None = None  # the newest this store wrote (`status`)
         self.clock = clock
@@ -615,6 +618,17 @@ class Store:
             # (ciphertext up to 25 MB each) would stay in memory until then.
             first = item = None
             batch.clear()
+        await self._end_next_tx()
+
+    async def _end_next_tx(self) -> None:
+        """Roll back the transaction begun for a next batch that did not come."""
+        if self._next_tx is None:
+            return
+        plain, _, raw = self._next_tx
+        self._next_tx = None
+        if not await raw.rollback():
+            await plain.invalidate()
+        await plain.close()
 
     async def _commit_batch(self, batch: list[_Pending[Any]]) -> None:
         started = self._batch_started = time.monotonic()
@@ -692,12 +706,24 @@ class Store:
         # PostgreSQL: the transaction is begun and ended on the driver, by this
         # writer, so that BEGIN and the audit head's lock go in one round trip;
         # SQLAlchemy runs in it without a transaction of its own (AUTOCOMMIT: it sends
-        # no BEGIN or COMMIT, savepoints still work).
+        # no BEGIN or COMMIT, savepoints still work). When units are waiting at the
+        # COMMIT, the next batch's BEGIN and lock go in the COMMIT's round trip, and
+        # that batch starts in the transaction left open.
         head, self._head = self._head, None  # known again only if this batch commits
-        async with self._write.connect() as plain:
-            conn = await plain.execution_options(isolation_level="AUTOCOMMIT")
-            raw = await raw_connection(conn)
+        if self._next_tx is not None and head is None:
+            await self._end_next_tx()  # not expected: a begun batch knows its head
+        if self._next_tx is not None:
+            (plain, conn, raw), self._next_tx = self._next_tx, None
+        else:
+            plain = await self._write.connect()
             try:
+                conn = await plain.execution_options(isolation_level="AUTOCOMMIT")
+                raw = await raw_connection(conn)
+            except BaseException:
+                await plain.close()
+                raise
+        try:
+            if not raw.in_transaction():  # else begun by the last batch's COMMIT
                 if head is None:
                     await raw.begin()
                     row = await raw.fetchone(self._sql.head_for_update, {})
@@ -706,14 +732,22 @@ class Store:
                     head = (int(row[0]), str(row[1]))
                 else:
                     await raw.begin(lock_head=True)
-                outcomes, written = await self._run_batch(
-                    conn, batch, isolate=isolate, locked=(raw, *head)
-                )
-                await raw.commit()
-            except BaseException:
-                if not await raw.rollback():
-                    await plain.invalidate()  # never back to the pool mid-transaction
-                raise
+            assert head is not None
+            outcomes, written = await self._run_batch(
+                conn, batch, isolate=isolate, locked=(raw, *head)
+            )
+            begun = await raw.commit(then_begin=not self._queue.empty())
+        except BaseException:
+            if not await raw.rollback():
+                await plain.invalidate()  # never back to the pool mid-transaction
+            await plain.close()
+            raise
+        if begun:
+            self._next_tx = (plain, conn, raw)
+        else:
+            if raw.in_transaction():
+                await plain.invalidate()  # its ROLLBACK failed: never pooled again
+            await plain.close()
         self._head = (written[-1][0].seq, written[-1][0].hash) if written else head
         return outcomes, written
 

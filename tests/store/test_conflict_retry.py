@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -150,3 +151,59 @@ async def test_a_head_moved_without_rows_is_followed(store: Store) -> None:
     rows = await store.audit_rows()
     assert rows[-1].seq == seq + 11
     assert rows[-1].prev_hash == "f" * 64
+
+
+@pytest.mark.parametrize("engine_name", ["postgresql"])
+async def test_a_next_begin_that_fails_after_its_commit_loses_nothing(
+    store: Store, storage: StorageConfig
+) -> None:
+    """With units waiting, a batch's COMMIT carries the next batch's BEGIN and head
+    lock in the same round trip. If the lock's wait is cancelled, the COMMIT before it
+    stands: the batch's callers get their results (not an error, which would make an
+    SMTP client send again), and the next batch runs in a transaction of its own."""
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(conn: Any, ctx: Any) -> str:
+        ctx.audit(_started(1))
+        held.set()
+        await release.wait()  # the batch stays open, the head locked
+        return "first"
+
+    async def second(conn: Any, ctx: Any) -> str:
+        ctx.audit(_started(2))
+        return "second"
+
+    first_done = asyncio.create_task(store.transact(slow))
+    await asyncio.wait_for(held.wait(), 10)
+    second_done = asyncio.create_task(store.transact(second))  # waiting at the COMMIT
+    async with _other_session(storage.schema) as other:
+        tx = other.transaction()
+        await tx.start()
+        # Waits for the table behind the first batch, and is given it at its COMMIT
+        # (table locks are granted in turn, a row's are not): the next BEGIN's lock
+        # then waits behind this session.
+        locking = asyncio.create_task(other.execute("LOCK TABLE audit_head IN EXCLUSIVE MODE"))
+        await asyncio.sleep(0.3)
+        release.set()
+        await asyncio.wait_for(locking, 10)
+        for _ in range(100):
+            pid = await other.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE state = 'active'"
+                " AND query LIKE 'COMMIT; BEGIN%'"
+            )
+            if pid is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert pid is not None, "the COMMIT did not carry the next BEGIN"
+        await other.execute("SELECT pg_cancel_backend($1)", pid)
+        assert await asyncio.wait_for(first_done, 10) == "first"
+        await tx.commit()
+    assert await asyncio.wait_for(second_done, 10) == "second"
+    result = await store.verify_audit()
+    assert result.ok, result
+    rows = await store.audit_rows()
+    started = [
+        json.loads(r.data)["details"]["version"] for r in rows if r.action == "daemon.started"
+    ]
+    assert [v for v in started if v.startswith("test-")] == ["test-1", "test-2"]
