@@ -32,6 +32,7 @@ import asyncio
 import collections
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -187,6 +188,10 @@ def main() -> None:
     args.messages = max(100, min(args.messages, 50_000))
     args.secs = max(5, min(args.secs, 300))
     trees: list[Path | None] = [Path(t).resolve() for t in args.tree] or [None]
+    # py-spy is not a dependency: beside this interpreter (pip install py-spy) or on PATH
+    py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    if args.spy and py_spy is None:
+        sys.exit("--spy needs py-spy: .venv/bin/pip install py-spy")
     unit = "msg" if args.what == "smtp" else "cmd"
     print(
         f"bench.cpu_probe {args.what}, engine {args.engine}, "
@@ -212,7 +217,7 @@ def main() -> None:
                 spy = None
                 if args.spy and i == 0 and r == args.rounds - 1:
                     spy = subprocess.Popen(
-                        ["py-spy", "record", "-p", str(daemon.pid), "-r", "100", "-f", "raw",
+                        [str(py_spy), "record", "-p", str(daemon.pid), "-r", "100", "-f", "raw",
                          "--threads", "--nonblocking", "-o", str(args.spy)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )  # fmt: skip

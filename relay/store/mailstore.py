@@ -255,41 +255,50 @@ class MailStore:
     # --- folders ------------------------------------------------------------------
 
     async def folders(self, boxes: Sequence[str]) -> list[FolderInfo]:
-        """Every folder of the given boxes."""
+        """Every folder of the given boxes, by box then name."""
         if not boxes:
             return []
-        if self.store.dialect == "sqlite":
-            # LIST asks at every call: one statement prepared once, per box, straight
-            # from the driver (building the join costs more than running it).
-            return await self.store.read(self._folders_of(boxes), point=True)
-        boxes_lower = sorted({b.lower() for b in boxes})
-        rows = await self.store.read(_all(_FOLDERS_OF_BOXES, {"boxes": boxes_lower}), point=True)
-        return [_folder(r) for r in rows]
+        # LIST asks at every call: statements prepared once, straight from the driver
+        # (SQLAlchemy's building, or expanding an IN list, costs more than running it).
+        return await self.store.read(
+            self._folders_of(sorted({b.lower() for b in boxes})), point=True
+        )
 
     def _folders_of(
-        self, boxes: Sequence[str]
+        self, boxes: list[str]
     ) -> Callable[[AsyncConnection], Coroutine[Any, Any, list[FolderInfo]]]:
         async def read(conn: AsyncConnection) -> list[FolderInfo]:
-            stmt = self._prepared.get("folders_of_box")
-            if stmt is None:
-                stmt = self._prepared["folders_of_box"] = prepare(_FOLDERS_OF_BOX, conn.dialect)
             raw = await raw_connection(conn)
+            if conn.dialect.name == "postgresql":
+                # one statement for all the boxes (an array parameter); the point read
+                # is then one round trip
+                rows = await raw.fetchall(
+                    self._statement("folders_of_boxes", conn), {"boxes": boxes}
+                )
+                return [_folder(_FolderRow(*r)) for r in rows]
+            stmt = self._statement("folders_of_box", conn)
             out: list[FolderInfo] = []
-            for box in sorted({b.lower() for b in boxes}):
-                rows = await raw.fetchall(stmt, {"address": box})
-                out += [_folder(_FolderRow(*r)) for r in rows]
+            for box in boxes:
+                out += [_folder(_FolderRow(*r)) for r in await raw.fetchall(stmt, {"address": box})]
             return out
 
         return read
 
+    def _statement(self, name: str, conn: AsyncConnection) -> Prepared:
+        stmt = self._prepared.get(name)
+        if stmt is None:
+            stmt = self._prepared[name] = prepare(_PREPARED_READS[name], conn.dialect)
+        return stmt
+
     async def folder(self, box: str, name: str) -> FolderInfo | None:
-        stmt = (
-            select(t.folders, t.mailboxes.c.address)
-            .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
-            .where(and_(t.mailboxes.c.address == box.lower(), t.folders.c.name == name))
-        )
-        rows = await self.store.read(_all(stmt), point=True)
-        return _folder(rows[0]) if rows else None
+        async def read(conn: AsyncConnection) -> FolderInfo | None:
+            raw = await raw_connection(conn)
+            row = await raw.fetchone(
+                self._statement("folder_by_name", conn), {"address": box.lower(), "name": name}
+            )
+            return _folder(_FolderRow(*row)) if row is not None else None
+
+        return await self.store.read(read, point=True)
 
     # --- reading a folder -----------------------------------------------------------
 
@@ -1291,12 +1300,6 @@ def _all(
 _HEAD = select(t.folders.c.highestmodseq, t.folders.c.uidnext, t.folders.c.recent_uid).where(
     t.folders.c.id == bindparam("folder_id")
 )
-_FOLDERS_OF_BOXES = (
-    select(t.folders, t.mailboxes.c.address)
-    .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
-    .where(t.mailboxes.c.address.in_(bindparam("boxes", expanding=True)))
-    .order_by(t.mailboxes.c.address, t.folders.c.name)
-)
 
 
 class _FolderRow(NamedTuple):
@@ -1329,6 +1332,15 @@ _FOLDERS_OF_BOX = _FOLDER_ROW.where(t.mailboxes.c.address == bindparam("address"
 _FOLDER_BY_NAME = _FOLDER_ROW.where(
     and_(t.mailboxes.c.address == bindparam("address"), t.folders.c.name == bindparam("name"))
 )
+_FOLDERS_OF_BOXES = _FOLDER_ROW.where(
+    t.mailboxes.c.address == any_(bindparam("boxes", type_=ARRAY(t.mailboxes.c.address.type)))
+).order_by(t.mailboxes.c.address, t.folders.c.name)
+# The reads `MailStore` runs from the driver, by the name it prepares them under.
+_PREPARED_READS = {
+    "folders_of_box": _FOLDERS_OF_BOX,
+    "folders_of_boxes": _FOLDERS_OF_BOXES,  # PostgreSQL only (an array parameter)
+    "folder_by_name": _FOLDER_BY_NAME,
+}
 _FOLDER_BY_ID = (
     select(t.folders, t.mailboxes.c.address)
     .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
