@@ -91,6 +91,7 @@ def loadavg() -> str:
 
 @contextmanager
 def reference_lock(path: str) -> Iterator[None]:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # a new machine has no /work/team
     with open(path, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -483,8 +483,13 @@ class RelaySMTP(SMTP):
         # line is buffered (so the reply is never held while we wait for the client),
         # and never for replies after which the client must wait (220 before TLS, 354,
         # 334 challenges, 221/421 before closing).
+        # A line of a multi-line reply ("250-...") is held until its last line also
+        # with nothing buffered: the client reads on to that line (RFC 5321 §4.2.1),
+        # so EHLO's lines are one write, not one each.
         buffered = self._reader._buffer  # type: ignore[attr-defined]
-        if data[:3] not in _FLUSH_NOW and b"\n" in buffered and len(self._pending_replies) < 64:
+        continued = data[3:4] == b"-" and b"\n" not in data
+        pipelined = data[:3] not in _FLUSH_NOW and b"\n" in buffered
+        if (continued or pipelined) and len(self._pending_replies) < 64:
             return
         out = b"".join(self._pending_replies)
         self._pending_replies.clear()
