@@ -125,7 +125,15 @@ class UpstreamSession:
             if self.client.has_pending_idle():
                 self.client.idle_done()
             await asyncio.wait_for(self.client.logout(), 2.0)
-        except (AioImapException, OSError, TimeoutError, asyncio.CancelledError):
+        except asyncio.CancelledError:
+            # aioimaplib cancels a command's future when the connection drops: that
+            # is the operator's answer, not ours to pass on. A cancellation of this
+            # task (the daemon stopping the box's loop) is passed on: swallowed, the
+            # loop would go round again and its stop would wait for ever.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+        except (AioImapException, OSError, TimeoutError):
             pass
         finally:
             transport = self.client.protocol.transport

@@ -87,6 +87,7 @@ FLAGS_BATCH_UIDS = 250
 FETCH_BATCH_MESSAGES = 100  # one UID FETCH of bodies and one store transaction
 COMMAND_TIMEOUT_SECONDS = 120.0  # a FETCH of a batch of big messages fits
 IDLE_RESTART_SECONDS = 25 * 60  # RFC 2177: re-issue IDLE at least every 29 minutes
+STOP_RECANCEL_SECONDS = 5.0  # a loop not ended by then (its LOGOUT waits 2 s) is cancelled again
 
 
 class _Lost(Exception):
@@ -712,8 +713,15 @@ class UpstreamSync:
     async def stop(self) -> None:
         self.store.off_commit(self._on_commit)
         tasks, self._tasks = self._tasks, {}
+        pending = set(tasks.values())
+        while pending:
+            for task in pending:
+                task.cancel()
+            # A loop that let a cancellation go (a library catching it) is asked again
+            # rather than waited for without end.
+            _, pending = await asyncio.wait(pending, timeout=STOP_RECANCEL_SECONDS)
+            if pending:
+                log.warning("upstream.stop_again", boxes=sorted(t.get_name() for t in pending))
         for task in tasks.values():
-            task.cancel()
-        for task in tasks.values():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                log.error("upstream.loop_failed", task=task.get_name(), error=repr(exc))

@@ -4,6 +4,7 @@ operator that is down, a certificate from an untrusted CA."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -110,3 +111,20 @@ async def test_login_with_the_box_client_certificate(dev_pki: DevPki, tmp_path: 
             await open_session("box", up_no_cert)
     finally:
         server.cleanup()
+
+
+async def test_logout_passes_on_a_cancellation_of_its_task(
+    dovecot: Dovecot, dev_pki: DevPki, tmp_path: Path
+) -> None:
+    """The daemon stops a box's loop by cancelling it, and the loop's `finally` logs
+    out. A cancellation arriving while LOGOUT waits for the operator must end the task:
+    swallowed, the loop went round again and the daemon's stop waited for ever."""
+    up = upstream_config(dovecot, dev_pki, password=password_file(tmp_path, BOX_PASSWORD))
+    session = await open_session("secretariat@cpts-demo.mssante.fr", up)
+    task = asyncio.ensure_future(session.logout())
+    await asyncio.sleep(0)  # the LOGOUT is sent; its answer is not back yet
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert session.client.protocol.transport.is_closing()  # the socket closed anyway
