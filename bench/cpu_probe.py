@@ -189,7 +189,8 @@ def main() -> None:
     args.secs = max(5, min(args.secs, 300))
     trees: list[Path | None] = [Path(t).resolve() for t in args.tree] or [None]
     # py-spy is not a dependency: beside this interpreter (pip install py-spy) or on PATH
-    py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    beside = Path(sys.executable).parent
+    py_spy = shutil.which("py-spy", path=f"{beside}{os.pathsep}{os.environ.get('PATH', '')}")
     if args.spy and py_spy is None:
         sys.exit("--spy needs py-spy: .venv/bin/pip install py-spy")
     unit = "msg" if args.what == "smtp" else "cmd"

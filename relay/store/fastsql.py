@@ -17,7 +17,6 @@ SQLAlchemy Core.
 from __future__ import annotations
 
 import binascii
-import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from contextlib import closing
@@ -413,8 +412,7 @@ class AsyncpgRaw(Raw):
         except Exception:
             if not self._conn.is_in_transaction():
                 raise
-            with contextlib.suppress(Exception):
-                await self._conn.execute("ROLLBACK")
+            await self.rollback()  # if it fails, the caller sees in_transaction()
             return False
         return True
 

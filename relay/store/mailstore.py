@@ -273,10 +273,10 @@ class MailStore:
                 # one statement for all the boxes (an array parameter); the point read
                 # is then one round trip
                 rows = await raw.fetchall(
-                    self._statement("folders_of_boxes", conn), {"boxes": boxes}
+                    self._statement("folders_of_boxes", conn.dialect), {"boxes": boxes}
                 )
                 return [_folder(_FolderRow(*r)) for r in rows]
-            stmt = self._statement("folders_of_box", conn)
+            stmt = self._statement("folders_of_box", conn.dialect)
             out: list[FolderInfo] = []
             for box in boxes:
                 out += [_folder(_FolderRow(*r)) for r in await raw.fetchall(stmt, {"address": box})]
@@ -284,21 +284,21 @@ class MailStore:
 
         return read
 
-    def _statement(self, name: str, conn: AsyncConnection) -> Prepared:
+    def _statement(self, name: str, dialect: Dialect) -> Prepared:
+        """The read `_PREPARED_READS[name]`, compiled for the store's dialect once."""
         stmt = self._prepared.get(name)
         if stmt is None:
-            stmt = self._prepared[name] = prepare(_PREPARED_READS[name], conn.dialect)
+            stmt = self._prepared[name] = prepare(_PREPARED_READS[name], dialect)
         return stmt
 
     async def folder(self, box: str, name: str) -> FolderInfo | None:
-        async def read(conn: AsyncConnection) -> FolderInfo | None:
-            raw = await raw_connection(conn)
-            row = await raw.fetchone(
-                self._statement("folder_by_name", conn), {"address": box.lower(), "name": name}
-            )
-            return _folder(_FolderRow(*row)) if row is not None else None
+        return await self.store.read(lambda conn: self._find_folder(conn, box, name), point=True)
 
-        return await self.store.read(read, point=True)
+    async def _find_folder(self, conn: AsyncConnection, box: str, name: str) -> FolderInfo | None:
+        row = await (await raw_connection(conn)).fetchone(
+            self._statement("folder_by_name", conn.dialect), {"address": box.lower(), "name": name}
+        )
+        return _folder(_FolderRow(*row)) if row is not None else None
 
     # --- reading a folder -----------------------------------------------------------
 
@@ -377,7 +377,7 @@ class MailStore:
             # 100,000 rows: straight from the driver (SQLAlchemy's rows cost more than
             # the query), in the transaction the head's read began.
             raw = await raw_connection(conn)
-            rows = await raw.fetchall(self._index_rows(conn.dialect), params)
+            rows = await raw.fetchall(self._statement("index_rows", conn.dialect), params)
             seen = (await conn.execute(_INDEX_SEEN, params)).all()
             gone = (await conn.execute(_GONE, params)).all() if since is not None else []
             return FolderRead(
@@ -398,9 +398,7 @@ class MailStore:
         a folder, each process with its index in memory makes this read."""
 
         async def read(conn: AsyncConnection) -> FolderRead:
-            stmt = self._prepared.get("index_delta")
-            if stmt is None:
-                stmt = self._prepared["index_delta"] = prepare(_INDEX_DELTA, conn.dialect)
+            stmt = self._statement("index_delta", conn.dialect)
             row = await (await raw_connection(conn)).fetchone(stmt, params)
             if row is None:
                 raise FolderMissing("folder deleted")
@@ -412,12 +410,6 @@ class MailStore:
             )
 
         return read
-
-    def _index_rows(self, dialect: Any) -> Prepared:
-        found = self._prepared.get(dialect.name)
-        if found is None:
-            found = self._prepared[dialect.name] = prepare(_INDEX_ROWS, dialect)
-        return found
 
     async def vanished(self, folder_id: int, since: int) -> list[int]:
         """UIDs removed from the folder with a MODSEQ above `since`, ascending (RFC 7162
@@ -1074,12 +1066,10 @@ class MailStore:
         return uidvalidity, uids
 
     async def _folder_in(self, conn: AsyncConnection, box: str, name: str) -> FolderInfo:
-        row = (
-            await conn.execute(_FOLDER_BY_NAME, {"address": box.lower(), "name": name})
-        ).one_or_none()
-        if row is None:
+        folder = await self._find_folder(conn, box, name)
+        if folder is None:
             raise FolderMissing(f"no folder {name!r} in {box}")
-        return _folder(row)
+        return folder
 
     # --- folder management (CREATE / DELETE / RENAME) --------------------------------
 
@@ -1335,12 +1325,6 @@ _FOLDER_BY_NAME = _FOLDER_ROW.where(
 _FOLDERS_OF_BOXES = _FOLDER_ROW.where(
     t.mailboxes.c.address == any_(bindparam("boxes", type_=ARRAY(t.mailboxes.c.address.type)))
 ).order_by(t.mailboxes.c.address, t.folders.c.name)
-# The reads `MailStore` runs from the driver, by the name it prepares them under.
-_PREPARED_READS = {
-    "folders_of_box": _FOLDERS_OF_BOX,
-    "folders_of_boxes": _FOLDERS_OF_BOXES,  # PostgreSQL only (an array parameter)
-    "folder_by_name": _FOLDER_BY_NAME,
-}
 _FOLDER_BY_ID = (
     select(t.folders, t.mailboxes.c.address)
     .join(t.mailboxes, t.mailboxes.c.id == t.folders.c.mailbox_id)
@@ -1383,6 +1367,15 @@ _INDEX_DELTA = _FOLDER_ROW.where(t.folders.c.id == bindparam("folder_id")).add_c
         select(func.row(t.expunged.c.uid, t.expunged.c.modseq)).where(_GONE_ABOVE).scalar_subquery()
     ),
 )
+# The reads `MailStore` runs from the driver, by the name it prepares them under
+# (`MailStore._statement`).
+_PREPARED_READS = {
+    "folders_of_box": _FOLDERS_OF_BOX,
+    "folders_of_boxes": _FOLDERS_OF_BOXES,  # PostgreSQL only (an array parameter)
+    "folder_by_name": _FOLDER_BY_NAME,
+    "index_rows": _INDEX_ROWS,
+    "index_delta": _INDEX_DELTA,  # PostgreSQL only
+}
 # The operator's box when the folder's box is mirrored from one (gateway mode), in the
 # bump's own row: the change it journals is known with the MODSEQ, one statement for
 # both. Written out because SQLAlchemy's SQLite compiler drops the table names inside

@@ -626,9 +626,7 @@ class Store:
             return
         plain, _, raw = self._next_tx
         self._next_tx = None
-        if not await raw.rollback():
-            await plain.invalidate()
-        await plain.close()
+        await _give_back(plain, raw)
 
     async def _commit_batch(self, batch: list[_Pending[Any]]) -> None:
         started = self._batch_started = time.monotonic()
@@ -710,9 +708,7 @@ class Store:
         # COMMIT, the next batch's BEGIN and lock go in the COMMIT's round trip, and
         # that batch starts in the transaction left open.
         head, self._head = self._head, None  # known again only if this batch commits
-        if self._next_tx is not None and head is None:
-            await self._end_next_tx()  # not expected: a begun batch knows its head
-        if self._next_tx is not None:
+        if self._next_tx is not None:  # begun with the last COMMIT, which set the head
             (plain, conn, raw), self._next_tx = self._next_tx, None
         else:
             plain = await self._write.connect()
@@ -732,22 +728,18 @@ class Store:
                     head = (int(row[0]), str(row[1]))
                 else:
                     await raw.begin(lock_head=True)
-            assert head is not None
+            assert head is not None  # read above, or kept by the batch that began this one
             outcomes, written = await self._run_batch(
                 conn, batch, isolate=isolate, locked=(raw, *head)
             )
             begun = await raw.commit(then_begin=not self._queue.empty())
         except BaseException:
-            if not await raw.rollback():
-                await plain.invalidate()  # never back to the pool mid-transaction
-            await plain.close()
+            await _give_back(plain, raw)
             raise
         if begun:
             self._next_tx = (plain, conn, raw)
         else:
-            if raw.in_transaction():
-                await plain.invalidate()  # its ROLLBACK failed: never pooled again
-            await plain.close()
+            await _give_back(plain, raw)
         self._head = (written[-1][0].seq, written[-1][0].hash) if written else head
         return outcomes, written
 
@@ -1485,6 +1477,14 @@ def _sqlite_setup(engine: AsyncEngine | Engine, *, begin: str) -> None:
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: SyncConnection) -> None:
         conn.exec_driver_sql(begin)
+
+
+async def _give_back(plain: AsyncConnection, raw: Raw) -> None:
+    """Give the writer's PostgreSQL connection back to the pool out of any transaction,
+    or close it for good if it cannot be brought out of one."""
+    if not await raw.rollback():
+        await plain.invalidate()  # never back to the pool mid-transaction
+    await plain.close()
 
 
 class _ThreadWriter:
