@@ -226,7 +226,9 @@ class BatchTail:
             f" ELSE pg_notify(${n + 4}::TEXT, ${n + 5}::TEXT) END"
         )
         moved = f", ${n + 3}::BOOLEAN AND NOT EXISTS (SELECT 1 FROM h)"  # noqa: S608
-        notify += moved
+        # The transaction's id, so that a COMMIT whose answer is an error can be
+        # asked about afterwards (AsyncpgRaw.commit).
+        notify += moved + ", pg_current_xact_id()::TEXT"
         return cls("WITH " + ",\n".join(ctes) + "\n" + notify, tuple(s for _, s in parts))
 
     def args(
@@ -239,7 +241,8 @@ class BatchTail:
         """The arrays of `rows` (one list of rows per part, in order), then the audit
         head (new, and as the batch found it; None: unchanged) and the NOTIFY (payload
         None: none). The statement's row says whether the head had moved meanwhile
-        (second column: then nothing of it must be committed)."""
+        (second column: then nothing of it must be committed), then gives the
+        transaction's id (third)."""
         out: list[Any] = []
         for stmt, part in zip(self.parts, rows, strict=True):
             converted = [stmt.args(r) for r in part]
@@ -355,10 +358,11 @@ class SqliteRaw(Raw):
 class AsyncpgRaw(Raw):
     """The asyncpg connection under SQLAlchemy's adapter, inside its transaction."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "_xid")
 
     def __init__(self, asyncpg_conn: Any) -> None:
         self._conn = asyncpg_conn
+        self._xid: str | None = None  # the open transaction's id, once its tail ran
 
     async def execute(self, stmt: Prepared, values: Mapping[str, Any]) -> None:
         await self._conn.execute(stmt.sql, *stmt.args(values))
@@ -386,35 +390,54 @@ class AsyncpgRaw(Raw):
     async def tail(self, tail: BatchTail, args: Sequence[Any]) -> bool:
         """The batch's last statement (`BatchTail`)."""
         row = await self._conn.fetchrow(tail.sql, *args)
+        self._xid = str(row[2])
         return bool(row[1])
 
     async def begin(self, *, lock_head: bool = False) -> None:
         """BEGIN the batch's transaction here, not through SQLAlchemy (which runs in it
         without one: AUTOCOMMIT); with `lock_head`, the audit head is locked in the
         same round trip (a simple query of two statements; its row is not needed)."""
+        self._xid = None
         await self._conn.execute(_BEGIN_LOCKING_HEAD if lock_head else _BEGIN)
 
     async def commit(self, *, then_begin: bool = False) -> bool:
         """COMMIT; with `then_begin`, the next batch's `begin(lock_head=True)` in the
         same round trip. True if that next transaction is open.
 
-        The statements of one simple query stop at the first that fails. If the
-        COMMIT fails, the connection is left in no transaction and the error is
-        raised (nothing was committed). If what follows the COMMIT fails (the lock's
-        wait cancelled), the connection is left in a failed transaction: the COMMIT
-        went through, so no error is raised: that transaction is rolled back (the
-        caller does not keep a connection still in one)."""
-        if not then_begin:
+        An error in answer does not always mean that nothing was committed. The
+        statements of one simple query stop at the first that fails, and a cancel
+        (pg_cancel_backend, a timeout) can land in the next statement, or between the
+        COMMIT and the BEGIN. So on an error the server is asked what became of the
+        transaction (`pg_xact_status` of the id its tail gave). Committed: no error is
+        raised, and a next transaction left failed is rolled back (the caller does not
+        keep a connection still in one). Not committed, or not known: the error is
+        raised. Without the id (no tail ran) the COMMIT goes alone, where an error
+        leaves no such doubt short of a lost connection."""
+        xid, self._xid = self._xid, None
+        try:
+            if then_begin and xid is not None:
+                await self._conn.execute(f"COMMIT; {_NEXT_AFTER_COMMIT}")
+                return True
             await self._conn.execute("COMMIT")
             return False
-        try:
-            await self._conn.execute(f"COMMIT; {_BEGIN_LOCKING_HEAD}")
         except Exception:
-            if not self._conn.is_in_transaction():
+            if self._conn.is_in_transaction():  # the BEGIN after the COMMIT ran
+                await self.rollback()  # if it fails, the caller sees in_transaction()
+                return False
+            if not await self._committed(xid):
                 raise
-            await self.rollback()  # if it fails, the caller sees in_transaction()
             return False
-        return True
+
+    async def _committed(self, xid: str | None) -> bool:
+        """Whether transaction `xid` is known to the server as committed, asked on
+        this connection if it is still open."""
+        if xid is None or self._conn.is_closed():
+            return False
+        try:
+            status = await self._conn.fetchval("SELECT pg_xact_status($1::TEXT::xid8)", xid)
+        except Exception:
+            return False
+        return bool(status == "committed")
 
     def in_transaction(self) -> bool:
         return bool(self._conn.is_in_transaction())
@@ -438,6 +461,7 @@ _BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
 _BEGIN_LOCKING_HEAD = (
     "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT 1 FROM audit_head WHERE id = 1 FOR UPDATE"
 )
+_NEXT_AFTER_COMMIT = _BEGIN_LOCKING_HEAD  # what a COMMIT carries when units wait
 
 
 async def _copy_row(values: Mapping[str, Any]) -> AsyncIterator[bytes]:
