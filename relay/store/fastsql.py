@@ -411,11 +411,17 @@ class AsyncpgRaw(Raw):
         transaction (`pg_xact_status` of the id its tail gave). Committed: no error is
         raised, and a next transaction left failed is rolled back (the caller does not
         keep a connection still in one). Not committed, or not known: the error is
-        raised. Without the id (no tail ran) the COMMIT goes alone, where an error
-        leaves no such doubt short of a lost connection."""
+        raised.
+
+        The id is not known when no tail ran: the batch wrote no audit event, no
+        message and changed no folder's messages (the units left are the \\Recent
+        watermark, and a STORE or EXPUNGE that found nothing to change). Such a batch
+        can be told it failed when it committed, in the gap alone; its units can be run
+        again. Not pipelining them would cost a round trip each, and 39 % of the
+        batches have no tail under imaptest's stress with sessions kept."""
         xid, self._xid = self._xid, None
         try:
-            if then_begin and xid is not None:
+            if then_begin:
                 await self._conn.execute(f"COMMIT; {_NEXT_AFTER_COMMIT}")
                 return True
             await self._conn.execute("COMMIT")
