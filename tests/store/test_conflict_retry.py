@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -155,21 +156,24 @@ async def test_a_head_moved_without_rows_is_followed(store: Store) -> None:
     assert rows[-1].prev_hash == "f" * 64
 
 
-@pytest.mark.parametrize("engine_name", ["postgresql"])
-async def test_a_next_begin_that_fails_after_its_commit_loses_nothing(
-    store: Store, storage: StorageConfig
-) -> None:
-    """With units waiting, a batch's COMMIT carries the next batch's BEGIN and head
-    lock in the same round trip. If the lock's wait is cancelled, the COMMIT before it
-    stands: the batch's callers get their results (not an error, which would make an
-    SMTP client send again), and the next batch runs in a transaction of its own."""
+@dataclass
+class _TwoBatches:
+    """A first unit that keeps its batch open (the audit head locked) until `release`
+    is set, and a second unit queued behind it, waiting at the first one's COMMIT."""
+
+    first: asyncio.Task[str]
+    second: asyncio.Task[str]
+    release: asyncio.Event
+
+
+async def _two_batches(store: Store, first_version: str = "test-1") -> _TwoBatches:
     held = asyncio.Event()
     release = asyncio.Event()
 
     async def slow(conn: Any, ctx: Any) -> str:
-        ctx.audit(_started(1))
+        ctx.audit(DaemonStarted(version=first_version, config_file="relay.toml"))
         held.set()
-        await release.wait()  # the batch stays open, the head locked
+        await release.wait()
         return "first"
 
     async def second(conn: Any, ctx: Any) -> str:
@@ -178,7 +182,33 @@ async def test_a_next_begin_that_fails_after_its_commit_loses_nothing(
 
     first_done = asyncio.create_task(store.transact(slow))
     await asyncio.wait_for(held.wait(), 10)
-    second_done = asyncio.create_task(store.transact(second))  # waiting at the COMMIT
+    second_done = asyncio.create_task(store.transact(second))
+    await asyncio.sleep(0.1)  # queued: the writer sees it waiting at the COMMIT
+    return _TwoBatches(first_done, second_done, release)
+
+
+async def _versions_in_chain(store: Store) -> list[str]:
+    """The test versions of the daemon.started events, in chain order, once the whole
+    chain is verified."""
+    result = await store.verify_audit()
+    assert result.ok, result
+    versions = [
+        json.loads(r.data)["details"]["version"]
+        for r in await store.audit_rows()
+        if r.action == "daemon.started"
+    ]
+    return [v for v in versions if v.startswith("test-")]
+
+
+@pytest.mark.parametrize("engine_name", ["postgresql"])
+async def test_a_next_begin_that_fails_after_its_commit_loses_nothing(
+    store: Store, storage: StorageConfig
+) -> None:
+    """With units waiting, a batch's COMMIT carries the next batch's BEGIN and head
+    lock in the same round trip. If the lock's wait is cancelled, the COMMIT before it
+    stands: the batch's callers get their results (not an error, which would make an
+    SMTP client send again), and the next batch runs in a transaction of its own."""
+    batches = await _two_batches(store)
     async with _other_session(storage.schema) as other:
         tx = other.transaction()
         await tx.start()
@@ -187,7 +217,7 @@ async def test_a_next_begin_that_fails_after_its_commit_loses_nothing(
         # then waits behind this session.
         locking = asyncio.create_task(other.execute("LOCK TABLE audit_head IN EXCLUSIVE MODE"))
         await asyncio.sleep(0.3)
-        release.set()
+        batches.release.set()
         await asyncio.wait_for(locking, 10)
         for _ in range(100):
             pid = await other.fetchval(
@@ -199,16 +229,10 @@ async def test_a_next_begin_that_fails_after_its_commit_loses_nothing(
             await asyncio.sleep(0.05)
         assert pid is not None, "the COMMIT did not carry the next BEGIN"
         await other.execute("SELECT pg_cancel_backend($1)", pid)
-        assert await asyncio.wait_for(first_done, 10) == "first"
+        assert await asyncio.wait_for(batches.first, 10) == "first"
         await tx.commit()
-    assert await asyncio.wait_for(second_done, 10) == "second"
-    result = await store.verify_audit()
-    assert result.ok, result
-    rows = await store.audit_rows()
-    started = [
-        json.loads(r.data)["details"]["version"] for r in rows if r.action == "daemon.started"
-    ]
-    assert [v for v in started if v.startswith("test-")] == ["test-1", "test-2"]
+    assert await asyncio.wait_for(batches.second, 10) == "second"
+    assert await _versions_in_chain(store) == ["test-1", "test-2"]
 
 
 @pytest.mark.parametrize("engine_name", ["postgresql"])
@@ -226,33 +250,11 @@ async def test_a_cancel_between_the_commit_and_the_next_begin_loses_nothing(
         "_NEXT_AFTER_COMMIT",
         "SELECT pg_cancel_backend(pg_backend_pid()); " + fastsql._NEXT_AFTER_COMMIT,
     )
-    held = asyncio.Event()
-    release = asyncio.Event()
-
-    async def slow(conn: Any, ctx: Any) -> str:
-        ctx.audit(_started(1))
-        held.set()
-        await release.wait()
-        return "first"
-
-    async def second(conn: Any, ctx: Any) -> str:
-        ctx.audit(_started(2))
-        return "second"
-
-    first_done = asyncio.create_task(store.transact(slow))
-    await asyncio.wait_for(held.wait(), 10)
-    second_done = asyncio.create_task(store.transact(second))
-    await asyncio.sleep(0.1)  # the second unit waits in the queue at the COMMIT
-    release.set()
-    assert await asyncio.wait_for(first_done, 10) == "first"
-    assert await asyncio.wait_for(second_done, 10) == "second"
-    result = await store.verify_audit()
-    assert result.ok, result
-    rows = await store.audit_rows()
-    started = [
-        json.loads(r.data)["details"]["version"] for r in rows if r.action == "daemon.started"
-    ]
-    assert [v for v in started if v.startswith("test-")] == ["test-1", "test-2"]
+    batches = await _two_batches(store)
+    batches.release.set()
+    assert await asyncio.wait_for(batches.first, 10) == "first"
+    assert await asyncio.wait_for(batches.second, 10) == "second"
+    assert await _versions_in_chain(store) == ["test-1", "test-2"]
 
 
 @pytest.mark.parametrize("engine_name", ["postgresql"])
@@ -276,29 +278,9 @@ async def test_a_commit_the_server_refuses_is_an_error_and_keeps_nothing(
             "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON audit"
             " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit()"
         )
-    held = asyncio.Event()
-    release = asyncio.Event()
-
-    async def refused(conn: Any, ctx: Any) -> str:
-        ctx.audit(DaemonStarted(version="test-refused", config_file="relay.toml"))
-        held.set()
-        await release.wait()
-        return "refused"
-
-    async def second(conn: Any, ctx: Any) -> str:
-        ctx.audit(_started(2))
-        return "second"
-
-    first_done = asyncio.create_task(store.transact(refused))
-    await asyncio.wait_for(held.wait(), 10)
-    second_done = asyncio.create_task(store.transact(second))
-    await asyncio.sleep(0.1)
-    release.set()
+    batches = await _two_batches(store, first_version="test-refused")
+    batches.release.set()
     with pytest.raises(StoreError, match="could not be committed"):
-        await asyncio.wait_for(first_done, 10)
-    assert await asyncio.wait_for(second_done, 10) == "second"
-    result = await store.verify_audit()
-    assert result.ok, result
-    versions = [json.loads(r.data)["details"]["version"] for r in await store.audit_rows()]
-    assert "test-refused" not in versions
-    assert [v for v in versions if v.startswith("test-")] == ["test-2"]
+        await asyncio.wait_for(batches.first, 10)
+    assert await asyncio.wait_for(batches.second, 10) == "second"
+    assert await _versions_in_chain(store) == ["test-2"]
