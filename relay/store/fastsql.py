@@ -362,7 +362,9 @@ class AsyncpgRaw(Raw):
 
     def __init__(self, asyncpg_conn: Any) -> None:
         self._conn = asyncpg_conn
-        self._xid: str | None = None  # the open transaction's id, once its tail ran
+        # The open transaction's id, once its tail ran (each `raw_connection` makes a
+        # new one, and `commit` forgets it).
+        self._xid: str | None = None
 
     async def execute(self, stmt: Prepared, values: Mapping[str, Any]) -> None:
         await self._conn.execute(stmt.sql, *stmt.args(values))
@@ -397,7 +399,6 @@ class AsyncpgRaw(Raw):
         """BEGIN the batch's transaction here, not through SQLAlchemy (which runs in it
         without one: AUTOCOMMIT); with `lock_head`, the audit head is locked in the
         same round trip (a simple query of two statements; its row is not needed)."""
-        self._xid = None
         await self._conn.execute(_BEGIN_LOCKING_HEAD if lock_head else _BEGIN)
 
     async def commit(self, *, then_begin: bool = False) -> bool:
