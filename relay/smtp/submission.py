@@ -30,7 +30,7 @@ from relay.smtp.handler import (
     envelope_patients,
     reverse_path,
 )
-from relay.smtp.headers import HeaderBlock
+from relay.smtp.headers import HeaderBlock, addr_specs
 from relay.smtp.session import RelaySession, RelaySMTP
 from relay.store import conversations
 from relay.store.store import TxContext
@@ -419,7 +419,7 @@ def _topmost(headers: HeaderBlock, name: str) -> list[str]:
     values = headers.values(name)
     if not values:
         return []
-    return [addr.lower() for _, addr in email.utils.getaddresses(values[:1]) if addr]
+    return addr_specs(values[:1])
 
 
 def is_disposition_notification(headers: HeaderBlock) -> bool:
