@@ -101,3 +101,13 @@ def test_rejects_unknown_protocol() -> None:
 def test_rejects_naive_time() -> None:
     with pytest.raises(ReceivedHeaderError):
         make(now=dt.datetime(2026, 1, 1))
+
+
+def test_the_same_instant_in_two_zones_gives_each_its_own_offset() -> None:
+    """The date text is kept for the second it names: 12:00 UTC and 13:00 in Paris are
+    equal datetimes, and each trace still shows its own zone."""
+    utc = dt.datetime(2026, 12, 3, 12, 0, 0, 250_000, tzinfo=dt.UTC)
+    paris = utc.astimezone(dt.timezone(dt.timedelta(hours=1)))
+    assert unfold(make(now=utc)).endswith("Thu, 03 Dec 2026 12:00:00 +0000")
+    assert unfold(make(now=paris)).endswith("Thu, 03 Dec 2026 13:00:00 +0100")
+    assert unfold(make(now=utc + dt.timedelta(seconds=1))).endswith("12:00:01 +0000")
