@@ -6,8 +6,10 @@ database keeps the full value."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
+import random
 import re
 import smtplib
 import ssl
@@ -19,7 +21,7 @@ import structlog
 
 from relay.config.model import StorageConfig
 from relay.ins import mask, mask_in_text
-from relay.logsetup import MaskInsFilter, mask_ins
+from relay.logsetup import MaskedRenderer, MaskInsFilter, mask_ins
 from relay.store.store import AuditFilter, Store
 from relay.tls.pki import DevPki
 from tests.harness import (
@@ -76,6 +78,59 @@ def test_processor_masks_nested_values_and_tracebacks() -> None:
     assert out["details"]["ins"] == ("253…43",) and out["count"] == 3
 
 
+def _events(rng: random.Random) -> list[dict[str, object]]:
+    """Events with INS (valid, mistyped, Corsican, lower-case) and near misses, alone or
+    in words, behind characters the renderers escape, nested in lists, tuples, dicts."""
+    pieces = [VALID, MISTYPED, CORSICAN, CORSICAN.lower(), "27903512151898", "x", "1"]
+    edges = ["", " ", "\n", "\t", "\x01", '"', "\\", "<", "@", "a", "9", "\u00e9"]
+
+    def text() -> str:
+        return "".join(
+            rng.choice(edges) + rng.choice(pieces) + rng.choice(edges)
+            for _ in range(rng.randint(1, 3))
+        )
+
+    def value(depth: int = 0) -> object:
+        kind = rng.choice(["str", "str", "int", "none", "list", "tuple", "dict"])
+        if depth > 1 or kind == "str":
+            return text()
+        if kind == "int":
+            return rng.randint(0, 10**6)
+        if kind == "none":
+            return None
+        items = [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        if kind == "dict":
+            return {f"k{i}": v for i, v in enumerate(items)}
+        return items if kind == "list" else tuple(items)
+
+    return [
+        {"event": rng.choice(["audit", text()]), **{f"f{i}": value() for i in range(4)}}
+        for _ in range(3000)
+    ]
+
+
+@pytest.mark.parametrize(
+    "renderer",
+    [
+        structlog.processors.JSONRenderer(ensure_ascii=False),
+        structlog.dev.ConsoleRenderer(colors=False),
+    ],
+    ids=["json", "console"],
+)
+def test_the_line_is_the_one_the_walk_gives(renderer: structlog.types.Processor) -> None:
+    """Rendering first and walking only a line with an INS-shaped run gives, for every
+    event, the line that walking every event first gives."""
+    fast = MaskedRenderer(renderer)
+    walked = 0
+    for event in _events(random.Random(20261203)):
+        want = renderer(None, "info", mask_ins(None, "info", copy.deepcopy(event)))
+        got = fast(None, "info", copy.deepcopy(event))
+        assert got == want, event
+        assert ANY_INS.search(got) is None
+        walked += got != renderer(None, "info", copy.deepcopy(event))
+    assert walked > 1000  # most events held an INS: the masking path was taken
+
+
 def test_stdlib_filter_masks_aiosmtpd_lines() -> None:
     record = logging.LogRecord(
         "mail.log", logging.INFO, __file__, 1, "%r >> %r", ("peer", f"RCPT TO:<{VALID}@x>"), None
@@ -89,7 +144,9 @@ def test_structlog_processor_is_installed() -> None:
 
     setup_logging("json")
     try:
-        assert mask_ins in structlog.get_config()["processors"]
+        last = structlog.get_config()["processors"][-1]
+        assert isinstance(last, MaskedRenderer)
+        assert isinstance(last.renderer, structlog.processors.JSONRenderer)
     finally:
         structlog.reset_defaults()
         root = logging.getLogger()
