@@ -17,7 +17,9 @@ executor's threads), by the thread names /proc/PID/task gives.
 checkout's (a `git worktree` of the base commit, say): the trees are run in turn,
 `--rounds` times, so that a base and a change meet the same machine. `--spy FILE`
 records the last round of the first tree with py-spy (raw format, threads named) and
-prints the functions with the largest inclusive and own shares of the samples.
+prints the functions with the largest inclusive and own shares of the samples; with
+`--gil`, only the samples of the thread holding the GIL: for a daemon bound by the GIL
+(bench/README.md), the share of its real bottleneck each function takes.
 
 SMTP: bench/smtp_client.py on the submission port without TLS (AUTH PLAIN, 10 KiB,
 10 sessions), one connection per message unless `--reuse`; a warm-up of 200 messages
@@ -183,6 +185,11 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=10, help="imap: imaptest clients")
     p.add_argument("--imaptest", default=DEFAULT_IMAPTEST)
     p.add_argument("--spy", type=Path, help="py-spy raw output for the first tree's last round")
+    p.add_argument(
+        "--gil",
+        action="store_true",
+        help="with --spy: only the samples of threads holding the GIL (py-spy --gil)",
+    )
     args = p.parse_args()
     args.rounds = max(1, min(args.rounds, 10))
     args.messages = max(100, min(args.messages, 50_000))
@@ -219,7 +226,8 @@ def main() -> None:
                 if args.spy and i == 0 and r == args.rounds - 1:
                     spy = subprocess.Popen(
                         [str(py_spy), "record", "-p", str(daemon.pid), "-r", "100", "-f", "raw",
-                         "--threads", "--nonblocking", "-o", str(args.spy)],
+                         "--threads", "--nonblocking", "-o", str(args.spy)]
+                        + (["--gil"] if args.gil else []),
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )  # fmt: skip
                 sample = measured(daemon.pid, name, run)
