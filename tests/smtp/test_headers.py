@@ -48,7 +48,9 @@ def _stdlib(values: list[str]) -> list[str]:
 
 
 def _address_like(rng: random.Random) -> str:
-    word = lambda: "".join(rng.choices("abcXYZ019-_+'", k=rng.randint(1, 5)))  # noqa: E731
+    def word() -> str:
+        return "".join(rng.choices("abcXYZ019-_+'", k=rng.randint(1, 5)))
+
     local = ".".join(word() for _ in range(rng.randint(1, 3)))
     domain = ".".join(word() for _ in range(rng.randint(1, 3)))
     addr = f"{local}@{domain}"

@@ -197,9 +197,12 @@ def test_command_lines_are_logged_with_auth_hidden_only_when_the_level_is_on(
         line = b"AUTH PLAIN AGRyLm1hcnRpbgBzZWNyZXQ=\r\n"
         calls: list[bytes] = []
         real_sanitize = aiosmtpd.smtp.sanitize
-        monkeypatch.setattr(
-            aiosmtpd.smtp, "sanitize", lambda text: calls.append(text) or real_sanitize(text)
-        )
+
+        def sanitize(text: bytes) -> bytes:
+            calls.append(text)
+            return real_sanitize(text)
+
+        monkeypatch.setattr(aiosmtpd.smtp, "sanitize", sanitize)
         aiosmtpd.smtp.sanitized_log(logger.info, "%r >> %r", "peer", line)
         assert records.lines == [] and calls == []  # dropped, and not sanitized first
         logger.setLevel(logging.INFO)
