@@ -19,7 +19,7 @@ from relay.config.model import StorageConfig
 from relay.store.crypto import create_key_file
 from relay.store.store import Store
 from relay.tls.pki import DevPki, generate_dev_pki
-from tests.harness import RunningDaemon, start_daemon
+from tests.harness import RunningDaemon, daemon_running
 
 PG_URL = os.environ.get(
     "RELAY_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -92,8 +92,5 @@ async def daemon(
     tmp_path: Path, dev_pki: DevPki, storage: StorageConfig
 ) -> AsyncIterator[RunningDaemon]:
     """A real daemon on free 127.0.0.1 ports, on the engine of this test run."""
-    running = await start_daemon(tmp_path, dev_pki, storage)
-    try:
+    async with daemon_running(tmp_path, dev_pki, storage) as running:
         yield running
-    finally:
-        await running.daemon.stop("test finished", grace_seconds=1.0)

@@ -4,6 +4,7 @@ on free 127.0.0.1 ports, started in-process (or as a subprocess for crash tests)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import os
@@ -13,9 +14,12 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import pytest
 
 from relay.app import Daemon, load_for_serving
 from relay.audit.chain import AuditRow
@@ -317,6 +321,32 @@ async def start_daemon(
     daemon = Daemon(path, load_for_serving(path))
     runtime = await daemon.start()
     return RunningDaemon(daemon, runtime, ports, path, pki)
+
+
+@contextlib.asynccontextmanager
+async def daemon_running(
+    directory: Path, pki: DevPki, storage: StorageConfig, **options: Any
+) -> AsyncIterator[RunningDaemon]:
+    """`start_daemon` (same options), stopped when the block ends."""
+    running = await start_daemon(directory, pki, storage, **options)
+    try:
+        yield running
+    finally:
+        await running.daemon.stop("test finished", grace_seconds=1.0)
+
+
+def daemon_fixture(**options: Any) -> Any:
+    """A pytest fixture (bind it to a name in the test module) giving a daemon started
+    with `start_daemon`'s `options` (limits=..., extra=...), stopped after the test."""
+
+    @pytest.fixture
+    async def fixture(
+        tmp_path: Path, dev_pki: DevPki, storage: StorageConfig
+    ) -> AsyncIterator[RunningDaemon]:
+        async with daemon_running(tmp_path, dev_pki, storage, **options) as running:
+            yield running
+
+    return fixture
 
 
 def start_process(

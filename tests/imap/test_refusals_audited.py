@@ -9,32 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from relay.audit.limiter import WindowLimiter
-from relay.config.model import StorageConfig
 from relay.store.store import AuditFilter
-from relay.tls.pki import DevPki
-from tests.harness import SHARED, RunningDaemon, start_daemon
+from tests.harness import SHARED, RunningDaemon, daemon_fixture
 from tests.imap.support import answer, deliver, letter, login, ok, shared
 
 INBOX = shared(SHARED)
 ALLOWANCE = 5
 
 
-@pytest.fixture
-async def d(
-    tmp_path: Path, dev_pki: DevPki, storage: StorageConfig
-) -> AsyncIterator[RunningDaemon]:
-    limits = f"imap_refusals_audited_per_minute = {ALLOWANCE}"
-    running = await start_daemon(tmp_path, dev_pki, storage, limits=limits)
-    try:
-        yield running
-    finally:
-        await running.daemon.stop("test finished", grace_seconds=1.0)
+d = daemon_fixture(limits=f"imap_refusals_audited_per_minute = {ALLOWANCE}")
 
 
 async def test_each_refusal_is_recorded_with_request_and_answer(d: RunningDaemon) -> None:

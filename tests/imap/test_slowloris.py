@@ -12,14 +12,9 @@ import contextlib
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
-import pytest
-
-from relay.config.model import StorageConfig
-from relay.tls.pki import DevPki
-from tests.harness import PASSWORDS, RunningDaemon, start_daemon
+from tests.harness import PASSWORDS, RunningDaemon, daemon_fixture
 
 LIMITS = """
 imap_login_timeout_seconds = 3
@@ -29,15 +24,7 @@ max_connections_per_listener = 5
 """
 
 
-@pytest.fixture
-async def d(
-    tmp_path: Path, dev_pki: DevPki, storage: StorageConfig
-) -> AsyncIterator[RunningDaemon]:
-    running = await start_daemon(tmp_path, dev_pki, storage, limits=LIMITS)
-    try:
-        yield running
-    finally:
-        await running.daemon.stop("test finished", grace_seconds=1.0)
+d = daemon_fixture(limits=LIMITS)
 
 
 def tls(d: RunningDaemon, source: str = "127.0.0.1") -> ssl.SSLSocket:

@@ -13,7 +13,7 @@ import pytest
 
 from relay.config.model import StorageConfig
 from relay.tls.pki import DevPki
-from tests.harness import RunningDaemon, start_daemon
+from tests.harness import RunningDaemon, daemon_running
 from tests.smtp import wire
 
 PER_IP = 3
@@ -25,20 +25,13 @@ LOGIN_TIMEOUT = 3
 async def capped(
     tmp_path: Path, dev_pki: DevPki, storage: StorageConfig
 ) -> AsyncIterator[RunningDaemon]:
-    running = await start_daemon(
-        tmp_path,
-        dev_pki,
-        storage,
-        limits=(
-            f"max_connections_per_ip = {PER_IP}\n"
-            f"max_connections_per_listener = {PER_LISTENER}\n"
-            f"smtp_login_timeout_seconds = {LOGIN_TIMEOUT}\n"
-        ),
+    limits = (
+        f"max_connections_per_ip = {PER_IP}\n"
+        f"max_connections_per_listener = {PER_LISTENER}\n"
+        f"smtp_login_timeout_seconds = {LOGIN_TIMEOUT}\n"
     )
-    try:
+    async with daemon_running(tmp_path, dev_pki, storage, limits=limits) as running:
         yield running
-    finally:
-        await running.daemon.stop("test finished", grace_seconds=1.0)
 
 
 async def open_from(

@@ -8,30 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
-
-from relay.config.model import StorageConfig
-from relay.tls.pki import DevPki
-from tests.harness import RunningDaemon, start_daemon
+from tests.harness import RunningDaemon, daemon_fixture
 from tests.smtp import wire
 
 IDLE = 2
 
 
-@pytest.fixture
-async def idle_daemon(
-    tmp_path: Path, dev_pki: DevPki, storage: StorageConfig
-) -> AsyncIterator[RunningDaemon]:
-    running = await start_daemon(
-        tmp_path, dev_pki, storage, limits=f"smtp_command_timeout_seconds = {IDLE}\n"
-    )
-    try:
-        yield running
-    finally:
-        await running.daemon.stop("test finished", grace_seconds=1.0)
+idle_daemon = daemon_fixture(limits=f"smtp_command_timeout_seconds = {IDLE}\n")
 
 
 async def test_a_silent_client_is_disconnected_after_the_timeout(

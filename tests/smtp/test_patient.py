@@ -19,7 +19,7 @@ from relay.config.model import StorageConfig
 from relay.store import conversations
 from relay.store.store import AuditFilter
 from relay.tls.pki import DevPki
-from tests.harness import MARTIN_BOX, PASSWORDS, SHARED, RunningDaemon, start_daemon
+from tests.harness import MARTIN_BOX, PASSWORDS, SHARED, RunningDaemon, daemon_running
 
 REPO = Path(__file__).resolve().parent.parent.parent
 PATIENT = "279035121518989"
@@ -61,16 +61,14 @@ async def pdaemon(
     """The test daemon with the shipped policies (patient limit lowered to 20 kB so the
     size rule can be shown without 25 MB messages), a pharmacy box, a patient route."""
     folder = policy_dir(tmp_path, max_bytes=20_000)
-    running = await start_daemon(
-        tmp_path, dev_pki, storage, extra=EXTRA, server_extra=f'policy_dir = "{folder}"'
-    )
-    # The patient gateway is an MSSanté operator: listed in the trust space (its
-    # certificate is the dev PKI's second operator), reached by the route above.
-    await running.trust_peer(domain=GATEWAY)
-    try:
+    server_extra = f'policy_dir = "{folder}"'
+    async with daemon_running(
+        tmp_path, dev_pki, storage, extra=EXTRA, server_extra=server_extra
+    ) as running:
+        # The patient gateway is an MSSanté operator: listed in the trust space (its
+        # certificate is the dev PKI's second operator), reached by the route above.
+        await running.trust_peer(domain=GATEWAY)
         yield running
-    finally:
-        await running.daemon.stop("test finished", grace_seconds=1.0)
 
 
 def letter(

@@ -11,7 +11,7 @@ import pytest
 
 from relay.config.model import StorageConfig
 from relay.tls.pki import DevPki
-from tests.harness import RunningDaemon, free_ports, start_daemon
+from tests.harness import RunningDaemon, daemon_running, free_ports
 
 
 def http_listener(port: int, *, tls: str = "none", endpoints: str | None = None) -> str:
@@ -27,12 +27,9 @@ async def web(
 ) -> AsyncIterator[RunningDaemon]:
     """The test daemon plus an HTTP listener serving everything (loopback)."""
     port = free_ports(1)[0]
-    running = await start_daemon(tmp_path, dev_pki, storage, extra=http_listener(port))
-    running.ports["http"] = port
-    try:
+    async with daemon_running(tmp_path, dev_pki, storage, extra=http_listener(port)) as running:
+        running.ports["http"] = port
         yield running
-    finally:
-        await running.daemon.stop("test finished", grace_seconds=1.0)
 
 
 async def curl(*args: str) -> tuple[int, str, str]:

@@ -13,7 +13,7 @@ import pytest
 
 from relay.config.model import StorageConfig
 from relay.tls.pki import DevPki
-from tests.harness import DOMAIN, MARTIN_BOX, SHARED, RunningDaemon, free_ports, start_daemon
+from tests.harness import DOMAIN, MARTIN_BOX, SHARED, RunningDaemon, daemon_running, free_ports
 from tests.web.conftest import curl, http_listener
 from tests.web.test_autoconfig import BILLION_LAUGHS, Server, protocols, read_config_v11, request
 
@@ -26,12 +26,9 @@ async def two(
     autoconfig (what a public listener would)."""
     plain, tls = free_ports(2)
     extra = http_listener(plain) + http_listener(tls, tls="implicit", endpoints='["autoconfig"]')
-    running = await start_daemon(tmp_path, dev_pki, storage, extra=extra)
-    running.ports.update(http=plain, https=tls)
-    try:
+    async with daemon_running(tmp_path, dev_pki, storage, extra=extra) as running:
+        running.ports.update(http=plain, https=tls)
         yield running
-    finally:
-        await running.daemon.stop("test finished", grace_seconds=1.0)
 
 
 def autoconfig_url(
