@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 # walk, about 20 us a field) gives exactly the addr-spec: tests/smtp/test_headers.py
 # holds the two to the same answers. Anything else (quotes, comments, groups, encoded
 # words, a list, obsolete routes) goes to that parser.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_ADDR_SPEC = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
-_PLAIN_ADDRESS = re.compile(
-    rf"(?:(?:[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~.-]+ )*<({_ADDR_SPEC})>|({_ADDR_SPEC}))\Z"
-)
+# RFC 5322 §3.2.3 atext, a dot-atom of it, and a domain of letters, digits and
+# hyphens: the plain forms, here and in relay.smtp.session's MAIL/RCPT paths.
+_ATEXT_CHARS = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+DOT_ATOM = rf"[{_ATEXT_CHARS}]+(?:\.[{_ATEXT_CHARS}]+)*"
+LDH_DOMAIN = r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_ADDR_SPEC = rf"{DOT_ATOM}@{LDH_DOMAIN}"
+_PLAIN_ADDRESS = re.compile(rf"(?:(?:[.{_ATEXT_CHARS}]+ )*<({_ADDR_SPEC})>|({_ADDR_SPEC}))\Z")
 
 
 @dataclass

@@ -41,6 +41,7 @@ from relay.identity.auth import Principal
 from relay.metrics import CommandResult, ListenerProbe
 from relay.smtp import replies
 from relay.smtp.dataread import DotReader
+from relay.smtp.headers import DOT_ATOM, LDH_DOMAIN
 from relay.tls.peer import PeerCertificate, peer_from_ssl_object
 
 # Per-session command budgets (aiosmtpd `command_call_limit`): generous for real
@@ -69,10 +70,7 @@ AUTH_LINE_BYTES = 12288
 # the event loop under one-connection-per-message load, py-spy). Anything else (quoted
 # local parts, address literals, source routes, <>) still goes to aiosmtpd's parser;
 # tests/smtp/test_session_init.py checks both give the same answer.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_PATH = re.compile(
-    rf"<({_ATEXT}(?:\.{_ATEXT})*)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?=$|[ \t])", re.ASCII
-)
+_PLAIN_PATH = re.compile(rf"<({DOT_ATOM})@({LDH_DOMAIN})>(?=$|[ \t])", re.ASCII)
 
 # DATA is read this much at a time at most (what the socket has given is taken whole).
 DATA_READ_BYTES = 256 * 1024
@@ -343,7 +341,7 @@ class RelaySMTP(SMTP):
         self.require_starttls = tls_context and require_starttls
         self._timeout_duration = timeout
         self._timeout_handle = None
-        self._idle_deadline = self._idle_timer_at = 0.0  # see _reset_timeout
+        self._idle_deadline = 0.0  # see _reset_timeout
         self._tls_handshake_okay = True
         self._tls_protocol = None
         self._original_transport = None
@@ -473,18 +471,15 @@ class RelaySMTP(SMTP):
         the loop under one-connection-per-message load); ours, when it fires before
         the deadline, waits again for the rest."""
         self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
-        if self._timeout_handle is None or self._idle_deadline < self._idle_timer_at:
-            if self._timeout_handle is not None:
-                self._timeout_handle.cancel()
-            self._arm_idle_timer()
-
-    def _arm_idle_timer(self) -> None:
-        self._idle_timer_at = self._idle_deadline
-        self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+        handle = self._timeout_handle
+        if handle is None or self._idle_deadline < handle.when():
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
 
     def _idle_check(self) -> None:
         if self.loop.time() < self._idle_deadline:
-            self._arm_idle_timer()
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
             return
         # The fired handle stays: aiosmtpd's connection_lost cancels it, and wants one.
         self._timeout_cb()  # type: ignore[no-untyped-call]

@@ -170,46 +170,34 @@ def test_getaddr_fast_path_answers_as_aiosmtpd(local_part_limit: int) -> None:
         assert answer(RelaySMTP._getaddr, arg) == answer(SMTP._getaddr, arg), arg
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 def test_command_lines_are_logged_with_auth_hidden_only_when_the_level_is_on(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """aiosmtpd's command loop logs each line through its module's `sanitized_log`:
     ours there skips the AUTH-hiding regex when "mail.log" would drop the line, and
     runs aiosmtpd's own (which hides the credentials) when it would write it."""
     assert aiosmtpd.smtp.sanitized_log is _sanitized_log_when_enabled
     logger = logging.getLogger("mail.log")
-    records = _Records()
-    logger.addHandler(records)
-    level = logger.level
-    # setLevel, not monkeypatch: it also empties the logger's cache of isEnabledFor
-    # answers (a level left on INFO would log every command of the later tests).
-    logger.setLevel(logging.ERROR)
-    try:
-        line = b"AUTH PLAIN AGRyLm1hcnRpbgBzZWNyZXQ=\r\n"
-        calls: list[bytes] = []
-        real_sanitize = aiosmtpd.smtp.sanitize
+    # caplog sets (and at the end restores) the level with setLevel, which also empties
+    # the logger's cache of isEnabledFor answers: a level left on INFO would log every
+    # command of the later tests.
+    caplog.set_level(logging.ERROR, logger="mail.log")
+    line = b"AUTH PLAIN AGRyLm1hcnRpbgBzZWNyZXQ=\r\n"
+    calls: list[bytes] = []
+    real_sanitize = aiosmtpd.smtp.sanitize
 
-        def sanitize(text: bytes) -> bytes:
-            calls.append(text)
-            return real_sanitize(text)
+    def sanitize(text: bytes) -> bytes:
+        calls.append(text)
+        return real_sanitize(text)
 
-        monkeypatch.setattr(aiosmtpd.smtp, "sanitize", sanitize)
-        aiosmtpd.smtp.sanitized_log(logger.info, "%r >> %r", "peer", line)
-        assert records.lines == [] and calls == []  # dropped, and not sanitized first
-        logger.setLevel(logging.INFO)
-        aiosmtpd.smtp.sanitized_log(logger.info, "%r >> %r", "peer", line)
-        aiosmtpd.smtp.sanitized_log(logger.debug, "readline: %r", line)  # DEBUG is off
-        assert records.lines == ["'peer' >> b'AUTH PLAIN ********\\r\\n'"]
-        assert calls == [line]
-    finally:
-        logger.setLevel(level)
-        logger.removeHandler(records)
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "mail.log"]
+
+    monkeypatch.setattr(aiosmtpd.smtp, "sanitize", sanitize)
+    aiosmtpd.smtp.sanitized_log(logger.info, "%r >> %r", "peer", line)
+    assert lines() == [] and calls == []  # dropped, and not sanitized first
+    caplog.set_level(logging.INFO, logger="mail.log")
+    aiosmtpd.smtp.sanitized_log(logger.info, "%r >> %r", "peer", line)
+    aiosmtpd.smtp.sanitized_log(logger.debug, "readline: %r", line)  # DEBUG is off
+    assert lines() == ["'peer' >> b'AUTH PLAIN ********\\r\\n'"]
+    assert calls == [line]
