@@ -1052,7 +1052,8 @@ class MailStore:
                 )
             return uidvalidity, uids
 
-        uidvalidity, uids = await self.store.transact(unit)
+        weight = sum(len(m.raw) for m in messages)  # SQLite: small ones on the loop
+        uidvalidity, uids = await self.store.transact(unit, weight=weight)
         # Committed: what a FETCH by any session would read of them is known already.
         rows = []
         for uid, m, (blob_id, _, _) in zip(uids, messages, sealed, strict=True):

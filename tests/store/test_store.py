@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import datetime as dt
 import sqlite3
+import threading
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -142,13 +143,14 @@ async def test_concurrent_acceptances_share_commits(store: Store) -> None:
     assert seq == 60
 
 
-async def test_a_failing_unit_does_not_sink_its_batch(store: Store) -> None:
+@pytest.mark.parametrize("weight", [None, 0])  # SQLite: in the writer's thread / on the loop
+async def test_a_failing_unit_does_not_sink_its_batch(store: Store, weight: int | None) -> None:
     async def boom(conn: AsyncConnection, ctx: TxContext) -> None:
         await conn.exec_driver_sql("INSERT INTO mailboxes (id) VALUES (NULL)")  # NOT NULL
 
     outcomes = await asyncio.gather(
         store.accept(acceptance(1)),
-        store.transact(boom),
+        store.transact(boom, weight=weight),
         store.accept(acceptance(2)),
         return_exceptions=True,
     )
@@ -157,6 +159,58 @@ async def test_a_failing_unit_does_not_sink_its_batch(store: Store) -> None:
     assert not isinstance(outcomes[2], BaseException)
     assert [m.uid for m in await store.messages(BOX)] == [1, 2]
     assert [r.action for r in await store.audit_rows()] == ["message.accepted"] * 2
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"])  # PostgreSQL: always on the loop
+async def test_sqlite_runs_small_batches_on_the_loop_and_the_rest_in_the_writer_thread(
+    store: Store,
+) -> None:
+    """A batch whose units all say what they write, and little, runs its statements on
+    the event loop's thread (its COMMIT still in the writer's); a unit of unknown or
+    big weight takes its whole batch to the writer's thread."""
+    from relay.store.store import LOOP_BATCH_BYTES
+
+    here = threading.current_thread()
+    release = threading.Event()
+    seen: dict[str, threading.Thread] = {}
+
+    def unit(name: str, *, block: bool = False) -> Any:
+        async def run(conn: AsyncConnection, ctx: TxContext) -> None:
+            seen[name] = threading.current_thread()
+            if block:  # holds the writer (in its thread) until the rest is queued
+                assert release.wait(10)
+            await conn.exec_driver_sql("SELECT 1")
+            ctx.audit(_bare_event(name))
+
+        return run
+
+    first = asyncio.ensure_future(store.transact(unit("first", block=True)))
+    await asyncio.sleep(0.05)  # the writer is in `first`: the next two are one batch
+    small_with_unknown = asyncio.gather(
+        store.transact(
+            unit(
+                "small",
+            ),
+            weight=10,
+        ),
+        store.transact(unit("unknown")),
+    )
+    await asyncio.sleep(0.05)
+    release.set()
+    await first
+    await small_with_unknown
+    await store.transact(unit("alone small"), weight=10)
+    await store.transact(unit("alone big"), weight=LOOP_BATCH_BYTES + 1)
+    await store.accept(acceptance(1))
+
+    assert seen["first"] is not here and seen["unknown"] is not here
+    assert seen["small"] is seen["unknown"], "one batch, one thread"
+    assert seen["alone small"] is here
+    assert seen["alone big"] is not here
+    assert [m.uid for m in await store.messages(BOX)] == [1]
+    actions = [r.action for r in await store.audit_rows()]
+    assert actions == ["message.accepted"] * 6
+    assert (await store.verify_audit()).ok
 
 
 async def test_a_big_message_written_twice_when_its_batch_is_run_again(store: Store) -> None:
