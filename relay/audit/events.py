@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 _REGISTRY: dict[str, type[AuditEvent]] = {}
+_DETAIL_NAMES: dict[type[AuditEvent], tuple[str, ...]] = {}  # per class, in field order
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,13 +42,16 @@ class AuditEvent:
 
     def details(self) -> dict[str, Any]:
         """The event's own fields (those beyond the common ones), JSON-ready."""
-        common = {f.name for f in dataclasses.fields(AuditEvent)}
+        names = _DETAIL_NAMES.get(type(self))
+        if names is None:
+            # Once per class (two events a message, each read twice: row and log line).
+            common = {f.name for f in dataclasses.fields(AuditEvent)}
+            names = tuple(f.name for f in dataclasses.fields(self) if f.name not in common)
+            _DETAIL_NAMES[type(self)] = names
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            if f.name in common:
-                continue
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple | frozenset) else value
+        for name in names:
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple | frozenset) else value
         return out
 
     def to_record(self) -> dict[str, Any]:
