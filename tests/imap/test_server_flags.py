@@ -183,3 +183,40 @@ async def test_search_numbers_follow_the_holes_left_by_expunge(daemon: RunningDa
         s.close()
 
     await asyncio.to_thread(run)
+
+
+async def test_an_expunge_with_nothing_to_remove_writes_nothing(daemon: RunningDaemon) -> None:
+    """EXPUNGE, UID EXPUNGE and CLOSE that find no \\Deleted message (in the folder's
+    index, current with every commit) answer without a transaction; one that does, even
+    flagged by another session a moment before, removes it as ever."""
+    await deliver(daemon.store, SHARED, [letter(1), letter(2), letter(3)])
+    store = daemon.store
+
+    def run() -> None:
+        martin = _session(daemon, "martin")
+        martin.command("s", f"SELECT {INBOX}")
+        other = _session(daemon, "martin")  # a second session (dupont may not delete)
+        other.command("s", f"SELECT {INBOX}")
+        before = store.commits
+        for tag, command in (("e", "EXPUNGE"), ("u", "UID EXPUNGE 1:3")):
+            untagged, final = martin.command(tag, command)
+            assert final.startswith(tag.encode() + b" OK")
+            assert not [x for x in untagged if x.endswith(b" EXPUNGE")]
+        assert store.commits == before, "an EXPUNGE with nothing to remove made a commit"
+
+        # flagged by the other session; this one has not been told (no NOOP) and expunges
+        assert other.command("d", "UID STORE 2 +FLAGS.SILENT (\\Deleted)")[1].startswith(b"d OK")
+        flagged = store.commits
+        untagged, _ = martin.command("u2", "UID EXPUNGE 1,3")  # not among these
+        assert not [x for x in untagged if x.endswith(b" EXPUNGE")]
+        assert store.commits == flagged
+        untagged, final = martin.command("e2", "EXPUNGE")
+        assert final.startswith(b"e2 OK") and b"* 2 EXPUNGE" in untagged
+        assert store.commits > flagged
+
+        assert martin.command("c", "CLOSE")[1].startswith(b"c OK")  # nothing left flagged
+        martin.close()
+        other.close()
+
+    await asyncio.to_thread(run)
+    assert [m.uid for m in await store.messages(SHARED)] == [1, 3]

@@ -47,7 +47,7 @@ async def _expunge(
             answer="OK",
         )
 
-    return await s.service.mail.expunge(sel.folder.id, uids, event)
+    return await s.service.expunge(sel.folder.id, uids, event)
 
 
 async def h_expunge(s: Session, cmd: c.Expunge) -> Result:
