@@ -63,6 +63,9 @@ SEEN = "\\Seen"
 DELETED = "\\Deleted"
 # Above this many UIDs a lookup reads the UID range and filters, instead of IN (...).
 _IN_LIMIT = 500
+# What a unit that changes messages' rows says it writes (`Store.transact`'s weight):
+# about this much a message (its row's flags and MODSEQ, a \Seen row, a journal entry).
+ROW_WEIGHT = 64
 # At most this many rows by key make a point read (`Store.read`), run on the event
 # loop's thread on SQLite; with their bytes, fewer (each may be megabytes).
 POINT_ROWS = 64
@@ -748,7 +751,7 @@ class MailStore:
                 ctx.audit(event)
             return StoreResult(tuple(changed), tuple(modified))
 
-        return await self.store.transact(unit)
+        return await self.store.transact(unit, weight=ROW_WEIGHT * len(uids))
 
     @staticmethod
     async def _current(
@@ -816,7 +819,8 @@ class MailStore:
                 )
             return gone
 
-        return await self.store.transact(unit)
+        weight = None if uids is None else ROW_WEIGHT * len(uids)  # None: the folder's
+        return await self.store.transact(unit, weight=weight)
 
     async def _remove(
         self, raw: Raw, sql: _Statements, folder_id: int, items: Sequence[tuple[int, int]]
@@ -1154,7 +1158,7 @@ class MailStore:
                 await raw.execute(sql.set_recent, values)
             return before
 
-        return await self.store.transact(unit)
+        return await self.store.transact(unit, weight=0)  # the folder's row
 
     async def delete_folder(self, box: str, name: str, event: AuditEvent) -> None:
         async def unit(conn: AsyncConnection, ctx: TxContext) -> None:
