@@ -34,7 +34,7 @@ from relay.imap.state import State
 from relay.message.imapview import Rendered
 from relay.runtime import Runtime
 from relay.store.folderindex import FolderIndex
-from relay.store.mailstore import DELETED, Changes, Flagged, FolderMissing, FolderStatus
+from relay.store.mailstore import Changes, Flagged, FolderMissing, FolderStatus
 from relay.tls.context import CertificateFacts, ListenerContext
 
 log = structlog.get_logger("relay.imap")
@@ -371,13 +371,7 @@ class ImapService:
         session load: two in three), and each was a unit of the writer all the same.
         What the index has not heard of yet (another node's commit, whose NOTIFY is on
         its way) a session of this node has not been told of either."""
-        index = await self.runtime.indexes.get(folder_id)
-        if index.deleted == 0 or (
-            uids is not None
-            and not any(
-                (f := index.shared.get(uid)) is not None and DELETED in f.flags for uid in uids
-            )
-        ):
+        if not (await self.runtime.indexes.get(folder_id)).any_deleted(uids):
             return []
         return await self.mail.expunge(folder_id, uids, make_event)
 

@@ -300,6 +300,15 @@ class FolderIndex:
             recent_uid=self.folder.recent_uid,
         )
 
+    def any_deleted(self, uids: Iterable[int] | None) -> bool:
+        """Whether a message among `uids` (all if None) has \\Deleted."""
+        if self.deleted == 0:
+            return False
+        if uids is None:
+            return True
+        shared = self.shared
+        return any((f := shared.get(uid)) is not None and DELETED in f.flags for uid in uids)
+
     def first_unseen(self, view: dict[int, Flagged]) -> int:
         """The number of the first message without \\Seen in `view`, 0 if none."""
         for i, uid in enumerate(self.uids):

@@ -819,7 +819,8 @@ class MailStore:
                 )
             return gone
 
-        weight = None if uids is None else ROW_WEIGHT * len(uids)  # None: the folder's
+        # EXPUNGE of a whole folder: how many rows go is known only inside the unit.
+        weight = None if uids is None else ROW_WEIGHT * len(uids)
         return await self.store.transact(unit, weight=weight)
 
     async def _remove(

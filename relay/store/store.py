@@ -116,6 +116,9 @@ class TxContext:
 
 
 Unit = Callable[[AsyncConnection, TxContext], Awaitable[T]]
+# What a batch gives back: each unit's (ok, result or error), and the audit rows
+# written with the events they are made of.
+_BatchOutcome = tuple[list[tuple[bool, Any]], list[tuple["AuditRow", AuditEvent]]]
 
 
 @dataclass(slots=True)
@@ -695,28 +698,23 @@ class Store:
             except Exception:
                 log.exception("store.listener_failed")
 
-    async def _execute_batch(
-        self, batch: list[_Pending[Any]], *, isolate: bool
-    ) -> tuple[list[tuple[bool, Any]], list[tuple[AuditRow, AuditEvent]]]:
+    async def _execute_batch(self, batch: list[_Pending[Any]], *, isolate: bool) -> _BatchOutcome:
         """One transaction for the batch, committed when this returns."""
         if self._thread_writer is not None:
 
             def run(conn: AsyncConnection, b: list[_Pending[Any]]) -> Any:
                 return self._run_batch(conn, b, isolate=isolate)
 
-            weights = [item.weight for item in batch]
-            if None not in weights and sum(cast(list[int], weights)) <= LOOP_BATCH_BYTES:
+            result: _BatchOutcome
+            weight = _known_weight(batch)
+            if weight is not None and weight <= LOOP_BATCH_BYTES:
                 # SQLite, a small batch: its statements here, its COMMIT in the thread.
-                here: tuple[
-                    list[tuple[bool, Any]], list[tuple[AuditRow, AuditEvent]]
-                ] = await self._thread_writer.run_here(run, batch)
-                return here
-            # SQLite: the whole batch in the writer thread, one hop for all.
-            result: tuple[
-                list[tuple[bool, Any]], list[tuple[AuditRow, AuditEvent]]
-            ] = await asyncio.get_running_loop().run_in_executor(
-                self._thread_writer.executor, self._thread_writer.run, run, batch
-            )
+                result = await self._thread_writer.run_here(run, batch)
+            else:
+                # SQLite: the whole batch in the writer thread, one hop for all.
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self._thread_writer.executor, self._thread_writer.run, run, batch
+                )
             return result
         # PostgreSQL: the transaction is begun and ended on the driver, by this
         # writer, so that BEGIN and the audit head's lock go in one round trip;
@@ -767,7 +765,7 @@ class Store:
         *,
         isolate: bool,
         locked: tuple[Raw, int, str] | None = None,
-    ) -> tuple[list[tuple[bool, Any]], list[tuple[AuditRow, AuditEvent]]]:
+    ) -> _BatchOutcome:
         """Inside one open transaction: every unit (in its own savepoint if `isolate`),
         then the audit rows of those that succeeded, chained after the locked head.
 
@@ -1494,6 +1492,16 @@ def _sqlite_setup(engine: AsyncEngine | Engine, *, begin: str) -> None:
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: SyncConnection) -> None:
         conn.exec_driver_sql(begin)
+
+
+def _known_weight(batch: list[_Pending[Any]]) -> int | None:
+    """The bytes the batch's units write, None if one of them did not say."""
+    total = 0
+    for item in batch:
+        if item.weight is None:
+            return None
+        total += item.weight
+    return total
 
 
 async def _give_back(plain: AsyncConnection, raw: Raw) -> None:

@@ -217,3 +217,13 @@ def test_status_counts_and_the_log_bound() -> None:
     assert index.base == 8
     assert index.changes(6, None) is None
     assert index.changes(8, None) is not None
+
+
+def test_any_deleted_among_uids_follows_the_applied_flags() -> None:
+    index = FolderIndex.load(_folder(5), [(u, 5, "", 10) for u in range(1, 6)], [])
+    assert not index.any_deleted(None) and not index.any_deleted([1, 2, 3])
+    index.apply(_folder(6), [(3, 6, "\\Deleted \\Seen", 10)], [], [])
+    assert index.any_deleted(None) and index.any_deleted([2, 3])
+    assert not index.any_deleted([1, 2, 99])  # 99: no such message
+    index.apply(_folder(7), [(3, 7, "\\Seen", 10)], [], [])
+    assert not index.any_deleted(None)
