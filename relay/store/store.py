@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import json
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -1460,8 +1461,9 @@ def _make_engines(storage: StorageConfig) -> tuple[AsyncEngine, AsyncEngine]:
     if url.startswith("sqlite"):
         # Readers and the one writer use separate engines: the writer takes the write
         # lock at BEGIN (IMMEDIATE) so a batch never fails half-way on SQLITE_BUSY.
-        read = create_async_engine(url)
-        write = create_async_engine(url, pool_size=1, max_overflow=0)
+        connect = {"async_creator_fn": _aiosqlite_connect}
+        read = create_async_engine(url, connect_args=connect)
+        write = create_async_engine(url, connect_args=connect, pool_size=1, max_overflow=0)
         _sqlite_setup(read, begin="BEGIN")
         _sqlite_setup(write, begin="BEGIN IMMEDIATE")
         return read, write
@@ -1470,6 +1472,25 @@ def _make_engines(storage: StorageConfig) -> tuple[AsyncEngine, AsyncEngine]:
         connect_args["server_settings"] = {"search_path": storage.schema}
     engine = create_async_engine(url, connect_args=connect_args, pool_size=10, max_overflow=10)
     return engine, engine
+
+
+async def _aiosqlite_connect(*args: Any, **kwargs: Any) -> Any:
+    """aiosqlite's connect, which on failure waits for the connection's worker thread
+    to end before raising. Since aiosqlite 0.22 a failed connect queues the thread's
+    stop without awaiting it: a command that then fails fast (`audit show` before the
+    first `serve`) closes its loop first, and the thread prints a RuntimeError
+    traceback ("Event loop is closed") under the command's one-line error."""
+    import aiosqlite
+
+    connection = aiosqlite.connect(*args, **kwargs)
+    # The connection holds its thread since 0.22 and was the thread before.
+    thread = cast(threading.Thread, getattr(connection, "_thread", connection))
+    thread.daemon = True  # as SQLAlchemy's own connect does: never hold up exit
+    try:
+        return await connection
+    except BaseException:
+        await asyncio.shield(asyncio.to_thread(thread.join, 5.0))
+        raise
 
 
 def _sqlite_setup(engine: AsyncEngine | Engine, *, begin: str) -> None:

@@ -328,6 +328,21 @@ async def test_messages_survive_reopen(storage: StorageConfig) -> None:
         await s2.close()
 
 
+async def test_a_store_that_cannot_open_leaves_no_driver_thread_behind(tmp_path: Path) -> None:
+    """A failed SQLite open raises only once the driver's worker thread has ended: a
+    CLI command that fails fast closes its loop next, and a thread still running then
+    would print its own traceback under the command's one-line error."""
+    absent = tmp_path / "never" / "relay.db"
+    storage = StorageConfig(url=f"sqlite+aiosqlite:///{absent}", key_file=tmp_path / "k")
+    before = set(threading.enumerate())
+    with pytest.raises(StoreError, match="serve creates it"):
+        await Store.open(storage)
+    started = set(threading.enumerate()) - before
+    # asyncio_N: the loop's own executor, which stays for the next to_thread
+    left = [t for t in started if t.is_alive() and not t.name.startswith("asyncio_")]
+    assert left == []
+
+
 async def test_durability_settings_are_full(store: Store) -> None:
     settings = await check_durability_settings(store)
     if store.dialect == "sqlite":
